@@ -1,0 +1,43 @@
+# One virtual environment at .venv/, made by `make install`. `make test` is what CI runs.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+PROFILE ?= tiny
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test test-fast lint bench-model bench-face bench-gateway bench-worker demo clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip==25.3 setuptools==80.9.0 wheel -q
+	$(BIN)/pip install -e '.[dev]'
+	# invisible-watermark pins an old opencv/numpy in its metadata; its real needs are installed above.
+	$(BIN)/pip install --no-deps invisible-watermark==0.2.0
+	$(BIN)/pip check
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+lint: install
+	$(BIN)/ruff check shared services tests migrations
+	$(BIN)/ruff format --check shared services tests migrations
+
+bench-model: install
+	$(PYTHON) -m shared.model.bench --profile $(PROFILE)
+
+bench-face: install
+	$(PYTHON) -m shared.face.bench
+
+bench-gateway: install
+	$(PYTHON) -m services.gateway.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
