@@ -1,0 +1,420 @@
+"""Face analysis for reenactment: a portrait -> ``PortraitAnalysis``; driving frames ->
+``FrameAnalysis`` (streaming, chunk by chunk); and ``MotionRetargeter`` to map the driver's motion
+onto the portrait.
+
+Portrait: detect (typed errors) -> de-rolled similarity crop -> fit identity, expression and pose in
+the crop's normalised coordinates -> EG3D camera + keep mask.
+
+Driving video: per chunk of frames, track landmarks (full detection every ``detect_every`` frames)
+-> per-frame crop matrix that keeps roll (no image warp is needed for fitting) -> one batched fit of
+expression and pose with the driver's identity fixed (estimated once from the first frames with a
+face, or given) -> One-Euro smoothing in frame order. Frames without a usable face hold the last
+good values and are counted. All per-video memory is in ``VideoState`` (a few small arrays), so a
+clip is never held whole and the state can be carried across chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from shared.face.align import AlignedCrop, AlignmentTemplate, FaceAligner, apply_affine
+from shared.face.detect import DetectionReport, DetectorConfig, FaceDetector, FaceTracker, TrackerState
+from shared.face.errors import ImageInvalidError
+from shared.face.fit import (
+    FRONTAL_ROTATION,
+    FitConfig,
+    LandmarkFitter,
+    axis_angle_to_matrix,
+    compose_pose,
+    head_pose_angles,
+    head_rotation,
+    invert_pose,
+    matrix_to_axis_angle,
+    rotation_from_head,
+)
+from shared.face.masks import FaceParser, LandmarkFaceParser, MaskConfig
+from shared.face.morphable import MorphableModel
+from shared.face.smoothing import GroupSmoother, OneEuroState, SmoothingConfig
+from shared.model import cameras
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    detector: DetectorConfig = DetectorConfig()
+    fit: FitConfig = FitConfig()
+    smoothing: SmoothingConfig = SmoothingConfig()
+    mask: MaskConfig = MaskConfig()
+    detect_every: int = 5  # full face detection every k frames of a video, tracking in between
+    identity_frames: int = 8  # driver frames (with a face) used to estimate the driver's identity
+    # A frame whose fitted landmarks miss the detected ones by more than this RMS (normalised crop
+    # units) is treated as "no face": the tracker has drifted or the detection is not a face.
+    max_frame_rms: float = 0.05
+
+
+@dataclass(frozen=True)
+class PortraitAnalysis:
+    crop: np.ndarray  # (S, S, 3) uint8 aligned crop
+    crop_transform: AlignedCrop  # matrices to go between the source image and the crop
+    landmarks: np.ndarray  # (68, 2) in crop pixel coordinates
+    source_landmarks: np.ndarray  # (68, 2) in source image pixels
+    alpha: Tensor  # (K_id,)
+    beta: Tensor  # (K_exp,)
+    rotation: Tensor  # (3, 3) head -> camera
+    translation: Tensor  # (3,)
+    camera: Tensor  # (25,) EG3D camera of the crop
+    keep_mask: np.ndarray  # (S, S) float32, 1 keep, 0 = eyes / brows / mouth
+    detection: DetectionReport
+    rms_error: float  # landmark fit error, normalised crop units
+
+    @property
+    def head_angles(self) -> tuple[float, float, float]:
+        """(yaw, pitch, roll) in degrees (see ``fit.head_pose_angles``)."""
+        yaw, pitch, roll = head_pose_angles(self.rotation.to(torch.float64)).tolist()
+        return yaw, pitch, roll
+
+
+@dataclass(frozen=True)
+class FrameAnalysis:
+    index: int  # frame index in the video (counted across chunks)
+    face_found: bool  # False: values are held from the last good frame
+    landmarks: np.ndarray | None  # (68, 2) source pixels, None without a face
+    crop_matrix: np.ndarray | None  # (2, 3) source px -> crop px used for the fit
+    beta: Tensor  # (K_exp,) smoothed
+    rotation: Tensor  # (3, 3) smoothed
+    translation: Tensor  # (3,) smoothed
+    camera: Tensor  # (25,)
+    raw_beta: Tensor | None  # unsmoothed fit, None without a face
+    rms_error: float | None
+
+
+@dataclass
+class VideoState:
+    """Everything a video's analysis carries from one chunk to the next (small, picklable)."""
+
+    identity: Tensor | None = None  # (K_id,) the driver's identity once known
+    tracker: TrackerState = field(default_factory=TrackerState)
+    smoothing: dict[str, OneEuroState] = field(default_factory=GroupSmoother.new_state)
+    frames_seen: int = 0
+    frames_without_face: int = 0
+    # Last good smoothed output (held on frames without a face) and last raw fit (warm start).
+    last_beta: Tensor | None = None
+    last_rotation: Tensor | None = None
+    last_translation: Tensor | None = None
+    warm_rotation: Tensor | None = None
+    warm_translation: Tensor | None = None
+    warm_beta: Tensor | None = None
+
+
+class FaceAnalyzer:
+    def __init__(
+        self,
+        model: MorphableModel,
+        crop_size: int,
+        config: AnalyzerConfig | None = None,
+        *,
+        parser: FaceParser | None = None,
+        detector: FaceDetector | None = None,
+    ) -> None:
+        self.model = model
+        self.crop_size = crop_size
+        self.config = config or AnalyzerConfig()
+        self.detector = detector or FaceDetector(self.config.detector)
+        self.tracker = FaceTracker(self.detector, self.config.detect_every)
+        self.template = AlignmentTemplate.from_model(model)
+        self.aligner = FaceAligner(self.template, crop_size)
+        self.fitter = LandmarkFitter(model, self.config.fit)
+        self.parser: FaceParser = parser or LandmarkFaceParser(self.config.mask)
+        self.smoother = GroupSmoother(self.config.smoothing)
+
+    # --- portrait ------------------------------------------------------------------------------
+    def analyze_portrait(self, image_rgb: np.ndarray) -> PortraitAnalysis:
+        """Raises ``FaceError`` subclasses (image_invalid, no_face, face_too_small, face_at_border,
+        fit_failed)."""
+        detection = self.detector.detect(image_rgb)
+        crop = self.aligner.crop(np.asarray(image_rgb), detection.landmarks)
+        crop_landmarks = crop.to_crop(detection.landmarks)
+        fit = self.fitter.fit_portrait(crop.to_normalized(crop_landmarks))
+        keep = self.parser.keep_mask(crop.image, crop_landmarks)
+        return PortraitAnalysis(
+            crop=crop.image,
+            crop_transform=crop,
+            landmarks=crop_landmarks.astype(np.float32),
+            source_landmarks=detection.landmarks,
+            alpha=fit.alpha[0],
+            beta=fit.beta[0],
+            rotation=fit.rotation[0],
+            translation=fit.translation[0],
+            camera=fit.camera[0],
+            keep_mask=keep,
+            detection=detection.report,
+            rms_error=float(fit.rms_error[0]),
+        )
+
+    # --- video ---------------------------------------------------------------------------------
+    def start_video(self, identity: Tensor | None = None) -> VideoState:
+        state = VideoState()
+        if identity is not None:
+            state.identity = torch.as_tensor(identity, dtype=torch.float32).reshape(-1)
+        return state
+
+    def analyze_frames(
+        self, frames: list[np.ndarray], identity: Tensor | None = None, state: VideoState | None = None
+    ) -> list[FrameAnalysis]:
+        """Analyse one chunk of consecutive driving frames; ``state`` (updated in place) carries the
+        tracker, the smoothing filters, the identity and the last good pose to the next chunk.
+
+        ``identity``: the driver's alpha if known (overrides the state's); otherwise it is estimated
+        from the first frames with a face and kept in the state.
+        """
+        state = state if state is not None else self.start_video()
+        if identity is not None:
+            state.identity = torch.as_tensor(identity, dtype=torch.float32).reshape(-1)
+        tracked: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for frame in frames:
+            _check_frame(frame)
+            face = None
+            if int(frame.max()) - int(frame.min()) >= 8:  # a blank frame (fade, black) has no face
+                face = self.tracker.track(frame, state.tracker)
+            else:
+                state.tracker.landmarks = None
+            if face is None:
+                tracked.append(None)
+                continue
+            matrix = self.aligner.matrix_for(face.landmarks, keep_roll=True)
+            tracked.append((face.landmarks, matrix))
+
+        with_face = [i for i, item in enumerate(tracked) if item is not None]
+        uv = (
+            np.stack(
+                [(apply_affine(tracked[i][1], tracked[i][0]) + 0.5) / self.crop_size for i in with_face]  # type: ignore[index]
+            )
+            if with_face
+            else np.zeros((0, 68, 2))
+        )
+
+        if with_face and state.identity is None:
+            # Spread the frames used for the identity over the chunk (different expressions/poses).
+            picks = np.unique(
+                np.linspace(0, len(with_face) - 1, min(self.config.identity_frames, len(with_face)))
+                .round()
+                .astype(int)
+            )
+            state.identity = self.fitter.fit_portrait(uv[picks]).alpha[0]
+
+        raw = None
+        if with_face:
+            raw = self.fitter.fit_frames(
+                uv,
+                state.identity.unsqueeze(0),  # type: ignore[union-attr]
+                initial_rotation=state.warm_rotation,
+                initial_translation=state.warm_translation,
+                initial_beta=state.warm_beta,
+            )
+
+        results: list[FrameAnalysis] = []
+        raw_row = {frame_index: row for row, frame_index in enumerate(with_face)}
+        for position, item in enumerate(tracked):
+            index = state.frames_seen
+            state.frames_seen += 1
+            row = raw_row.get(position)
+            good = (
+                row is not None and raw is not None and float(raw.rms_error[row]) <= self.config.max_frame_rms
+            )
+            if not good:
+                state.frames_without_face += 1
+                beta, rotation, translation = self._held(state)
+                results.append(
+                    FrameAnalysis(
+                        index=index,
+                        face_found=False,
+                        landmarks=None,
+                        crop_matrix=None,
+                        beta=beta,
+                        rotation=rotation,
+                        translation=translation,
+                        camera=self.fitter.camera(rotation, translation),
+                        raw_beta=None,
+                        rms_error=None,
+                    )
+                )
+                continue
+            assert raw is not None and row is not None and item is not None
+            state.warm_rotation = raw.rotation[row].to(torch.float64)
+            state.warm_translation = raw.translation[row].to(torch.float64)
+            state.warm_beta = raw.beta[row].to(torch.float64)
+            smoothed = self.smoother.step(
+                {
+                    "rotation": matrix_to_axis_angle(
+                        head_rotation(raw.rotation[row].to(torch.float64))
+                    ).numpy(),
+                    "translation": raw.translation[row].numpy(),
+                    "expression": raw.beta[row].numpy(),
+                },
+                state.smoothing,
+            )
+            rotation = rotation_from_head(axis_angle_to_matrix(torch.from_numpy(smoothed["rotation"]))).to(
+                torch.float32
+            )
+            translation = torch.from_numpy(smoothed["translation"]).to(torch.float32)
+            beta = torch.from_numpy(smoothed["expression"]).to(torch.float32)
+            bounds = self.fitter.expression_bounds
+            if bounds is not None:
+                beta = beta.clamp(*bounds)
+            state.last_beta, state.last_rotation, state.last_translation = beta, rotation, translation
+            results.append(
+                FrameAnalysis(
+                    index=index,
+                    face_found=True,
+                    landmarks=item[0],
+                    crop_matrix=item[1],
+                    beta=beta,
+                    rotation=rotation,
+                    translation=translation,
+                    camera=self.fitter.camera(rotation, translation),
+                    raw_beta=raw.beta[row],
+                    rms_error=float(raw.rms_error[row]),
+                )
+            )
+        return results
+
+    def retargeter(
+        self,
+        portrait: PortraitAnalysis,
+        *,
+        mode: Literal["relative", "absolute"] = "relative",
+        expression_scale: float = 1.0,
+    ) -> MotionRetargeter:
+        """A ``MotionRetargeter`` with this analyzer's expression bounds and camera settings."""
+        return MotionRetargeter(
+            portrait,
+            mode=mode,
+            expression_scale=expression_scale,
+            expression_bounds=self.fitter.expression_bounds,
+            camera_radius=self.config.fit.camera_radius,
+            focal=self.config.fit.focal,
+        )
+
+    def _held(self, state: VideoState) -> tuple[Tensor, Tensor, Tensor]:
+        if (
+            state.last_beta is not None
+            and state.last_rotation is not None
+            and state.last_translation is not None
+        ):
+            return state.last_beta, state.last_rotation, state.last_translation
+        # No good frame yet: neutral expression, frontal head.
+        return (
+            torch.zeros(self.model.num_expression),
+            FRONTAL_ROTATION.to(torch.float32).clone(),
+            torch.tensor([0.0, 0.0, self.config.fit.initial_distance]),
+        )
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        shape = getattr(frame, "shape", None)
+        dtype = getattr(frame, "dtype", None)
+        raise ImageInvalidError(
+            f"driving frames must be (H, W, 3) uint8 RGB arrays, got shape {shape} dtype {dtype}"
+        )
+    if min(frame.shape[:2]) < 32:
+        raise ImageInvalidError(f"driving frame is too small: {frame.shape[1]}x{frame.shape[0]}")
+
+
+# --- retargeting -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetargetedFrame:
+    index: int
+    beta: Tensor  # (K_exp,) expression for I_exp (with the portrait's identity)
+    rotation: Tensor  # (3, 3)
+    translation: Tensor  # (3,)
+    camera: Tensor  # (25,) EG3D camera to render the avatar with
+
+
+@dataclass
+class DriverReference:
+    """The driver's first frame with a face (relative mode)."""
+
+    beta: Tensor
+    rotation: Tensor
+    translation: Tensor
+
+
+class MotionRetargeter:
+    """Maps a driver's expression and pose onto the portrait.
+
+    * ``absolute``: beta_out = s * beta_t, pose_out = pose_t (the driver's own camera).
+    * ``relative``: motion relative to the driver's first frame with a face, applied on top of the
+      portrait's own expression and pose:
+      beta_out = beta_portrait + s * (beta_t - beta_driver0);
+      pose_out = pose_portrait ∘ (pose_driver0^-1 ∘ pose_t)  (the driver's head motion expressed in
+      its own head frame, re-applied to the portrait's head).
+
+    ``reference`` is public state (set it to resume a video in another process).
+    Expressions are clamped to the model's bounds when it has them.
+    """
+
+    def __init__(
+        self,
+        portrait: PortraitAnalysis,
+        *,
+        mode: Literal["relative", "absolute"] = "relative",
+        expression_scale: float = 1.0,
+        expression_bounds: tuple[float, float] | None = None,
+        camera_radius: float | None = cameras.DEFAULT_RADIUS,
+        focal: float = cameras.DEFAULT_FOCAL,
+    ) -> None:
+        if mode not in ("relative", "absolute"):
+            raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
+        self.portrait = portrait
+        self.mode = mode
+        self.expression_scale = float(expression_scale)
+        self.expression_bounds = expression_bounds
+        self.camera_radius = camera_radius
+        self.focal = focal
+        self.reference: DriverReference | None = None
+
+    def _camera(self, rotation: Tensor, translation: Tensor) -> Tensor:
+        return cameras.camera_from_head_pose(
+            rotation, translation, radius=self.camera_radius, focal=self.focal
+        )
+
+    def retarget(self, frames: list[FrameAnalysis]) -> list[RetargetedFrame]:
+        out: list[RetargetedFrame] = []
+        for frame in frames:
+            if self.reference is None and frame.face_found:
+                self.reference = DriverReference(
+                    frame.beta.clone(), frame.rotation.clone(), frame.translation.clone()
+                )
+            if self.mode == "absolute":
+                beta = self.expression_scale * frame.beta
+                rotation, translation = frame.rotation, frame.translation
+            elif self.reference is None:
+                # Relative mode before the driver's face has been seen: the portrait as it is.
+                beta = self.portrait.beta.clone()
+                rotation, translation = self.portrait.rotation, self.portrait.translation
+            else:
+                ref = self.reference
+                beta = self.portrait.beta + self.expression_scale * (frame.beta - ref.beta)
+                delta = compose_pose(
+                    invert_pose(ref.rotation, ref.translation), (frame.rotation, frame.translation)
+                )
+                rotation, translation = compose_pose(
+                    (self.portrait.rotation, self.portrait.translation), delta
+                )
+            if self.expression_bounds is not None:
+                beta = beta.clamp(*self.expression_bounds)
+            out.append(
+                RetargetedFrame(
+                    index=frame.index,
+                    beta=beta,
+                    rotation=rotation,
+                    translation=translation,
+                    camera=self._camera(rotation, translation),
+                )
+            )
+        return out
