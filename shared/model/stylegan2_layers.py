@@ -64,7 +64,9 @@ class LoadReport:
     """What happened when a state dict was matched against a module, key by key."""
 
     source: str
-    loaded: list[str] = field(default_factory=list)
+    network_tensors: int = 0  # entries of the module's state dict
+    matching: int = 0  # of those, present in the file with the right shape
+    loaded: list[str] = field(default_factory=list)  # actually copied (empty after a strict failure)
     missing: list[str] = field(default_factory=list)  # in the module, absent from the file
     unexpected: list[str] = field(default_factory=list)  # in the file, absent from the module
     shape_mismatched: list[ShapeMismatch] = field(default_factory=list)
@@ -80,7 +82,10 @@ class LoadReport:
             shown = ", ".join(items[:limit])
             return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
-        lines = [f"{self.source}: {len(self.loaded)} tensors loaded"]
+        lines = [
+            f"{self.source}: {self.matching} of {self.network_tensors} network tensors match, "
+            f"{len(self.loaded)} loaded"
+        ]
         if self.missing:
             lines.append(f"  missing from file ({len(self.missing)}): {head(self.missing)}")
         if self.unexpected:
@@ -150,7 +155,7 @@ def load_state_dict_checked(
     """
     tolerated_names = set(tolerate_shape_mismatch)
     own = module.state_dict()
-    report = LoadReport(source=source)
+    report = LoadReport(source=source, network_tensors=len(own))
     to_copy: dict[str, Tensor] = {}
     for name, target in own.items():
         if name not in state:
@@ -167,6 +172,7 @@ def load_state_dict_checked(
             continue
         to_copy[name] = incoming
     report.unexpected = sorted(k for k in state if k not in own)
+    report.matching = len(to_copy)
     if strict and not report.ok:
         raise ModelWeightsError(
             "weights.mismatch", "weight file does not match the network:\n" + report.summary(), report
