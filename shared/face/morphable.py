@@ -35,6 +35,10 @@ class MorphableModelError(ValueError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable across Celery/multiprocessing despite the (code, message) signature.
+        return (type(self), (self.code, str(self)))
+
 
 @dataclass(frozen=True, eq=False)
 class MorphableModel:

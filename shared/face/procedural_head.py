@@ -306,7 +306,8 @@ class _Layout:
 
 def _mouth_open_weight(ax: np.ndarray, lay: _Layout) -> np.ndarray:
     """1 between the mouth corners, 0 beyond them: where the lips may part."""
-    return _smoothstep(lay.mouth_corner_x + 0.002, lay.mouth_corner_x - 0.016, ax)
+    # A lens-shaped opening: full over the middle, rounded toward the corners.
+    return _smoothstep(0.0, 0.6, 1.0 - (ax / (lay.mouth_corner_x + 0.002)) ** 2)
 
 
 def _merge_closed_mouth(
@@ -393,12 +394,19 @@ def _facial_relief(x: np.ndarray, y: np.ndarray, lay: _Layout) -> np.ndarray:
 
 
 def vertex_normals_np(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (V, 3) of a CCW mesh."""
+    """Area-weighted vertex normals (V, 3) of a CCW mesh, shared by coincident vertices."""
     v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
     face_n = np.cross(v1 - v0, v2 - v0)
     normals = np.zeros_like(verts)
     for corner in range(3):
         np.add.at(normals, faces[:, corner], face_n)
+    # Coincident vertices (the closed lips' four rows) share one normal, so normal-based
+    # displacements never tear the mouth open.
+    _, group = np.unique(verts, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    summed = np.zeros((group.max() + 1, 3))
+    np.add.at(summed, group, normals)
+    normals = summed[group]
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
@@ -449,6 +457,21 @@ class _LidCurves:
         return y_up, y_low, span.astype(np.float64)
 
 
+def _lid_relief(verts: np.ndarray, lids: dict[int, _LidCurves]) -> np.ndarray:
+    """z relief that makes the eye readable in shape-only renders: a rim along the upper lid and
+    a slightly recessed opening. Only z changes, so the snapped landmarks stay where they are."""
+    x, y = verts[:, 0], verts[:, 1]
+    ax = np.abs(x)
+    out = np.zeros(len(x))
+    for side, curves in lids.items():
+        y_up, y_low, span = curves.evaluate(ax)
+        same = (np.sign(x) == side) & (verts[:, 2] > 0)
+        rim = 0.0025 * np.exp(-0.5 * ((y - y_up) / 0.003) ** 2)
+        inside = (y > y_low + 1e-4) & (y < y_up - 1e-4)
+        out += np.where(same & (span > 0), rim - 0.002 * inside, 0.0)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # expressions
 # ----------------------------------------------------------------------------------------------
@@ -486,15 +509,15 @@ def _expression_deltas(
         corner = _blob(x, y, side * cx, ym, 0.045, 0.035)
         cheek = _blob(x, y, side * 0.065, lay.nose_tip[1] - 0.01, 0.045, 0.04)
         d = np.zeros_like(verts)
-        d[:, 0] = side * 0.010 * corner
-        d[:, 1] = 0.012 * corner + 0.005 * cheek
+        d[:, 0] = side * 0.013 * corner
+        d[:, 1] = 0.016 * corner + 0.006 * cheek
         d[:, 2] = -0.005 * corner + 0.003 * cheek
         deltas[name] = d * front[:, None]
 
-    lips_w = _blob(x, y, 0.0, ym, cx + 0.02, 0.035)
+    lips_w = _smoothstep(cx + 0.025, cx - 0.005, ax) * _smoothstep(0.045, 0.02, np.abs(y - ym + 0.003))
     d = np.zeros_like(verts)
-    d[:, 0] = -0.4 * x * lips_w
-    d[:, 2] = 0.016 * lips_w * _smoothstep(cx + 0.02, 0.0, ax)
+    d[:, 0] = -0.3 * x * lips_w
+    d[:, 2] = 0.02 * lips_w * _smoothstep(cx + 0.02, 0.0, ax)
     deltas["lip_pucker"] = d * front[:, None]
 
     corners = _blob(ax, y, cx, ym, 0.04, 0.04)
@@ -513,13 +536,23 @@ def _expression_deltas(
         move = np.where(y <= y_up, frac, above)
         d = np.zeros_like(verts)
         d[:, 1] = -opening * move * span * same_side
+        # The eye surface collapses onto the lower lid slightly behind the lid skin, so the skin
+        # wins the depth test over the collapsed slivers.
+        interior = np.where(y <= y_up, 4.0 * frac * (1.0 - frac), 0.0)
+        d[:, 2] = -0.004 * interior * span * same_side
         deltas[name] = d * front[:, None]
 
     for name, side in (("brow_raise_left", 1.0), ("brow_raise_right", -1.0)):
         brow_y = float(lay.brow_left[:, 1].mean())
-        w = _blob(x, y, side * lay.eye_centre[0], brow_y + 0.01, 0.06, 0.06)
-        w = w * _smoothstep(lay.eye_centre[1], lay.eye_centre[1] + 0.02, y)  # lids stay put
-        d = np.zeros_like(verts)
+        brow_x = float(lay.brow_left[:, 0].mean())
+        # Flat over the whole brow, fading toward the midline, the temple and the hairline; the
+        # lids stay put.
+        w = _smoothstep(0.092, 0.048, np.abs(x - side * brow_x))
+        w = (
+            w
+            * _smoothstep(lay.eye_centre[1] + 0.008, lay.eye_centre[1] + 0.03, y)
+            * _smoothstep(0.18, 0.1, y)
+        )
         d[:, 1] = 0.012 * w
         deltas[name] = d * front[:, None]
 
@@ -554,7 +587,11 @@ def _expression_deltas(
         deltas[name] = d * front[:, None]
 
     cheeks = _blob(ax, y, 0.08, ym + 0.01, 0.045, 0.05)
-    deltas["cheek_puff"] = normals * (0.012 * cheeks * front)[:, None]
+    # Outward from the head's vertical axis (not the vertex normals, which differ between the
+    # coincident lip rows and would tear the mouth open).
+    outward = np.stack([x, np.zeros_like(x), z - 0.02], -1)
+    outward /= np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-12)
+    deltas["cheek_puff"] = outward * (0.012 * cheeks * front)[:, None]
 
     return np.stack([deltas[name] for name in EXPRESSION_NAMES])
 
@@ -712,9 +749,16 @@ def _albedo_regions_shading(
     for side in (1, -1):
         y_up, y_low, span = lids[side].evaluate(ax)
         same = np.sign(x) == side
-        inside = same & (span > 0) & (y > y_low - 1e-9) & (y < y_up + 1e-9) & (z > 0)
-        white = inside & (kinds == ROW_REGULAR)
+        on_face = same & (span > 0) & (z > 0) & (kinds == ROW_REGULAR)
+        white = on_face & (y > y_low + 1e-4) & (y < y_up - 1e-4)
+        # Lid margins: a dark lash line above (it is what stays visible of a closed eye), a
+        # slightly darker rim below. Margin vertices keep skin-like colours so a blink shows no
+        # white.
+        upper_margin = on_face & (np.abs(y - y_up) <= 1e-4)
+        lower_margin = on_face & (np.abs(y - y_low) <= 1e-4)
         paint(white.astype(np.float64), (0.90, 0.88, 0.85))
+        paint(upper_margin.astype(np.float64), (0.22, 0.14, 0.11))
+        paint(0.5 * lower_margin, (0.45, 0.30, 0.26))
         ex, ey = lay.eye_centre
         r = np.hypot(ax - ex, y - ey)
         paint((white & (r < 0.0075)).astype(np.float64), (0.33, 0.22, 0.13))
@@ -727,7 +771,7 @@ def _albedo_regions_shading(
 
     shading = 1.0 - 0.8 * inner * mouth_open_w - 0.4 * nostrils
     face = (
-        (((x / 0.14) ** 2 + ((y - (lay.chin[1] + 0.14)) / 0.165) ** 2) < 1.0)
+        ((np.abs(x / 0.155) ** 3 + np.abs((y - (lay.chin[1] + 0.16)) / 0.2) ** 3) < 1.0)
         & (z > 0.05)
         & (front_cos > 0.35)
         & (y < hairline)
@@ -765,6 +809,9 @@ def build_procedural_head() -> dict[str, np.ndarray]:
 
     lm_ids = _snap_landmarks(verts, normals, kinds, landmarks_xy)
     lids = {1: _LidCurves(verts, lm_ids, 1), -1: _LidCurves(verts, lm_ids, -1)}
+    verts[:, 2] += _lid_relief(verts, lids)
+    verts = np.round(verts / POSITION_QUANTUM) * POSITION_QUANTUM
+    normals = vertex_normals_np(verts, faces)
     expressions = _expression_deltas(verts, normals, kinds, lay, lids)
     identity = _orthonormal_identity(_identity_fields(verts, normals, lay)[:NUM_IDENTITY])
     albedo, regions, shading = _albedo_regions_shading(verts, front_cos, kinds, lay, lids)
