@@ -1,0 +1,79 @@
+"""Answer "is this one of our videos?" for any uploaded clip: invisible watermark + C2PA manifest.
+
+Pure: no database. The caller (the gateway's ``POST /v1/verify``) maps ``watermark.payload`` to a job by
+looking it up among stored job payloads and checks its own provenance record; this module only reads the
+file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from shared.media.c2pa_sign import ManifestReport, read_manifest
+from shared.media.watermark import (
+    DEFAULT_CONFIG,
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_THRESHOLD,
+    WatermarkConfig,
+    WatermarkResult,
+    detect_video,
+)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    watermark: WatermarkResult
+    manifest: ManifestReport
+
+    @property
+    def manifest_payload(self) -> int | None:
+        """The watermark payload the signed manifest claims, if there is a readable one."""
+        claim = self.manifest.claim or {}
+        payload = (claim.get("watermark") or {}).get("payload")
+        return int(payload) if isinstance(payload, int) else None
+
+    @property
+    def payload_consistent(self) -> bool | None:
+        """Does the detected watermark match the manifest's claim? None when either is missing."""
+        expected = self.manifest_payload
+        if expected is None or self.watermark.payload is None or not self.manifest.valid:
+            return None
+        return self.watermark.matches(expected)
+
+    @property
+    def ai_generated_evidence(self) -> bool:
+        """Any positive sign that the file came from the platform."""
+        return self.watermark.found or (self.manifest.valid and self.manifest.ai_generated)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "watermark": self.watermark.to_dict(),
+            "manifest": self.manifest.to_dict(),
+            "manifest_payload": self.manifest_payload,
+            "payload_consistent": self.payload_consistent,
+            "ai_generated_evidence": self.ai_generated_evidence,
+        }
+
+
+def verify_video(
+    path: PathLike,
+    *,
+    watermark_threshold: int = DEFAULT_THRESHOLD,
+    trust_anchors: str | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    watermark_config: WatermarkConfig = DEFAULT_CONFIG,
+) -> VerifyReport:
+    """Detect the watermark (majority vote over ``max_samples`` frames) and read the C2PA manifest.
+
+    ``trust_anchors``: PEM root certificate(s) the manifest's signer must chain to for ``trusted``.
+    Raises ``MediaError`` (``file_not_found``, ``video_unreadable``, ...) for a file that is not a video.
+    """
+    manifest = read_manifest(path, trust_anchors)
+    watermark = detect_video(
+        path, max_samples=max_samples, threshold=watermark_threshold, config=watermark_config
+    )
+    return VerifyReport(watermark=watermark, manifest=manifest)
