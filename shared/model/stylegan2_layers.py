@@ -242,8 +242,9 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         scale = self.modulation(style)  # (B, in)
         weight = self.weight[0]  # (out, in, k, k)
-        x = resample2x(x, self.sample_mode)
-        out = F.conv2d(x * scale[:, :, None, None], weight, padding=self.kernel_size // 2)
+        # Scaling channels commutes with bilinear resampling; scaling first is cheaper when upsampling.
+        x = resample2x(x * scale[:, :, None, None], self.sample_mode)
+        out = F.conv2d(x, weight, padding=self.kernel_size // 2)
         if self.demodulate:
             # ||W * s||^2 over (in, k, k) for every output channel = s^2 @ sum_k(W^2)^T.
             energy = scale.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t()  # (B, out)

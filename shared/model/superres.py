@@ -346,3 +346,52 @@ def load_gfpgan_weights(
     """
     state = read_weight_file(path, key, prefix)
     return load_state_dict_checked(model, state, source=f"{path}[{key!r}]{prefix}", strict=strict)
+
+
+def _benchmark(argv: list[str] | None = None) -> dict[str, object]:
+    """Best-of-N CPU timing of the SR profiles (`python -m shared.model.superres [--paper]`)."""
+    import argparse
+    import json
+    import time
+
+    parser = argparse.ArgumentParser(description=_benchmark.__doc__)
+    parser.add_argument("--paper", action="store_true", help="also time the paper profile (batch 1, slow)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def time_profile(config: SuperResConfig, batch: int, repeats: int) -> dict[str, object]:
+        torch.manual_seed(0)
+        model = SuperResolution(config).eval()
+        low_res = torch.rand(batch, 3, config.in_size, config.in_size) * 2 - 1
+        timings = []
+        with torch.inference_mode():
+            model(low_res)  # warm-up (allocator, oneDNN kernel selection)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(low_res)
+                timings.append(time.perf_counter() - start)
+        timings.sort()
+        return {
+            "config": f"{config.in_size}->{config.out_size} narrow={config.narrow} cm={config.channel_multiplier}",
+            "params": sum(p.numel() for p in model.parameters()),
+            "batch": batch,
+            "best_ms_per_frame": round(1000 * timings[0] / batch, 2),
+            "median_ms_per_frame": round(1000 * timings[len(timings) // 2] / batch, 2),
+        }
+
+    result: dict[str, object] = {
+        "threads": args.threads,
+        "tiny": time_profile(tiny_superres_config(), 8, args.repeats),
+    }
+    if args.paper:
+        result["paper"] = time_profile(paper_superres_config(), 1, max(2, args.repeats // 5))
+    else:
+        result["paper_params"] = sum(p.numel() for p in SuperResolution(paper_superres_config()).parameters())
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    _benchmark()
