@@ -157,8 +157,8 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     v2 = vertices[:, faces[:, 2]]
     face_normals = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
     normals = torch.zeros_like(vertices)
-    for corner in range(3):
-        normals.index_add_(1, faces[:, corner], face_normals)
+    # One scatter for all three corners (each corner gets its face's area-weighted normal).
+    normals.index_add_(1, faces.T.reshape(-1), face_normals.repeat(1, 3, 1))
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 

@@ -59,14 +59,17 @@ class Fragments:
         if attributes.ndim == 2:
             attributes = attributes.unsqueeze(0).expand(batch, -1, -1)
         num_vertices, channels = attributes.shape[1], attributes.shape[2]
-        face = self.face_index.clamp_min(0).reshape(batch, -1)
-        corner_ids = faces[face]  # (B, HW, 3)
-        offsets = (torch.arange(batch, device=face.device) * num_vertices).view(batch, 1, 1)
+        # Only covered pixels are interpolated (the background is often most of the image).
+        hit = torch.nonzero(self.face_index.reshape(-1) >= 0).squeeze(1)
+        batch_of_hit = torch.div(hit, height * width, rounding_mode="floor")
+        corner_ids = faces[self.face_index.reshape(-1)[hit]] + (batch_of_hit * num_vertices).unsqueeze(1)
         flat = attributes.reshape(batch * num_vertices, channels)
-        corner_values = flat[(corner_ids + offsets).reshape(-1)].reshape(batch, -1, 3, channels)
-        bary = self.barycentric.reshape(batch, -1, 3, 1).to(corner_values.dtype)
-        values = (corner_values * bary).sum(dim=2)
-        values = values * self.mask.reshape(batch, -1, 1)
+        corner_values = flat[corner_ids.reshape(-1)].reshape(-1, 3, channels)
+        bary = self.barycentric.reshape(-1, 3)[hit].unsqueeze(-1).to(corner_values.dtype)
+        values = torch.zeros(
+            batch * height * width, channels, dtype=attributes.dtype, device=attributes.device
+        )
+        values[hit] = (corner_values * bary).sum(dim=1)
         return values.reshape(batch, height, width, channels)
 
 
@@ -139,7 +142,9 @@ class MeshRasterizer:
             start = 0
             while start < flat_ids.numel():
                 # Largest chunk of triangles whose candidates fit in max_candidates (at least one).
-                base = ends[start - 1] if start > 0 else torch.zeros((), dtype=torch.int64)
+                base = (
+                    ends[start - 1] if start > 0 else torch.zeros((), dtype=torch.int64, device=ends.device)
+                )
                 stop = int(torch.searchsorted(ends, base + self.max_candidates, right=True))
                 stop = max(stop, start + 1)
                 self._scatter_chunk(

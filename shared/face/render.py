@@ -56,7 +56,8 @@ def shade(
         raise RenderError("bad_shading", f"shading must be 'shape' or 'albedo', got {shading!r}")
     if shading == "albedo" and model.albedo is None:
         raise RenderError("no_albedo", f"model {model.name} has no albedo; use shading='shape'")
-    faces = model.faces
+    device = vertices.device
+    faces = model.faces.to(device)
     normals = fragments.interpolate(vertex_normals(vertices, faces), faces)
     normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
     rot, _ = cam.world_to_camera(cameras)
@@ -64,10 +65,11 @@ def shade(
     lambert = (normals * light_world[:, None, None, :]).sum(-1).clamp_min(0.0)
     intensity = AMBIENT + DIFFUSE * lambert  # (B, H, W)
     if model.vertex_shading is not None:
-        intensity = intensity * fragments.interpolate(model.vertex_shading.unsqueeze(-1), faces)[..., 0]
+        occlusion = model.vertex_shading.to(device).unsqueeze(-1)
+        intensity = intensity * fragments.interpolate(occlusion, faces)[..., 0]
     if shading == "albedo":
         assert model.albedo is not None
-        colour = fragments.interpolate(model.albedo, faces) * intensity.unsqueeze(-1)
+        colour = fragments.interpolate(model.albedo.to(device), faces) * intensity.unsqueeze(-1)
     else:
         colour = SHAPE_ALBEDO * intensity.unsqueeze(-1).expand(*intensity.shape, 3)
     mask = fragments.mask.unsqueeze(-1)
@@ -101,7 +103,7 @@ def render_fragments(
     rasterizer: MeshRasterizer | None = None,
 ) -> tuple[Tensor, Fragments]:
     """Image (B, 3, H, W) and the fragments it came from (no supersampling)."""
-    cameras = _check_cameras(cameras, vertices.shape[0])
+    cameras = _check_cameras(cameras, vertices.shape[0]).to(vertices.device)
     vertices = vertices.detach().float()
     fragments = (rasterizer or _DEFAULT_RASTERIZER).rasterize(vertices, model.faces, cameras, resolution)
     return shade(model, vertices, cameras, fragments, shading), fragments
@@ -142,7 +144,8 @@ def render_expression(
     supersample: int = 1,
 ) -> Tensor:
     """I_exp: the mesh of (alpha_source, beta_target) at the fixed frontal camera, (B, 3, H, W)."""
-    vertices = model.vertices(alpha, beta)
+    # The model lives on the CPU; the render runs wherever the coefficients are.
+    vertices = model.vertices(alpha.cpu(), beta.cpu()).to(alpha.device)
     image, _ = render_mesh(
         model, vertices, EXPRESSION_CAMERA, resolution, shading=shading, supersample=supersample
     )
@@ -161,8 +164,52 @@ def render_neutral(
     """I_neu (B, 3, H, W) with beta = 0 at ``cameras``, and M_neu (B, 1, H, W): pixels where the
     visible surface belongs to the model's face region (always inside the silhouette)."""
     beta = torch.zeros(alpha.shape[0], model.num_expression)
-    vertices = model.vertices(alpha, beta)
+    vertices = model.vertices(alpha.cpu(), beta).to(alpha.device)
     image, fragments = render_fragments(model, vertices, cameras, resolution * supersample, shading=shading)
-    region = fragments.interpolate(model.face_region.float().unsqueeze(-1), model.faces)[..., 0]
+    device = vertices.device
+    region = fragments.interpolate(model.face_region.float().unsqueeze(-1).to(device), model.faces.to(device))
+    region = region[..., 0]
     face_mask = ((region >= 0.5) & fragments.mask).unsqueeze(1).float()
     return _pool(image, supersample), (_pool(face_mask, supersample) >= 0.5).float()
+
+
+def benchmark(resolutions: tuple[int, ...] = (128, 224, 256, 512), repeats: int = 20) -> dict[str, object]:
+    """Median wall time (ms) of one I_exp render (shape and albedo) per resolution, batch 1 and 8."""
+    import statistics
+    import time
+
+    from shared.face.morphable import load_procedural_model
+
+    model = load_procedural_model()
+    generator = torch.Generator().manual_seed(0)
+    results: dict[str, object] = {"threads": torch.get_num_threads(), "vertices": model.num_vertices}
+    for batch in (1, 8):
+        alpha = torch.randn(batch, model.num_identity, generator=generator)
+        beta = torch.rand(batch, model.num_expression, generator=generator) * 0.5
+        for resolution in resolutions:
+            for shading in ("shape", "albedo"):
+                runs = max(3, repeats // batch if resolution < 512 else repeats // (4 * batch))
+                render_expression(model, alpha, beta, resolution, shading=shading)  # warm-up
+                times = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    render_expression(model, alpha, beta, resolution, shading=shading)
+                    times.append((time.perf_counter() - start) * 1000.0)
+                results[f"ms_b{batch}_{resolution}_{shading}"] = round(statistics.median(times), 2)
+    return results
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Time the mesh renders (I_exp) on this machine.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(json.dumps(benchmark(repeats=args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
