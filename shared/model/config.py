@@ -1,0 +1,338 @@
+"""Typed configuration of the GOHA network and its two profiles.
+
+``paper`` reproduces the sizes of the paper / released code (official-code-notes.md §2–§6):
+512² input, three SegFormer MiT-b0 encoders, 3×32×256² tri-planes, 48+48 samples on the ray range
+[2.25, 3.3], a 224² render (128² for the lifting depth) and a 224² → 512² super-resolution.
+``tiny`` is the same code at small sizes, for 2 CPU cores (tests, embedded mode, CPU training).
+
+Every number that changes what the network computes lives here, so a checkpoint that stores its
+config (and a hash of it) fully describes the network it holds. Pure performance knobs (chunk
+sizes) are runtime attributes of the modules instead and never change results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.model.errors import ConfigError
+
+try:  # The super-resolution module is written in parallel; its config is the one source of truth.
+    from shared.model.superres import SuperResConfig, paper_superres_config, tiny_superres_config
+except ModuleNotFoundError as exc:  # pragma: no cover - only before superres.py exists
+    if exc.name != "shared.model.superres":
+        raise
+
+    @dataclass
+    class SuperResConfig:  # type: ignore[no-redef]
+        in_size: int
+        out_size: int
+        num_style_feat: int = 512
+        channel_multiplier: float = 2
+        narrow: float = 1.0
+        sft_half: bool = True
+
+    def tiny_superres_config() -> SuperResConfig:  # type: ignore[misc]
+        return SuperResConfig(in_size=32, out_size=128, num_style_feat=64, channel_multiplier=1, narrow=0.125)
+
+    def paper_superres_config() -> SuperResConfig:  # type: ignore[misc]
+        return SuperResConfig(in_size=224, out_size=512, num_style_feat=512, channel_multiplier=2, narrow=1.0)
+
+
+__all__ = [
+    "AppearanceConfig",
+    "EncoderConfig",
+    "ExpressionConfig",
+    "ModelConfig",
+    "PlaneConfig",
+    "RendererConfig",
+    "SuperResConfig",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "get_profile",
+    "paper_config",
+    "tiny_config",
+    "PROFILES",
+]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A SegFormer Mix-Transformer encoder plus its all-MLP fuse (no BN/ReLU/classifier).
+
+    Defaults are MiT-b0 (``nvidia/segformer-b0-finetuned-ade-512-512``).
+    """
+
+    in_channels: int = 3
+    hidden_sizes: tuple[int, ...] = (32, 64, 160, 256)
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_attention_heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    patch_sizes: tuple[int, ...] = (7, 3, 3, 3)
+    strides: tuple[int, ...] = (4, 2, 2, 2)
+    mlp_ratios: tuple[int, ...] = (4, 4, 4, 4)
+    decoder_hidden_size: int = 256
+    drop_path_rate: float = 0.1
+
+    def validate(self, name: str) -> None:
+        lengths = {
+            len(self.hidden_sizes),
+            len(self.depths),
+            len(self.num_attention_heads),
+            len(self.sr_ratios),
+            len(self.patch_sizes),
+            len(self.strides),
+            len(self.mlp_ratios),
+        }
+        if len(lengths) != 1:
+            raise ConfigError("config.encoder", f"{name}: per-stage tuples must all have the same length")
+        for width, heads in zip(self.hidden_sizes, self.num_attention_heads):
+            if width % heads:
+                raise ConfigError("config.encoder", f"{name}: width {width} not divisible by {heads} heads")
+        if self.in_channels < 1 or self.decoder_hidden_size < 1:
+            raise ConfigError("config.encoder", f"{name}: channel counts must be positive")
+
+    @property
+    def output_stride(self) -> int:
+        """The fused feature map has the resolution of the first stage."""
+        return self.strides[0]
+
+
+@dataclass(frozen=True)
+class PlaneConfig:
+    """Tri-plane size and the Embed2Plane-style head that produces T_c and T_e."""
+
+    channels: int = 32
+    resolution: int = 256
+    box_warp: float = 1.0  # side of the cube the planes cover, centred at the origin
+    # Embed2Plane widths: conv in->head[0], conv head[0]->head[1], then head[1] through upsampling.
+    head_channels: tuple[int, int] = (256, 128)
+
+
+@dataclass(frozen=True)
+class AppearanceConfig:
+    """The appearance branch (E_p, lifting, rasterisation, upsampler → T_p)."""
+
+    enabled: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # "masked_source": E_p sees source × keep-mask (the paper). "composite": the released code's
+    # 6-channel input [source·M + canonical·(1-M), canonical] with M the eroded keep mask.
+    input_mode: Literal["masked_source", "composite"] = "masked_source"
+    # "canonical": lift with the depth of T_c (the paper; T_c + T_p is then cacheable per source).
+    # "canonical_expression": depth of T_c + T_e (the released code; T_p then changes per frame).
+    depth_source: Literal["canonical", "canonical_expression"] = "canonical"
+    upsampler_hidden: int = 128
+    mask_erosion: int = 7  # kernel of the keep-mask erosion in "composite" mode
+
+
+@dataclass(frozen=True)
+class ExpressionConfig:
+    """The expression branch: E_e on the frontal 3DMM render, or the linear-basis ablation."""
+
+    # "encoder": E_e + plane head on I_exp (the paper). "linear": T_e = Σ_k β_k E_k with learnable
+    # tri-plane bases E_k mixed by 3DMM expression coefficients β (the paper's ablation, §4.5).
+    mode: Literal["encoder", "linear"] = "encoder"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    num_bases: int = 64
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """EG3D-style decoder and volume renderer."""
+
+    resolution: int = 224  # main low-res render
+    depth_resolution: int = 128  # source-view render whose depth lifts E_p's features
+    num_coarse: int = 48
+    num_fine: int = 48
+    ray_start: float = 2.25
+    ray_end: float = 3.3
+    decoder_hidden: int = 64
+    feature_channels: int = 32  # composited features; the first 3 are RGB
+    decoder_lr_multiplier: float = 1.0
+    density_bias: float = -1.0  # density = softplus(σ + bias)
+    # Inference only (deterministic, no grad): rays whose coarse opacity is below this skip the
+    # importance pass. Their colour then differs by at most ~2× this value from the full render.
+    empty_ray_opacity: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    profile: str
+    image_size: int = 512
+    canonical_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    plane: PlaneConfig = field(default_factory=PlaneConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    expression: ExpressionConfig = field(default_factory=ExpressionConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    superres: SuperResConfig = field(default_factory=paper_superres_config)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def feature_resolution(self) -> int:
+        """Resolution of every encoder's fused feature map (128 for a 512² input)."""
+        return self.image_size // self.canonical_encoder.output_stride
+
+    @property
+    def head_upsamples(self) -> int:
+        """Stride-2 transposed convolutions from the feature map to the plane resolution."""
+        return int(round(math.log2(self.plane.resolution / self.feature_resolution)))
+
+    def validate(self) -> None:
+        encoders = {"canonical_encoder": self.canonical_encoder}
+        if self.appearance.enabled:
+            encoders["appearance.encoder"] = self.appearance.encoder
+        if self.expression.mode == "encoder":
+            encoders["expression.encoder"] = self.expression.encoder
+        for name, enc in encoders.items():
+            enc.validate(name)
+            if (
+                self.image_size % enc.output_stride
+                or enc.output_stride != self.canonical_encoder.output_stride
+            ):
+                raise ConfigError("config.encoder", f"{name}: all encoders need the same output stride")
+        feat = self.feature_resolution
+        ratio = self.plane.resolution / feat
+        if ratio < 1 or 2**self.head_upsamples != ratio:
+            raise ConfigError(
+                "config.plane",
+                f"plane resolution {self.plane.resolution} must be feature resolution {feat} times a power of 2",
+            )
+        if self.plane.channels < 1 or self.plane.box_warp <= 0:
+            raise ConfigError("config.plane", "plane channels and box_warp must be positive")
+        r = self.renderer
+        if not 0 < r.ray_start < r.ray_end:
+            raise ConfigError("config.renderer", "need 0 < ray_start < ray_end")
+        if r.num_coarse < 2 or r.num_fine < 0:
+            raise ConfigError("config.renderer", "need num_coarse >= 2 and num_fine >= 0")
+        if r.feature_channels < 3:
+            raise ConfigError("config.renderer", "feature_channels must hold at least RGB (3)")
+        if self.appearance.enabled:
+            # Every feature pixel is lifted along its own ray: one depth sample per feature pixel.
+            if r.depth_resolution != feat:
+                raise ConfigError(
+                    "config.renderer",
+                    f"depth_resolution ({r.depth_resolution}) must equal the encoder feature resolution ({feat})",
+                )
+            want = 6 if self.appearance.input_mode == "composite" else 3
+            if self.appearance.encoder.in_channels != want:
+                raise ConfigError(
+                    "config.appearance",
+                    f"input_mode {self.appearance.input_mode!r} needs an E_p with {want} input channels",
+                )
+        if self.expression.mode == "linear" and self.expression.num_bases < 1:
+            raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
+        if self.expression.mode not in ("encoder", "linear"):
+            raise ConfigError("config.expression", f"unknown expression mode {self.expression.mode!r}")
+        if self.superres.in_size != r.resolution:
+            raise ConfigError(
+                "config.superres",
+                f"superres.in_size ({self.superres.in_size}) must equal the render resolution ({r.resolution})",
+            )
+
+
+def paper_config() -> ModelConfig:
+    """The paper / released-code sizes (official-code-notes.md §2–§6)."""
+    return ModelConfig(profile="paper")
+
+
+def tiny_config() -> ModelConfig:
+    """Same network, small enough to train and serve on 2 CPU cores (checkpoint well under 25 MB)."""
+    encoder = EncoderConfig(
+        hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=128
+    )
+    return ModelConfig(
+        profile="tiny",
+        image_size=128,
+        canonical_encoder=encoder,
+        plane=PlaneConfig(channels=16, resolution=64, head_channels=(128, 64)),
+        appearance=AppearanceConfig(encoder=encoder, upsampler_hidden=64),
+        expression=ExpressionConfig(encoder=encoder),
+        renderer=RendererConfig(
+            resolution=32,
+            depth_resolution=32,
+            num_coarse=24,
+            num_fine=24,
+            decoder_hidden=32,
+            feature_channels=16,
+        ),
+        superres=dataclasses.replace(tiny_superres_config(), in_size=32, out_size=128),
+    )
+
+
+PROFILES = {"paper": paper_config, "tiny": tiny_config}
+
+
+def get_profile(name: str) -> ModelConfig:
+    try:
+        return PROFILES[name]()
+    except KeyError:
+        raise ConfigError(
+            "config.unknown_profile", f"unknown profile {name!r}; known: {sorted(PROFILES)}"
+        ) from None
+
+
+# --- serialisation -------------------------------------------------------------------------------
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples become lists) of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError("config.bad_value", f"{where}: expected a list, got {value!r}")
+        inner = args[0]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError("config.bad_value", f"{where}: {value!r} not one of {typing.get_args(hint)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError("config.bad_value", f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError("config.unknown_field", f"{where}: unknown fields {sorted(unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError("config.bad_value", f"{where}: {exc}") from exc
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Inverse of `config_to_dict` (validates the result)."""
+    return _from_dict(ModelConfig, data, "config")
+
+
+def config_json(config: ModelConfig) -> str:
+    return json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: ModelConfig) -> str:
+    """12-hex digest of the canonical JSON of a config."""
+    return hashlib.sha256(config_json(config).encode()).hexdigest()[:12]

@@ -1,0 +1,27 @@
+"""Typed errors of the model package: each carries a machine-readable ``code`` and a human message."""
+
+from __future__ import annotations
+
+
+class ModelError(ValueError):
+    """Base class. ``code`` is stable and machine-readable (e.g. ``model.bad_input``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class ModelInputError(ModelError):
+    """A tensor handed to the network has the wrong shape, dtype, range or batch size."""
+
+
+class ConfigError(ModelError):
+    """A model configuration is inconsistent, or a profile name is unknown."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint or serialised avatar cannot be used (corrupt, wrong config, wrong model version)."""
