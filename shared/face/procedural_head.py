@@ -429,7 +429,6 @@ def _snap_landmarks(
         cand = np.flatnonzero(allowed)
         d2 = np.sum((verts[cand, :2] - targets[k]) ** 2, axis=1)
         ids[k] = cand[int(np.argmin(d2))]
-    # Mirror pairs must be exact mirror vertices so the layout stays symmetric.
     return ids
 
 
@@ -730,12 +729,10 @@ def _albedo_regions_shading(
     hair = np.maximum(_smoothstep(hairline, hairline + 0.015, y) * (z > -0.3), 0.0)
     back = _smoothstep(0.35, 0.1, front_cos) * _smoothstep(-0.05, 0.02, y)
     paint(np.maximum(hair, back), (0.20, 0.14, 0.10))
-    brow_line = np.concatenate([lay.brow_left, lay.brow_left[:, :] * np.array([-1.0, 1.0])])
     brow_right = lay.brow_left * np.array([-1.0, 1.0])
     brow_d = np.minimum(
         _polyline_distance(verts[:, :2], lay.brow_left), _polyline_distance(verts[:, :2], brow_right)
     )
-    del brow_line
     paint(_smoothstep(0.0065, 0.003, brow_d) * (z > 0), (0.24, 0.16, 0.11))
     lip_w = _blob(
         x,

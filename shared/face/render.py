@@ -174,7 +174,7 @@ def render_neutral(
 
 
 def benchmark(resolutions: tuple[int, ...] = (128, 224, 256, 512), repeats: int = 20) -> dict[str, object]:
-    """Median wall time (ms) of one I_exp render (shape and albedo) per resolution, batch 1 and 8."""
+    """Wall time (ms) of one I_exp render call (shape and albedo) per resolution, batch 1 and 8."""
     import statistics
     import time
 
@@ -195,7 +195,11 @@ def benchmark(resolutions: tuple[int, ...] = (128, 224, 256, 512), repeats: int 
                     start = time.perf_counter()
                     render_expression(model, alpha, beta, resolution, shading=shading)
                     times.append((time.perf_counter() - start) * 1000.0)
-                results[f"ms_b{batch}_{resolution}_{shading}"] = round(statistics.median(times), 2)
+                # Median and best: on a shared machine the best run is closer to the uncontended cost.
+                results[f"ms_b{batch}_{resolution}_{shading}"] = {
+                    "median": round(statistics.median(times), 2),
+                    "min": round(min(times), 2),
+                }
     return results
 
 
