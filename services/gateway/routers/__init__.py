@@ -1,0 +1,1 @@
+"""REST v1 routers: thin HTTP adapters over ``services.gateway.service``."""

@@ -1,0 +1,57 @@
+"""/v1/assets: upload an input once, reference it from several jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+
+from services.gateway import service
+from services.gateway.context import GatewayContext
+from services.gateway.deps import Principal, audit_action, get_context, principal, request_meta
+from services.gateway.routers.jobs import ERRORS
+from services.gateway.schemas import AssetOut
+from shared.platform import repository
+from shared.platform.errors import NotFound
+
+router = APIRouter(prefix="/v1/assets", tags=["assets"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=AssetOut,
+    responses={
+        **ERRORS,
+        200: {"description": "the same bytes were uploaded before: the existing asset", "model": AssetOut},
+    },
+    summary="Upload a portrait or driving video",
+    dependencies=[audit_action("asset.upload")],
+)
+def upload_asset(
+    request: Request,
+    response: Response,
+    ctx: Annotated[GatewayContext, Depends(get_context)],
+    who: Annotated[Principal, Depends(principal)],
+    file: Annotated[
+        UploadFile, File(description="image (portrait) or video (driving clip); type sniffed from bytes")
+    ],
+) -> AssetOut:
+    """Inputs are content-addressed per tenant: uploading the same bytes twice returns the first asset (200)."""
+    asset, created = service.upload_asset(ctx, who, file, request_meta(request))
+    if not created:
+        response.status_code = 200
+    return service.asset_to_out(asset, ctx.base_url)
+
+
+@router.get("/{asset_id}", response_model=AssetOut, responses=ERRORS, summary="Asset metadata")
+def get_asset(
+    asset_id: str,
+    ctx: Annotated[GatewayContext, Depends(get_context)],
+    who: Annotated[Principal, Depends(principal)],
+) -> AssetOut:
+    with ctx.db.session() as session:
+        asset = repository.get_asset(session, who.tenant_id, asset_id)
+    if asset is None:
+        raise NotFound("asset")
+    return service.asset_to_out(asset, ctx.base_url)

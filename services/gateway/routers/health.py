@@ -1,0 +1,53 @@
+"""Liveness, readiness (DB, broker, storage) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from services.gateway.context import GatewayContext
+from services.gateway.deps import get_context
+from services.gateway.schemas import HealthOut
+from shared.platform.metrics import render_latest
+from shared.platform.queue import check_broker
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is alive")
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut}},
+    summary="DB, broker and storage reachable",
+)
+def readyz(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Response:
+    checks: dict[str, str] = {}
+    for name, probe in (
+        ("database", ctx.db.ping),
+        ("broker", lambda: check_broker(ctx.celery, ctx.settings.broker_connect_timeout_s)),
+        ("storage", ctx.storage.ping),
+    ):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            log.warning("readiness check %s failed: %s", name, exc)
+            checks[name] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+    ready = all(value == "ok" for value in checks.values())
+    body = HealthOut(status="ready" if ready else "not_ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (all worker processes)", response_class=Response)
+def metrics() -> Response:
+    payload, content_type = render_latest()
+    return Response(payload, media_type=content_type)

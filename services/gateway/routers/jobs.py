@@ -1,0 +1,249 @@
+"""/v1/jobs: submit, inspect, list, cancel, fetch the result and the provenance record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from services.gateway import service
+from services.gateway.context import GatewayContext
+from services.gateway.deps import Principal, audit_action, get_context, principal, request_meta
+from services.gateway.schemas import ErrorEnvelope, JobList, JobOut, ProvenanceOut, ResultUrl
+from shared.platform import repository
+from shared.platform.errors import (
+    PROVENANCE_NOT_AVAILABLE,
+    RESULT_NOT_READY,
+    Conflict,
+    NotFound,
+    PlatformError,
+)
+from shared.platform.jobs import JobState
+from shared.platform.models import Job, utcnow
+from shared.platform.provenance import provenance_document, signature_valid
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429)}
+Ctx = Annotated[GatewayContext, Depends(get_context)]
+Who = Annotated[Principal, Depends(principal)]
+
+
+def _owned_job(ctx: GatewayContext, who: Principal, job_id: str) -> Job:
+    with ctx.db.session() as session:
+        job = repository.get_job(session, who.tenant_id, job_id)
+    if job is None:
+        raise NotFound("job")
+    return job
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="Submit a reenactment (or orbit) job",
+    dependencies=[audit_action("job.create")],
+)
+def create_job(
+    request: Request,
+    response: Response,
+    ctx: Ctx,
+    who: Who,
+    portrait: Annotated[UploadFile | None, File(description="JPEG, PNG or WebP portrait (one face)")] = None,
+    driving_video: Annotated[UploadFile | None, File(description="MP4/MOV/WebM/MKV/AVI driving clip")] = None,
+    portrait_asset_id: Annotated[
+        str | None, Form(description="instead of uploading: an earlier asset")
+    ] = None,
+    driving_asset_id: Annotated[
+        str | None, Form(description="instead of uploading: an earlier asset")
+    ] = None,
+    job_type: Annotated[
+        str | None, Form(description="reenact (default) or orbit (novel-view render)")
+    ] = None,
+    motion_mode: Annotated[str | None, Form(description="relative (default) or absolute")] = None,
+    expression_scale: Annotated[str | None, Form(description="0..3, default 1")] = None,
+    smoothing: Annotated[str | None, Form(description="0..1, default 0.5")] = None,
+    output_size: Annotated[str | None, Form(description="square output side, default 512")] = None,
+    output_fps: Annotated[str | None, Form(description="default: the driving clip's rate")] = None,
+    frame_limit: Annotated[str | None, Form(description="at most this many frames")] = None,
+    consent_subject: Annotated[
+        str | None, Form(description="REQUIRED: who consented (the person shown)")
+    ] = None,
+    consent_method: Annotated[
+        str | None,
+        Form(description="REQUIRED: written_release | electronic_signature | recorded_verbal | self"),
+    ] = None,
+    consent_obtained_at: Annotated[
+        str | None, Form(description="REQUIRED: when, ISO 8601 with timezone")
+    ] = None,
+    consent_reference: Annotated[str | None, Form(description="e.g. the release document's id")] = None,
+    consent_attested_by: Annotated[
+        str | None, Form(description="who at your organisation attests this")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobOut:
+    """Multipart upload of a portrait and a driving video (or ids of earlier ``POST /v1/assets``
+    uploads), render options and the **required** consent attestation. Answers 202 at once; poll
+    ``links.self``. With an ``Idempotency-Key`` header, repeating the same request returns the
+    same job (header ``Idempotent-Replayed: true``); the same key with another body is a 409."""
+    form = service.SubmitForm(
+        job_type=job_type,
+        options={
+            "motion_mode": motion_mode,
+            "expression_scale": expression_scale,
+            "smoothing": smoothing,
+            "output_size": output_size,
+            "output_fps": output_fps,
+            "frame_limit": frame_limit,
+        },
+        consent={
+            "subject_name": consent_subject,
+            "method": consent_method,
+            "obtained_at": consent_obtained_at,
+            "reference": consent_reference,
+            "attested_by": consent_attested_by,
+        },
+        portrait=portrait,
+        portrait_asset_id=portrait_asset_id,
+        driving=driving_video,
+        driving_asset_id=driving_asset_id,
+    )
+    job, replayed = service.submit_job(ctx, who, form, idempotency_key, request_meta(request))
+    out = service.job_to_out(job, ctx.base_url)
+    response.headers["Location"] = out.links["self"]
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out
+
+
+@router.get("", response_model=JobList, responses=ERRORS, summary="List your jobs, newest first")
+def list_jobs(
+    ctx: Ctx,
+    who: Who,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> JobList:
+    with ctx.db.session() as session:
+        jobs, next_cursor = repository.list_jobs(
+            session, who.tenant_id, state=state.value if state else None, limit=limit, cursor=cursor
+        )
+    now = utcnow()
+    return JobList(
+        items=[service.job_to_out(job, ctx.base_url, now) for job in jobs], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/{job_id}", response_model=JobOut, responses=ERRORS, summary="Job state, progress, timings, error"
+)
+def get_job(job_id: str, ctx: Ctx, who: Who) -> JobOut:
+    return service.job_to_out(_owned_job(ctx, who, job_id), ctx.base_url)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="Cancel a queued or running job",
+    dependencies=[audit_action("job.cancel")],
+)
+def cancel_job(job_id: str, request: Request, ctx: Ctx, who: Who) -> JobOut:
+    job = service.cancel_job(ctx, who, job_id, request_meta(request))
+    return service.job_to_out(job, ctx.base_url)
+
+
+@router.get(
+    "/{job_id}/result",
+    responses={
+        **ERRORS,
+        307: {"description": "redirect to a presigned URL that expires (S3 storage)"},
+        200: {
+            "description": "the video itself (local storage) or, with mode=url, the URL",
+            "content": {"video/mp4": {}},
+        },
+    },
+    summary="Download the result",
+    dependencies=[audit_action("job.result")],
+    response_model=None,
+)
+def get_result(
+    job_id: str,
+    request: Request,
+    ctx: Ctx,
+    who: Who,
+    mode: Annotated[
+        Literal["redirect", "url"], Query(description="url: answer the presigned URL as JSON")
+    ] = "redirect",
+) -> Response | ResultUrl:
+    job = _owned_job(ctx, who, job_id)
+    if job.state != JobState.SUCCEEDED.value or not job.result_key:
+        raise Conflict(
+            RESULT_NOT_READY,
+            f"the job is {job.state}; a result exists once it has succeeded",
+            details={"state": job.state},
+        )
+    service.audit_action(ctx, who, request_meta(request), "job.result", "job", job.id, {"mode": mode})
+    if ctx.storage.supports_presign:
+        ttl = ctx.settings.presign_ttl_s
+        url = ctx.storage.presigned_get_url(job.result_key, ttl)
+        if mode == "url":
+            return ResultUrl(
+                url=url,
+                expires_at=utcnow() + dt.timedelta(seconds=ttl),
+                sha256=job.result_sha256,
+                size_bytes=job.result_size_bytes,
+                media_type=job.result_media_type,
+            )
+        return RedirectResponse(url, status_code=307)
+    if mode == "url":
+        raise PlatformError(
+            "presign_not_supported", "local storage cannot presign URLs; fetch without mode=url", status=400
+        )
+    return _stream(ctx, job)
+
+
+def _stream(ctx: GatewayContext, job: Job) -> StreamingResponse:
+    key = job.result_key
+    assert key is not None
+
+    def chunks() -> Iterator[bytes]:
+        with ctx.storage.open(key) as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}.mp4"'}
+    if job.result_size_bytes is not None:
+        headers["Content-Length"] = str(job.result_size_bytes)
+    if job.result_sha256:
+        headers["X-Content-SHA256"] = job.result_sha256
+    return StreamingResponse(
+        chunks(), media_type=job.result_media_type or "application/octet-stream", headers=headers
+    )
+
+
+@router.get(
+    "/{job_id}/provenance",
+    response_model=ProvenanceOut,
+    responses=ERRORS,
+    summary="The signed provenance record",
+    dependencies=[audit_action("job.provenance")],
+)
+def get_provenance(job_id: str, ctx: Ctx, who: Who) -> ProvenanceOut:
+    job = _owned_job(ctx, who, job_id)
+    with ctx.db.session() as session:
+        record = repository.get_provenance(session, job.id)
+    if record is None:
+        raise PlatformError(PROVENANCE_NOT_AVAILABLE, "no provenance record exists for this job", status=404)
+    return ProvenanceOut(
+        job_id=job.id,
+        complete=record.completed_at is not None,
+        signature_valid=signature_valid(record, ctx.signing_key),
+        signing_key_id=record.signing_key_id,
+        signature=record.signature,
+        document=provenance_document(record),
+    )

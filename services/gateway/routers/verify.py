@@ -1,0 +1,65 @@
+"""/v1/verify: is this video one of ours? Which job, and what does its provenance say?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+
+from services.gateway import service
+from services.gateway.context import GatewayContext
+from services.gateway.deps import Principal, audit_action, get_context, principal, request_meta
+from services.gateway.routers.jobs import ERRORS
+from services.gateway.schemas import VerifyOut
+from shared.platform.errors import CORRUPT_MEDIA, InputRejected
+from shared.platform.verify import verify_upload
+
+router = APIRouter(prefix="/v1", tags=["verify"])
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    responses=ERRORS,
+    summary="Check a video for the platform's watermark and provenance",
+    dependencies=[audit_action("verify")],
+)
+def verify(
+    request: Request,
+    ctx: Annotated[GatewayContext, Depends(get_context)],
+    who: Annotated[Principal, Depends(principal)],
+    video: Annotated[UploadFile, File(description="any video; nothing is stored")],
+) -> VerifyOut:
+    """``status: "not_available"`` means this deployment has no detector installed and nothing
+    was checked — it is never a negative answer. Otherwise ``watermark.found`` says whether the
+    platform's watermark is present, ``job_id`` which job it names, and ``checks`` whether the
+    provenance record's signature holds and whether the file is byte-identical to the output."""
+    with service.workspace() as tmp:
+        spooled = service.spool_upload(video, tmp, "video", ctx, "video")
+        try:
+            with ctx.db.session() as session:
+                outcome = verify_upload(
+                    session,
+                    ctx.verifier(),
+                    spooled.path,
+                    file_sha256=spooled.sha256,
+                    tenant_id=who.tenant_id,
+                    signing_key=ctx.signing_key,
+                )
+        except InputRejected:
+            raise
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str):  # a typed media-layer error (e.g. video_unreadable): the file's fault
+                raise InputRejected(code or CORRUPT_MEDIA, f"video: {getattr(exc, 'message', exc)}") from exc
+            raise
+    service.audit_action(
+        ctx,
+        who,
+        request_meta(request),
+        "verify",
+        "job",
+        outcome.job_id or "-",
+        {"status": outcome.status, "sha256": spooled.sha256},
+    )
+    return VerifyOut(**outcome.to_dict(), file_sha256=spooled.sha256)

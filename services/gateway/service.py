@@ -1,0 +1,511 @@
+"""What the routes do, between HTTP and the database: uploads, job submission, serialisation.
+
+Order of a submission, chosen so a refused request leaves nothing behind:
+1. validate the form (job type, options, consent) — nothing read yet;
+2. spool each upload to a private temp dir while hashing it, refusing past the size limit;
+3. sniff + inspect the bytes (type, pixels, video limits, integrity);
+4. idempotency: same key + same body -> the earlier job; same key + other body -> 409;
+5. put new inputs in object storage (content-addressed, so a retry rewrites the same key);
+6. one transaction: assets, job, first event, provenance record, audit entry;
+7. after commit: publish to the queue (a failure leaves the job for the reconciler).
+If step 6 fails, objects written in step 5 that no asset row references are deleted again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+
+from services.gateway.context import GatewayContext
+from services.gateway.deps import Principal, RequestMeta
+from services.gateway.schemas import AssetOut, ConsentAttestation, JobOptions, JobOut, Progress
+from shared.platform import repository
+from shared.platform.errors import (
+    CONSENT_REQUIRED,
+    IDEMPOTENCY_KEY_REUSED,
+    INVALID_OPTIONS,
+    INVALID_REQUEST,
+    MISSING_INPUT,
+    PAYLOAD_TOO_LARGE,
+    WRONG_MEDIA_KIND,
+    Conflict,
+    InputRejected,
+    NotFound,
+    PlatformError,
+)
+from shared.platform.inputs import MediaInfo, MediaKind, inspect_media
+from shared.platform.jobs import JobState, JobType
+from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
+from shared.platform.models import Asset, Job, utcnow
+from shared.platform.queue import enqueue_job
+from shared.platform.storage import input_key
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True)
+class SpooledUpload:
+    path: Path
+    size_bytes: int
+    sha256: str
+    filename: str
+    info: MediaInfo
+
+
+@dataclass
+class ResolvedInput:
+    """An input that is either already an asset row or a validated upload waiting to be stored."""
+
+    asset: Asset | None = None
+    upload: SpooledUpload | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self.asset is not None:
+            return self.asset.sha256
+        assert self.upload is not None
+        return self.upload.sha256
+
+
+@contextmanager
+def workspace() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="goha-upload-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def spool_upload(
+    upload: UploadFile, directory: Path, name: str, ctx: GatewayContext, kind: MediaKind | None
+) -> SpooledUpload:
+    """Copy an upload to ``directory`` while hashing, refusing past the size limit; then inspect it."""
+    limit = ctx.limits.max_upload_bytes
+    digest = hashlib.sha256()
+    size = 0
+    path = directory / name
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise InputRejected(
+                    PAYLOAD_TOO_LARGE,
+                    f"{name} is larger than the limit of {limit} bytes",
+                    status=413,
+                    details={"field": name, "limit_bytes": limit},
+                )
+            digest.update(chunk)
+            out.write(chunk)
+    try:
+        info = inspect_media(path, ctx.limits, kind)
+    except InputRejected as exc:
+        exc.details.setdefault("field", name)
+        exc.message = f"{name}: {exc.message}"
+        raise
+    return SpooledUpload(path, size, digest.hexdigest(), (upload.filename or "")[:255], info)
+
+
+# -- assets ----------------------------------------------------------------------------------------------
+def _store_uploads(ctx: GatewayContext, tenant_id: str, uploads: list[SpooledUpload]) -> list[str]:
+    """Put uploads in storage; returns the keys this call created (candidates for cleanup)."""
+    created: list[str] = []
+    for upload in uploads:
+        key = input_key(tenant_id, upload.sha256)
+        if ctx.storage.exists(key):
+            continue
+        ctx.storage.put_file(key, upload.path, content_type=upload.info.media_type)
+        created.append(key)
+    return created
+
+
+def _cleanup_orphans(ctx: GatewayContext, tenant_id: str, keys: list[str]) -> None:
+    """Delete objects we wrote if no asset row points at them (a concurrent twin may have committed)."""
+    if not keys:
+        return
+    with ctx.db.session() as session:
+        for key in keys:
+            sha256 = key.rsplit("/", 1)[-1]
+            if repository.find_asset_by_hash(session, tenant_id, sha256) is None:
+                try:
+                    ctx.storage.delete(key)
+                except Exception:
+                    log.exception("could not delete orphan object %s", key)
+
+
+def _asset_row(session: Any, tenant_id: str, upload: SpooledUpload) -> Asset:
+    asset, _created = repository.get_or_create_asset(
+        session,
+        tenant_id=tenant_id,
+        sha256=upload.sha256,
+        size_bytes=upload.size_bytes,
+        media_type=upload.info.media_type,
+        kind=upload.info.kind,
+        storage_key=input_key(tenant_id, upload.sha256),
+        media_info=upload.info.to_dict(),
+        original_filename=upload.filename,
+    )
+    return asset
+
+
+def upload_asset(
+    ctx: GatewayContext, who: Principal, upload: UploadFile, meta: RequestMeta
+) -> tuple[Asset, bool]:
+    """Validate and store one file as an asset; returns (asset, created)."""
+    with workspace() as tmp:
+        spooled = spool_upload(upload, tmp, "file", ctx, None)
+        with ctx.db.session() as session:
+            existing = repository.find_asset_by_hash(session, who.tenant_id, spooled.sha256)
+        if existing is not None and ctx.storage.exists(existing.storage_key):
+            return existing, False
+        created_keys = _store_uploads(ctx, who.tenant_id, [spooled])
+        try:
+            with ctx.db.session() as session:
+                asset = _asset_row(session, who.tenant_id, spooled)
+                _audit(
+                    session,
+                    who,
+                    meta,
+                    "asset.upload",
+                    "asset",
+                    asset.id,
+                    {"sha256": asset.sha256, "media_type": asset.media_type},
+                )
+        except BaseException:
+            _cleanup_orphans(ctx, who.tenant_id, created_keys)
+            raise
+        return asset, True
+
+
+def asset_to_out(asset: Asset, base_url: str) -> AssetOut:
+    return AssetOut(
+        id=asset.id,
+        sha256=asset.sha256,
+        size_bytes=asset.size_bytes,
+        media_type=asset.media_type,
+        kind=asset.kind,  # type: ignore[arg-type]
+        media_info=asset.media_info or {},
+        created_at=asset.created_at,
+        links={"self": f"{base_url}/v1/assets/{asset.id}"},
+    )
+
+
+# -- job submission --------------------------------------------------------------------------------------
+@dataclass
+class SubmitForm:
+    job_type: str | None
+    options: dict[str, Any]  # raw form values; None entries mean "not given"
+    consent: dict[str, Any]
+    portrait: UploadFile | None
+    portrait_asset_id: str | None
+    driving: UploadFile | None
+    driving_asset_id: str | None
+
+
+def _validate_form(ctx: GatewayContext, form: SubmitForm) -> tuple[JobType, JobOptions, ConsentAttestation]:
+    try:
+        job_type = JobType(form.job_type or JobType.REENACT.value)
+    except ValueError as exc:
+        raise InputRejected(INVALID_OPTIONS, f"job_type must be one of {[t.value for t in JobType]}") from exc
+    given_consent = {k: v for k, v in form.consent.items() if v not in (None, "")}
+    if not given_consent:
+        raise InputRejected(
+            CONSENT_REQUIRED,
+            "a consent attestation is required: consent_subject, consent_method and consent_obtained_at",
+        )
+    try:
+        consent = ConsentAttestation(**given_consent)
+    except ValidationError as exc:
+        raise InputRejected(
+            CONSENT_REQUIRED, f"incomplete or invalid consent attestation: {_first_errors(exc)}"
+        ) from exc
+    try:
+        options = JobOptions(**{k: v for k, v in form.options.items() if v not in (None, "")})
+    except ValidationError as exc:
+        raise InputRejected(INVALID_OPTIONS, f"invalid options: {_first_errors(exc)}") from exc
+    settings = ctx.settings
+    if options.output_size > settings.max_output_size:
+        raise InputRejected(INVALID_OPTIONS, f"output_size may be at most {settings.max_output_size}")
+    if options.output_fps is not None and options.output_fps > settings.max_video_fps:
+        raise InputRejected(INVALID_OPTIONS, f"output_fps may be at most {settings.max_video_fps:g}")
+    if options.frame_limit is not None and options.frame_limit > settings.max_video_frames:
+        raise InputRejected(INVALID_OPTIONS, f"frame_limit may be at most {settings.max_video_frames}")
+    return job_type, options, consent
+
+
+def _first_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:4])
+
+
+def _resolve(
+    ctx: GatewayContext,
+    who: Principal,
+    tmp: Path,
+    label: str,
+    upload: UploadFile | None,
+    asset_id: str | None,
+    kind: MediaKind,
+    required: bool,
+) -> ResolvedInput | None:
+    if upload is not None and asset_id:
+        raise InputRejected(INVALID_REQUEST, f"give either the {label} file or {label}_asset_id, not both")
+    if upload is not None:
+        return ResolvedInput(upload=spool_upload(upload, tmp, label, ctx, kind))
+    if asset_id:
+        with ctx.db.session() as session:
+            asset = repository.get_asset(session, who.tenant_id, asset_id)
+        if asset is None:
+            raise NotFound(f"{label} asset {asset_id!r}")
+        if asset.kind != kind:
+            raise InputRejected(
+                WRONG_MEDIA_KIND,
+                f"{label}_asset_id is a {asset.kind}, expected {'an image' if kind == 'image' else 'a video'}",
+                status=415,
+            )
+        return ResolvedInput(asset=asset)
+    if required:
+        raise InputRejected(
+            MISSING_INPUT, f"the {label} is required: upload it as '{label}' or pass {label}_asset_id"
+        )
+    return None
+
+
+def request_hash(
+    job_type: JobType,
+    options: JobOptions,
+    consent: ConsentAttestation,
+    portrait_sha: str,
+    driving_sha: str | None,
+) -> str:
+    body = {
+        "job_type": job_type.value,
+        "options": options.model_dump(mode="json"),
+        "consent": consent.model_dump(mode="json"),
+        "portrait_sha256": portrait_sha,
+        "driving_sha256": driving_sha,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _replay(ctx: GatewayContext, who: Principal, key: str, digest: str) -> Job | None:
+    with ctx.db.session() as session:
+        job = repository.get_job_by_idempotency_key(session, who.tenant_id, key)
+    if job is None:
+        return None
+    if job.request_hash != digest:
+        raise Conflict(
+            IDEMPOTENCY_KEY_REUSED,
+            "this Idempotency-Key was already used with a different request body",
+            details={"job_id": job.id},
+        )
+    return job
+
+
+def submit_job(
+    ctx: GatewayContext, who: Principal, form: SubmitForm, idempotency_key: str | None, meta: RequestMeta
+) -> tuple[Job, bool]:
+    """Returns (job, replayed). ``replayed`` is True when an earlier identical request created it."""
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
+    ):
+        raise InputRejected(
+            INVALID_REQUEST, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+        )
+    job_type, options, consent = _validate_form(ctx, form)
+    with workspace() as tmp:
+        portrait = _resolve(ctx, who, tmp, "portrait", form.portrait, form.portrait_asset_id, "image", True)
+        driving = _resolve(
+            ctx,
+            who,
+            tmp,
+            "driving_video",
+            form.driving,
+            form.driving_asset_id,
+            "video",
+            job_type is JobType.REENACT,
+        )
+        assert portrait is not None
+        digest = request_hash(
+            job_type, options, consent, portrait.sha256, driving.sha256 if driving else None
+        )
+        if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
+            return earlier, True
+
+        uploads = [r.upload for r in (portrait, driving) if r is not None and r.upload is not None]
+        created_keys = _store_uploads(ctx, who.tenant_id, uploads)
+        consent_record = {
+            **consent.model_dump(mode="json"),
+            "attested_via_api_key": who.key_prefix,
+            "recorded_at": utcnow().isoformat(),
+        }
+        try:
+            with ctx.db.session() as session:
+                portrait_asset = portrait.asset or _asset_row(session, who.tenant_id, portrait.upload)  # type: ignore[arg-type]
+                driving_asset = None
+                if driving is not None:
+                    driving_asset = driving.asset or _asset_row(session, who.tenant_id, driving.upload)  # type: ignore[arg-type]
+                job = repository.create_job(
+                    session,
+                    tenant_id=who.tenant_id,
+                    api_key_id=who.api_key_id,
+                    job_type=job_type.value,
+                    options=options.model_dump(mode="json"),
+                    consent=consent_record,
+                    portrait=portrait_asset,
+                    driving=driving_asset,
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
+                    signing_key=ctx.signing_key,
+                )
+                _audit(
+                    session,
+                    who,
+                    meta,
+                    "job.create",
+                    "job",
+                    job.id,
+                    {"job_type": job_type.value, "idempotency_key": idempotency_key},
+                )
+        except IntegrityError:
+            _cleanup_orphans(ctx, who.tenant_id, created_keys)
+            # A concurrent request with the same Idempotency-Key won the insert: answer with its job.
+            if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
+                return earlier, True
+            raise
+        except BaseException:
+            _cleanup_orphans(ctx, who.tenant_id, created_keys)
+            raise
+    JOBS_SUBMITTED.labels(job_type=job_type.value).inc()
+    publish(ctx, job.id)
+    return job, False
+
+
+def publish(ctx: GatewayContext, job_id: str) -> None:
+    """Enqueue after commit; if the broker is unreachable the job stays queued for the reconciler."""
+    try:
+        enqueue_job(job_id, ctx.celery)
+    except Exception as exc:
+        ENQUEUE_FAILURES.inc()
+        log.warning("could not enqueue job %s (the reconciler will retry): %s", job_id, exc)
+        with ctx.db.session() as session:
+            repository.mark_enqueue_failed(session, job_id)
+
+
+def _audit(
+    session: Any,
+    who: Principal,
+    meta: RequestMeta,
+    action: str,
+    target_type: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    repository.audit(
+        session,
+        actor=who.actor,
+        action=action,
+        tenant_id=who.tenant_id,
+        api_key_id=who.api_key_id,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+        request_id=meta.request_id,
+        client_ip=meta.client_ip,
+    )
+
+
+def audit_action(
+    ctx: GatewayContext,
+    who: Principal,
+    meta: RequestMeta,
+    action: str,
+    target_type: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    with ctx.db.session() as session:
+        _audit(session, who, meta, action, target_type, target_id, details)
+
+
+# -- job state for clients -------------------------------------------------------------------------------
+def cancel_job(ctx: GatewayContext, who: Principal, job_id: str, meta: RequestMeta) -> Job:
+    from shared.platform.errors import JOB_NOT_CANCELLABLE, IllegalTransition
+    from shared.platform.jobs import transition
+
+    for _ in range(3):  # the job may move (queued -> running) between our read and our update
+        with ctx.db.session() as session:
+            job = repository.get_job(session, who.tenant_id, job_id)
+            if job is None:
+                raise NotFound("job")
+            if JobState(job.state).terminal:
+                raise Conflict(
+                    JOB_NOT_CANCELLABLE, f"job is already {job.state}", details={"state": job.state}
+                )
+            try:
+                transition(session, job, JobState.CANCELLED, reason=f"cancelled by {who.actor}")
+            except IllegalTransition:
+                session.rollback()
+                continue
+            _audit(session, who, meta, "job.cancel", "job", job.id)
+            return job
+    raise PlatformError(JOB_NOT_CANCELLABLE, "the job kept changing state; retry", status=409)
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOut:
+    now = now or utcnow()
+    state = JobState(job.state)
+    queued_until = job.started_at or job.finished_at or now
+    running_until = job.finished_at or now
+    timings: dict[str, float] = {"queued_s": _seconds(job.created_at, queued_until) or 0.0}
+    if job.started_at is not None:
+        timings["running_s"] = _seconds(job.started_at, running_until) or 0.0
+    if job.finished_at is not None:
+        timings["total_s"] = _seconds(job.created_at, job.finished_at) or 0.0
+    timings.update({k: float(v) for k, v in (job.timings or {}).items()})
+    fraction = None
+    if job.frames_total:
+        fraction = round(min(1.0, job.frames_done / job.frames_total), 4)
+    link = f"{base_url}/v1/jobs/{job.id}"
+    links = {"self": link, "provenance": f"{link}/provenance"}
+    if not state.terminal:
+        links["cancel"] = f"{link}/cancel"
+    if state is JobState.SUCCEEDED:
+        links["result"] = f"{link}/result"
+    return JobOut(
+        id=job.id,
+        state=state,
+        job_type=JobType(job.job_type),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(frames_done=job.frames_done, frames_total=job.frames_total, fraction=fraction),
+        timings=timings,
+        error={"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,  # type: ignore[arg-type]
+        options=job.options or {},
+        inputs={"portrait_asset_id": job.portrait_asset_id, "driving_asset_id": job.driving_asset_id},
+        attempts=job.attempts,
+        links=links,
+    )

@@ -1,0 +1,145 @@
+"""Admin CLI: tenants and API keys (every action is written to the audit log).
+
+    python -m shared.platform.admin create-tenant NAME
+    python -m shared.platform.admin create-key TENANT [--label L] [--rate-limit N]   # prints the key once
+    python -m shared.platform.admin revoke-key PREFIX
+    python -m shared.platform.admin list-tenants
+
+TENANT is a tenant's name or id. The database comes from GOHA_DATABASE_URL (or --database-url).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from shared.platform import repository
+from shared.platform.db import Database
+from shared.platform.errors import PlatformError
+from shared.platform.models import ApiKey, Tenant
+from shared.platform.settings import Settings
+
+ACTOR = "admin-cli"
+
+
+def create_tenant(db: Database, name: str) -> Tenant:
+    with db.session() as session:
+        tenant = repository.create_tenant(session, name)
+        repository.audit(
+            session,
+            actor=ACTOR,
+            action="tenant.create",
+            tenant_id=tenant.id,
+            target_type="tenant",
+            target_id=tenant.id,
+            details={"name": name},
+        )
+        return tenant
+
+
+def create_key(
+    db: Database, tenant_ref: str, *, label: str = "", rate_limit_per_minute: int | None = None
+) -> tuple[ApiKey, str]:
+    with db.session() as session:
+        tenant = repository.find_tenant(session, tenant_ref)
+        row, key = repository.create_api_key(
+            session, tenant, label=label, rate_limit_per_minute=rate_limit_per_minute
+        )
+        repository.audit(
+            session,
+            actor=ACTOR,
+            action="api_key.create",
+            tenant_id=tenant.id,
+            api_key_id=row.id,
+            target_type="api_key",
+            target_id=row.prefix,
+            details={"label": label, "rate_limit_per_minute": rate_limit_per_minute},
+        )
+        return row, key
+
+
+def revoke_key(db: Database, prefix: str) -> ApiKey:
+    with db.session() as session:
+        row = repository.revoke_api_key(session, prefix)
+        repository.audit(
+            session,
+            actor=ACTOR,
+            action="api_key.revoke",
+            tenant_id=row.tenant_id,
+            api_key_id=row.id,
+            target_type="api_key",
+            target_id=prefix,
+        )
+        return row
+
+
+def list_tenants(db: Database) -> list[dict[str, object]]:
+    with db.session() as session:
+        return [
+            {"id": t.id, "name": t.name, "created_at": t.created_at.isoformat(), "disabled": t.disabled}
+            for t in session.scalars(select(Tenant).order_by(Tenant.created_at))
+        ]
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the admin commands on a subparser set (reused by the ``goha`` CLI)."""
+    p = sub.add_parser("create-tenant", help="create a tenant")
+    p.add_argument("name")
+    p = sub.add_parser("create-key", help="create an API key for a tenant; the key is printed once")
+    p.add_argument("tenant", help="tenant name or id")
+    p.add_argument("--label", default="")
+    p.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
+    p = sub.add_parser("revoke-key", help="revoke an API key by its prefix")
+    p.add_argument("prefix")
+    sub.add_parser("list-tenants", help="list tenants as JSON")
+
+
+def run_command(args: argparse.Namespace, db: Database) -> int:
+    if args.command == "create-tenant":
+        tenant = create_tenant(db, args.name)
+        print(json.dumps({"id": tenant.id, "name": tenant.name}))
+    elif args.command == "create-key":
+        row, key = create_key(db, args.tenant, label=args.label, rate_limit_per_minute=args.rate_limit)
+        print(
+            f"# API key for tenant {args.tenant} (prefix {row.prefix}); it is shown only this once",
+            file=sys.stderr,
+        )
+        print(key)
+    elif args.command == "revoke-key":
+        row = revoke_key(db, args.prefix)
+        print(
+            json.dumps(
+                {"prefix": row.prefix, "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
+            )
+        )
+    elif args.command == "list-tenants":
+        print(json.dumps(list_tenants(db), indent=2))
+    else:
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.platform.admin", description="tenants and API keys"
+    )
+    parser.add_argument("--database-url", default=None, help="default: GOHA_DATABASE_URL / embedded SQLite")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    settings = Settings()
+    db = Database(args.database_url or settings.database_url)
+    try:
+        return run_command(args, db)
+    except PlatformError as exc:
+        print(f"error: [{exc.code}] {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

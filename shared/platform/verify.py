@@ -1,0 +1,214 @@
+"""The plug between ``POST /v1/verify`` and a detector.
+
+A ``Verifier`` reads one video file and reports what it found (watermark payload, C2PA manifest);
+it never touches the database. ``verify_upload`` then maps the payload to a job through the stored
+provenance records and checks the record's signature and output hash.
+
+Which verifier runs: one given to ``register_verifier`` (e.g. by the worker package), else the
+media layer's ``shared.media.verify.verify_video`` when it can be imported, else none — and the
+endpoint answers ``status: "not_available"`` rather than pretending to have looked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.orm import Session
+
+from shared.platform import repository
+from shared.platform.models import ProvenanceRecord
+from shared.platform.provenance import signature_valid
+from shared.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VerifyStatus = Literal["not_available", "checked"]
+
+
+@dataclass(frozen=True)
+class DetectorReport:
+    """What a detector read from the file (no database knowledge)."""
+
+    watermark_found: bool
+    watermark_payload: int | None = None  # 32-bit payload (per-bit majority), even when not "found"
+    watermark_confident_bits: int | None = None
+    manifest_present: bool = False
+    manifest_valid: bool = False
+    manifest_trusted: bool = False
+    manifest_job_id: str | None = None
+    manifest_payload: int | None = None
+    detector: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    # Payload comparison supplied by the detector (tolerates a few flipped bits); None -> exact match.
+    payload_matcher: Callable[[int], bool] | None = field(default=None, repr=False, compare=False)
+
+    def matches(self, payload: int) -> bool:
+        if self.payload_matcher is not None:
+            return self.payload_matcher(payload)
+        return self.watermark_payload == payload
+
+
+class Verifier(Protocol):
+    name: str
+
+    def __call__(self, path: Path) -> DetectorReport: ...
+
+
+_registered: Verifier | None = None
+
+
+def register_verifier(verifier: Verifier | None) -> None:
+    """Install the verifier the gateway uses (None restores automatic discovery)."""
+    global _registered
+    _registered = verifier
+
+
+class MediaVerifier:
+    """Adapter over ``shared.media.verify.verify_video`` (RivaGAN watermark + C2PA manifest)."""
+
+    name = "shared.media.verify"
+
+    def __init__(self, verify_video: Callable[..., Any], trust_anchors: str | None = None) -> None:
+        self._verify_video = verify_video
+        self._trust_anchors = trust_anchors
+
+    def __call__(self, path: Path) -> DetectorReport:
+        report = self._verify_video(path, trust_anchors=self._trust_anchors)
+        watermark, manifest = report.watermark, report.manifest
+        claim = manifest.claim or {}
+        return DetectorReport(
+            watermark_found=bool(watermark.found),
+            watermark_payload=watermark.payload,
+            watermark_confident_bits=watermark.confident_bits,
+            manifest_present=bool(manifest.present),
+            manifest_valid=bool(manifest.valid),
+            manifest_trusted=bool(manifest.trusted),
+            manifest_job_id=claim.get("job_id"),
+            manifest_payload=report.manifest_payload,
+            detector=self.name,
+            raw=report.to_dict(),
+            payload_matcher=watermark.matches,
+        )
+
+
+def load_verifier(settings: Settings) -> Verifier | None:
+    if settings.verifier == "none":
+        return None
+    if _registered is not None:
+        return _registered
+    try:
+        from shared.media.verify import verify_video
+    except Exception as exc:  # not written yet, or its heavy deps are missing: say so, do not fake
+        log.info("no verifier available: %s", exc)
+        return None
+    anchors = None
+    if settings.c2pa_trust_anchors_path and Path(settings.c2pa_trust_anchors_path).exists():
+        anchors = Path(settings.c2pa_trust_anchors_path).read_text()
+    return MediaVerifier(verify_video, anchors)
+
+
+@dataclass
+class VerifyOutcome:
+    status: VerifyStatus
+    message: str
+    detector: str | None = None
+    watermark: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    job_id: str | None = None
+    same_tenant: bool | None = None
+    provenance: dict[str, Any] | None = None
+    checks: dict[str, bool | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _public_provenance(record: ProvenanceRecord, *, same_tenant: bool) -> dict[str, Any]:
+    """Another tenant's record is summarised: enough to trust the answer, not the consent details."""
+    summary: dict[str, Any] = {
+        "record_id": record.id,
+        "job_id": record.job_id,
+        "created_at": record.created_at.isoformat() if record.created_at else None,
+        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
+        "model_version": record.model_version,
+        "output_sha256": record.output_sha256,
+        "consent_attested": bool(record.consent),
+    }
+    if same_tenant:
+        summary.update(inputs=record.inputs, options=record.options, consent=record.consent)
+    return summary
+
+
+def verify_upload(
+    session: Session,
+    verifier: Verifier | None,
+    path: str | os.PathLike[str],
+    *,
+    file_sha256: str,
+    tenant_id: str,
+    signing_key: bytes,
+) -> VerifyOutcome:
+    if verifier is None:
+        return VerifyOutcome(
+            status="not_available",
+            message="no watermark detector is installed in this deployment; nothing was checked",
+        )
+    report = verifier(Path(path))
+    watermark = {
+        "found": report.watermark_found,
+        "payload": report.watermark_payload,
+        "confident_bits": report.watermark_confident_bits,
+    }
+    manifest = {
+        "present": report.manifest_present,
+        "valid": report.manifest_valid,
+        "trusted": report.manifest_trusted,
+        "job_id": report.manifest_job_id,
+    }
+    candidates: list[ProvenanceRecord] = []
+    if report.watermark_found and report.watermark_payload is not None:
+        candidates = repository.find_provenance_by_payload(session, report.watermark_payload)
+    if not candidates and report.manifest_valid and report.manifest_payload is not None:
+        candidates = repository.find_provenance_by_payload(session, report.manifest_payload)
+    record = next(
+        (r for r in candidates if r.watermark_payload is not None and report.matches(r.watermark_payload)),
+        None,
+    )
+    if record is None:
+        message = (
+            "a watermark was detected but it names no job known to this platform"
+            if report.watermark_found
+            else "no platform watermark was detected in this video"
+        )
+        return VerifyOutcome(
+            status="checked",
+            message=message,
+            detector=report.detector,
+            watermark=watermark,
+            manifest=manifest,
+        )
+    same_tenant = record.tenant_id == tenant_id
+    checks = {
+        "provenance_signature_valid": signature_valid(record, signing_key),
+        "file_is_exact_output": (file_sha256 == record.output_sha256) if record.output_sha256 else None,
+        "manifest_names_same_job": (report.manifest_job_id == record.job_id)
+        if report.manifest_job_id
+        else None,
+    }
+    found_by = "watermark" if report.watermark_found else "C2PA manifest"
+    return VerifyOutcome(
+        status="checked",
+        message=f"the {found_by} names job {record.job_id}",
+        detector=report.detector,
+        watermark=watermark,
+        manifest=manifest,
+        job_id=record.job_id,
+        same_tenant=same_tenant,
+        provenance=_public_provenance(record, same_tenant=same_tenant),
+        checks=checks,
+    )
