@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from shared.model.errors import ConfigError, ModelInputError
 from shared.model.stylegan2_layers import (
     DiscConvLayer,
     DiscResBlock,
     EqualLinear,
     LoadReport,
-    ModelConfigError,
     ModelWeightsError,
     load_state_dict_checked,
     read_weight_file,
@@ -35,7 +35,8 @@ from shared.model.stylegan2_layers import (
 __all__ = [
     "DiscriminatorConfig",
     "LoadReport",
-    "ModelConfigError",
+    "ConfigError",
+    "ModelInputError",
     "ModelWeightsError",
     "StyleGAN2Discriminator",
     "load_discriminator_weights",
@@ -64,20 +65,18 @@ class DiscriminatorConfig:
 
     def validate(self) -> None:
         if self.size < 8 or self.size > 1024 or 2**self.log_size != self.size:
-            raise ModelConfigError(
+            raise ConfigError(
                 "discriminator.bad_config", f"size must be a power of two in [8, 1024], got {self.size}"
             )
         if self.in_channels < 1:
-            raise ModelConfigError(
-                "discriminator.bad_config", f"in_channels must be >= 1, got {self.in_channels}"
-            )
+            raise ConfigError("discriminator.bad_config", f"in_channels must be >= 1, got {self.in_channels}")
         if self.stddev_group < 1:
-            raise ModelConfigError(
+            raise ConfigError(
                 "discriminator.bad_config", f"stddev_group must be >= 1, got {self.stddev_group}"
             )
         channels = self.channels()
         if min(channels[2**i] for i in range(2, self.log_size + 1)) < 1:
-            raise ModelConfigError(
+            raise ConfigError(
                 "discriminator.bad_config", f"narrow={self.narrow} leaves a layer without channels"
             )
 
@@ -133,7 +132,7 @@ class StyleGAN2Discriminator(nn.Module):
         cfg = self.config
         expected = (cfg.in_channels, cfg.size, cfg.size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ModelConfigError(
+            raise ModelInputError(
                 "discriminator.bad_input",
                 f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}",
             )

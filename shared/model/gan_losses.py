@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shared.model.stylegan2_layers import ModelConfigError
+from shared.model.errors import ConfigError, ModelInputError
 
 __all__ = [
     "R1Config",
@@ -42,7 +42,7 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     ``real_images`` must have ``requires_grad=True`` before being passed through D.
     """
     if not real_images.requires_grad:
-        raise ModelConfigError(
+        raise ModelInputError(
             "gan.r1_no_grad", "r1_penalty needs real_images.requires_grad_(True) before the D forward"
         )
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
@@ -56,7 +56,7 @@ class R1Config:
 
     def __post_init__(self) -> None:
         if self.gamma < 0 or self.every < 1:
-            raise ModelConfigError("gan.bad_r1_config", f"need gamma >= 0 and every >= 1, got {self}")
+            raise ConfigError("gan.bad_r1_config", f"need gamma >= 0 and every >= 1, got {self}")
 
     def is_due(self, d_step: int) -> bool:
         return d_step % self.every == 0

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model.errors import CheckpointError
+
 LEAKY_SLOPE = 0.2
 # Gain that keeps the activation variance of a leaky ReLU at ~1 (StyleGAN2's "fused lrelu" gain).
 LEAKY_GAIN = math.sqrt(2.0)
@@ -33,23 +35,12 @@ SampleMode = Literal["upsample", "downsample"] | None
 # ---------------------------------------------------------------------------------------------
 
 
-class ModelWeightsError(ValueError):
-    """A weight file cannot be used for a network. ``code`` is machine-readable."""
+class ModelWeightsError(CheckpointError):
+    """A weight file cannot be used for a network; ``report`` says key by key why (when known)."""
 
     def __init__(self, code: str, message: str, report: LoadReport | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.report = report
-
-
-class ModelConfigError(ValueError):
-    """A network config or input is inconsistent. ``code`` is machine-readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model.errors import ConfigError, ModelInputError
 from shared.model.stylegan2_layers import (
     LEAKY_SLOPE,
     ConstantInput,
     LoadReport,
-    ModelConfigError,
     ModelWeightsError,
     NormStyleCode,
     StyleConv,
@@ -46,7 +46,8 @@ from shared.model.stylegan2_layers import (
 
 __all__ = [
     "LoadReport",
-    "ModelConfigError",
+    "ConfigError",
+    "ModelInputError",
     "ModelWeightsError",
     "SuperResConfig",
     "SuperResolution",
@@ -91,26 +92,26 @@ class SuperResConfig:
 
     def validate(self) -> None:
         if self.out_size < 8 or self.out_size > 1024 or 2**self.log_size != self.out_size:
-            raise ModelConfigError(
+            raise ConfigError(
                 "superres.bad_config", f"out_size must be a power of two in [8, 1024], got {self.out_size}"
             )
         if self.in_size < 1 or self.in_size > self.out_size:
-            raise ModelConfigError(
+            raise ConfigError(
                 "superres.bad_config", f"in_size must be in [1, out_size={self.out_size}], got {self.in_size}"
             )
         if self.num_style_feat < 1:
-            raise ModelConfigError(
+            raise ConfigError(
                 "superres.bad_config", f"num_style_feat must be >= 1, got {self.num_style_feat}"
             )
         decoder, unet = self.decoder_channels(), self.unet_channels()
         for res in (2**i for i in range(2, self.log_size + 1)):
             if unet[res] < 1:
-                raise ModelConfigError(
+                raise ConfigError(
                     "superres.bad_config", f"narrow={self.narrow} leaves no U-Net channels at {res}²"
                 )
             # SFT maps are U-Net wide; they must cover half the decoder channels (sft_half) or all.
             if decoder[res] != 2 * unet[res]:
-                raise ModelConfigError(
+                raise ConfigError(
                     "superres.bad_config",
                     f"at {res}² the decoder has {decoder[res]} channels and the U-Net {unet[res]}; SFT needs "
                     "exactly twice as many decoder channels: choose narrow/channel_multiplier giving even widths",
@@ -259,12 +260,12 @@ class SuperResolution(nn.Module):
     def _check_input(self, low_res: Tensor) -> None:
         size = self.config.in_size
         if low_res.ndim != 4 or low_res.shape[1] != 3 or tuple(low_res.shape[2:]) != (size, size):
-            raise ModelConfigError(
+            raise ModelInputError(
                 "superres.bad_input",
                 f"expected low_res of shape (B, 3, {size}, {size}), got {tuple(low_res.shape)}",
             )
         if not low_res.is_floating_point():
-            raise ModelConfigError(
+            raise ModelInputError(
                 "superres.bad_input", f"low_res must be floating point, got {low_res.dtype}"
             )
 

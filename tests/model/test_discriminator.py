@@ -14,8 +14,9 @@ from shared.model.discriminator import (
     paper_discriminator_config,
     tiny_discriminator_config,
 )
+from shared.model.errors import ConfigError, ModelInputError
 from shared.model.gan_losses import R1Config, d_logistic_loss, g_nonsaturating_loss, lazy_r1_loss, r1_penalty
-from shared.model.stylegan2_layers import BlurForDownsample, ModelConfigError, ModelWeightsError
+from shared.model.stylegan2_layers import BlurForDownsample, ModelWeightsError
 
 # basicsr StyleGAN2Discriminator(512, channel_multiplier=1): the notes give ~24.0M.
 PAPER_D_PARAMS = 24_030_753
@@ -81,10 +82,10 @@ def test_blur_is_normalised_and_padded_for_the_conv() -> None:
 
 def test_bad_input_and_config_raise_typed_errors() -> None:
     disc = make_disc(6)
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelInputError) as err:
         disc(images(2, 3))
     assert err.value.code == "discriminator.bad_input"
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         StyleGAN2Discriminator(DiscriminatorConfig(size=96))
     assert err.value.code == "discriminator.bad_config"
 
@@ -143,9 +144,9 @@ def test_lazy_r1_scaling_and_schedule() -> None:
     lazy = lazy_r1_loss(logits, real, config)
     torch.testing.assert_close(lazy, 10.0 / 2 * 16 * r1_penalty(logits, real))
     assert [step for step in range(40) if config.is_due(step)] == [0, 16, 32]
-    with pytest.raises(ModelConfigError):
+    with pytest.raises(ConfigError):
         R1Config(every=0)
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelInputError) as err:
         r1_penalty(logits, images(2, size=32))
     assert err.value.code == "gan.r1_no_grad"
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.model.stylegan2_layers import ModelConfigError, ModelWeightsError, ModulatedConv2d
+from shared.model.errors import CheckpointError, ConfigError, ModelInputError
+from shared.model.stylegan2_layers import ModelWeightsError, ModulatedConv2d
 from shared.model.superres import (
     SuperResConfig,
     SuperResolution,
@@ -140,10 +141,10 @@ def test_input_is_upsampled_bilinearly_with_aligned_corners(micro_model: SuperRe
 
 def test_bad_input_raises_typed_error(micro_model: SuperResolution) -> None:
     for bad in (torch.zeros(1, 4, 16, 16), torch.zeros(1, 3, 32, 32), torch.zeros(3, 16, 16)):
-        with pytest.raises(ModelConfigError) as err:
+        with pytest.raises(ModelInputError) as err:
             micro_model(bad)
         assert err.value.code == "superres.bad_input"
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelInputError) as err:
         micro_model(torch.zeros(1, 3, 16, 16, dtype=torch.int64))
     assert err.value.code == "superres.bad_input"
 
@@ -158,7 +159,7 @@ def test_bad_input_raises_typed_error(micro_model: SuperResolution) -> None:
     ],
 )
 def test_bad_config_raises_typed_error(config: SuperResConfig) -> None:
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         SuperResolution(config)
     assert err.value.code == "superres.bad_config"
 
@@ -244,7 +245,7 @@ def test_shape_mismatch_is_a_clear_error_and_leaves_model_untouched(tmp_path: Pa
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(ModelWeightsError) as err:
         load_gfpgan_weights(target, file)
-    assert err.value.code == "weights.mismatch"
+    assert err.value.code == "weights.mismatch" and isinstance(err.value, CheckpointError)
     message = str(err.value)
     assert "shape mismatched (29)" in message and "0 loaded" in message
     assert "stylegan_decoder.style_mlp.1.weight model[32, 32] file[16, 16]" in message
