@@ -20,7 +20,7 @@ on alpha (unit variance by construction of the bases), L2 on beta, and optional 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class FitConfig:
     # read as "this many standard deviations".
     landmark_sigma: float = 0.01
     identity_prior: float = 1.0  # alpha ~ N(0, 1 / identity_prior)
-    expression_prior: float = 0.2
+    expression_prior: float = 0.5
     # "auto": from the model (see expression_bounds_for); None: unbounded; or (low, high).
     expression_bounds: tuple[float, float] | None | str = "auto"
     jaw_weight: float = 0.2
@@ -154,12 +154,19 @@ def pose_from_angles(
     """(rotation (3, 3), translation (3,)) float64 of a head with the given angles (inverse of
     ``head_pose_angles``), by default at the frontal camera's distance."""
     yaw, pitch, roll = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
-    ry = torch.tensor([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
-    rx = torch.tensor(
-        [[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]]
+    ry = torch.tensor(
+        [[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]],
+        dtype=torch.float64,
     )
-    rz = torch.tensor([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
-    head = (ry @ rx @ rz).to(torch.float64)
+    rx = torch.tensor(
+        [[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]],
+        dtype=torch.float64,
+    )
+    rz = torch.tensor(
+        [[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]],
+        dtype=torch.float64,
+    )
+    head = ry @ rx @ rz
     t = torch.tensor(translation or (0.0, 0.0, cameras.DEFAULT_RADIUS), dtype=torch.float64)
     return rotation_from_head(head), t
 
@@ -186,7 +193,12 @@ class _Problem:
     expression: Tensor  # (K_exp, 68, 3)
     weights: Tensor  # (68,)
     bounds: tuple[float, float] | None
-    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.identity_flat = self.identity.reshape(self.identity.shape[0], -1)  # (K_id, 204)
+        self.expression_flat = self.expression.reshape(self.expression.shape[0], -1)
+        self.identity_columns = self.identity.permute(1, 2, 0).contiguous()  # (68, 3, K_id)
+        self.expression_columns = self.expression.permute(1, 2, 0).contiguous()
 
 
 class LandmarkFitter:
@@ -301,8 +313,9 @@ class LandmarkFitter:
     # --- internals ---------------------------------------------------------------------------
     def _landmarks3d(self, alpha: Tensor, beta: Tensor) -> Tensor:
         p = self.problem
-        shape = p.mean + torch.einsum("bk,kni->bni", alpha, p.identity)
-        return shape + torch.einsum("bk,kni->bni", beta, p.expression)
+        # Plain matmuls on flattened bases: einsum picks slow paths for these tiny float64 shapes.
+        offsets = alpha @ p.identity_flat + beta @ p.expression_flat
+        return p.mean + offsets.reshape(-1, 68, 3)
 
     def _project(
         self, points: Tensor, rotation: Tensor, translation: Tensor
@@ -388,7 +401,7 @@ class LandmarkFitter:
             ).reshape(batch, 68, 2, 3)
             blocks = [j_cam @ -skew(rotated), j_cam]  # rotation (left-multiplied increment), translation
             if fit_beta:
-                rotated_exp = torch.einsum("bij,knj->bnik", rotation, p.expression)  # (B, 68, 3, K_exp)
+                rotated_exp = rotation.unsqueeze(1) @ p.expression_columns  # (B, 68, 3, K_exp)
                 blocks.append(j_cam @ rotated_exp)
             j_frame = torch.cat(blocks, dim=-1).reshape(batch, 136, num_frame)
             r_flat = residual.reshape(batch, 136)
@@ -398,11 +411,24 @@ class LandmarkFitter:
             if fit_beta:
                 h_ff[:, 6:, 6:] += cfg.expression_prior * torch.eye(num_beta, dtype=torch.float64)
                 g_f[:, 6:] += cfg.expression_prior * beta
+                if p.bounds is not None:
+                    # Active set: a coefficient on its bound whose gradient pushes it further out is
+                    # held this iteration (decoupled from the rest), so the free ones get an exact
+                    # Gauss-Newton step instead of a clamped, skewed one.
+                    low, high = p.bounds
+                    held = ((beta <= low + 1e-9) & (g_f[:, 6:] > 0)) | (
+                        (beta >= high - 1e-9) & (g_f[:, 6:] < 0)
+                    )
+                    held_full = torch.cat([torch.zeros(batch, 6, dtype=torch.bool), held], dim=1)
+                    couple = held_full.unsqueeze(1) | held_full.unsqueeze(2)
+                    h_ff = torch.where(couple, torch.zeros_like(h_ff), h_ff)
+                    h_ff = h_ff + torch.diag_embed(held_full.to(h_ff.dtype))
+                    g_f = torch.where(held_full, torch.zeros_like(g_f), g_f)
 
             diag_f = torch.diagonal(h_ff, dim1=1, dim2=2)
             h_ff_damped = h_ff + damping.view(-1, 1, 1) * (torch.diag_embed(diag_f) + 1e-6 * eye_frame)
             if fit_alpha:
-                rotated_id = torch.einsum("bij,knj->bnik", rotation, p.identity)  # (B, 68, 3, K_id)
+                rotated_id = rotation.unsqueeze(1) @ p.identity_columns  # (B, 68, 3, K_id)
                 j_alpha = (j_cam @ rotated_id).reshape(batch, 136, num_alpha)
                 jaw_ = j_alpha * weight.unsqueeze(-1)
                 h_aa = (jaw_.transpose(1, 2) @ j_alpha).sum(0) + cfg.identity_prior * torch.eye(

@@ -49,7 +49,9 @@ class AnalyzerConfig:
     fit: FitConfig = FitConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     mask: MaskConfig = MaskConfig()
-    detect_every: int = 5  # full face detection every k frames of a video, tracking in between
+    # Face detection (near the last face, ~4 ms) every k frames of a video; in between only the
+    # 68 landmarks are re-estimated from the previous frame's box (~1 ms).
+    detect_every: int = 3
     identity_frames: int = 8  # driver frames (with a face) used to estimate the driver's identity
     # A frame whose fitted landmarks miss the detected ones by more than this RMS (normalised crop
     # units) is treated as "no face": the tracker has drifted or the detection is not a face.
@@ -90,6 +92,13 @@ class FrameAnalysis:
     camera: Tensor  # (25,)
     raw_beta: Tensor | None  # unsmoothed fit, None without a face
     rms_error: float | None
+
+
+@dataclass(frozen=True)
+class TrackedLandmarks:
+    landmarks: np.ndarray  # (68, 2) source pixels
+    crop_matrix: np.ndarray  # (2, 3) source px -> crop px (roll kept)
+    uv: np.ndarray  # (68, 2) normalised crop coordinates
 
 
 @dataclass
@@ -174,7 +183,12 @@ class FaceAnalyzer:
         state = state if state is not None else self.start_video()
         if identity is not None:
             state.identity = torch.as_tensor(identity, dtype=torch.float32).reshape(-1)
-        tracked: list[tuple[np.ndarray, np.ndarray] | None] = []
+        return self.analyze_tracked(self.track_frames(frames, state), state)
+
+    def track_frames(self, frames: list[np.ndarray], state: VideoState) -> list[TrackedLandmarks | None]:
+        """Landmarks and the roll-keeping crop matrix of each frame (None: no face); first half of
+        ``analyze_frames``."""
+        tracked: list[TrackedLandmarks | None] = []
         for frame in frames:
             _check_frame(frame)
             face = None
@@ -186,16 +200,37 @@ class FaceAnalyzer:
                 tracked.append(None)
                 continue
             matrix = self.aligner.matrix_for(face.landmarks, keep_roll=True)
-            tracked.append((face.landmarks, matrix))
+            uv = (apply_affine(matrix, face.landmarks) + 0.5) / self.crop_size
+            tracked.append(TrackedLandmarks(landmarks=face.landmarks, crop_matrix=matrix, uv=uv))
+        return tracked
 
-        with_face = [i for i, item in enumerate(tracked) if item is not None]
-        uv = (
-            np.stack(
-                [(apply_affine(tracked[i][1], tracked[i][0]) + 0.5) / self.crop_size for i in with_face]  # type: ignore[index]
-            )
-            if with_face
-            else np.zeros((0, 68, 2))
-        )
+    def analyze_tracked(
+        self, tracked: list[TrackedLandmarks | None], state: VideoState
+    ) -> list[FrameAnalysis]:
+        """Second half of ``analyze_frames``: fit, smooth, hold, count."""
+        return self._analyze_landmarks([None if t is None else t.uv for t in tracked], tracked, state)
+
+    def analyze_landmarks(
+        self,
+        landmarks_uv: list[np.ndarray | None],
+        identity: Tensor | None = None,
+        state: VideoState | None = None,
+    ) -> list[FrameAnalysis]:
+        """``analyze_frames`` from landmarks already in normalised crop coordinates ((68, 2) per
+        frame, None where no face was found): fitting, identity, smoothing, holding and counting."""
+        state = state if state is not None else self.start_video()
+        if identity is not None:
+            state.identity = torch.as_tensor(identity, dtype=torch.float32).reshape(-1)
+        return self._analyze_landmarks(landmarks_uv, [None] * len(landmarks_uv), state)
+
+    def _analyze_landmarks(
+        self,
+        uv_items: list[np.ndarray | None],
+        tracked: list[TrackedLandmarks | None],
+        state: VideoState,
+    ) -> list[FrameAnalysis]:
+        with_face = [i for i, item in enumerate(uv_items) if item is not None]
+        uv = np.stack([uv_items[i] for i in with_face]) if with_face else np.zeros((0, 68, 2))
 
         if with_face and state.identity is None:
             # Spread the frames used for the identity over the chunk (different expressions/poses).
@@ -243,7 +278,7 @@ class FaceAnalyzer:
                     )
                 )
                 continue
-            assert raw is not None and row is not None and item is not None
+            assert raw is not None and row is not None
             state.warm_rotation = raw.rotation[row].to(torch.float64)
             state.warm_translation = raw.translation[row].to(torch.float64)
             state.warm_beta = raw.beta[row].to(torch.float64)
@@ -270,8 +305,8 @@ class FaceAnalyzer:
                 FrameAnalysis(
                     index=index,
                     face_found=True,
-                    landmarks=item[0],
-                    crop_matrix=item[1],
+                    landmarks=None if item is None else item.landmarks,
+                    crop_matrix=None if item is None else item.crop_matrix,
                     beta=beta,
                     rotation=rotation,
                     translation=translation,

@@ -1,0 +1,160 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from shared.face.errors import FaceTooSmallError, ImageInvalidError, NoFaceError
+from shared.face.fit import head_pose_angles, pose_from_angles
+from shared.face.pipeline import AnalyzerConfig, FaceAnalyzer, MotionRetargeter
+from shared.face.smoothing import SmoothingConfig
+from shared.model import cameras
+from tests.face.analysis_support import (
+    CROP_SIZE,
+    analyzer,
+    astronaut,
+    astronaut_portrait,
+    model,
+    moved_astronaut,
+    roll_of,
+    synthetic_landmarks,
+)
+
+
+def test_astronaut_portrait_is_near_frontal_and_complete() -> None:
+    portrait = astronaut_portrait()
+    yaw, pitch, roll = portrait.head_angles
+    assert abs(yaw) < 15 and abs(pitch) < 15 and abs(roll) < 10
+    assert portrait.detection.num_faces == 1
+    assert portrait.camera.shape == (25,) and portrait.alpha.shape == (model().num_identity,)
+    assert portrait.beta.shape == (model().num_expression,)
+    assert portrait.keep_mask.shape == (CROP_SIZE, CROP_SIZE)
+    assert portrait.rms_error < 0.02  # ~2.5 px at 128: real landmarks vs the procedural model's
+    # She smiles: the fit says so.
+    smile = max(
+        portrait.beta[model().expression_index(name)].item() for name in ("smile_left", "smile_right")
+    )
+    assert smile > 0.3
+    # The camera looks at the head from the front at EG3D's radius.
+    cam2world, _ = cameras.from_vector(portrait.camera)
+    assert cam2world[2, 3] > 2.5 and cam2world[:3, 3].norm().item() == pytest.approx(2.7, abs=1e-3)
+
+
+def test_portrait_analysis_is_reproducible() -> None:
+    again = analyzer().analyze_portrait(astronaut())
+    reference = astronaut_portrait()
+    assert np.array_equal(again.crop, reference.crop)
+    assert torch.allclose(again.camera, reference.camera, atol=1e-6)
+    assert torch.allclose(again.beta, reference.beta, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("image", "error"),
+    [
+        (np.full((300, 300, 3), 255, np.uint8), ImageInvalidError),
+        (data.coffee(), NoFaceError),
+        (
+            np.pad(
+                cv2.resize(data.astronaut(), (200, 200)), ((150, 150), (150, 150), (0, 0)), constant_values=90
+            ),
+            FaceTooSmallError,
+        ),
+    ],
+    ids=["blank", "coffee", "tiny-face"],
+)
+def test_bad_portraits_raise_typed_errors(image: np.ndarray, error: type) -> None:
+    with pytest.raises(error):
+        analyzer().analyze_portrait(image)
+
+
+def test_video_frames_follow_the_head_and_hold_through_a_blank_frame() -> None:
+    raw = FaceAnalyzer(
+        model(),
+        CROP_SIZE,
+        AnalyzerConfig(smoothing=SmoothingConfig(enabled=False)),
+        detector=analyzer().detector,
+    )
+    state = raw.start_video()
+    frames = [moved_astronaut(i) for i in range(10)]
+    frames[6] = np.zeros_like(frames[6])  # a black frame in the middle of the clip
+    results = raw.analyze_frames(frames[:5], state=state) + raw.analyze_frames(frames[5:], state=state)
+    assert state.identity is not None and state.identity.shape == (model().num_identity,)
+    assert [r.face_found for r in results] == [i != 6 for i in range(10)]
+    assert state.frames_without_face == 1 and state.frames_seen == 10
+    assert torch.equal(results[6].rotation, results[5].rotation)
+    # In-plane rotation of the frame shows up as head roll (crops of driving frames keep roll).
+    rolls = head_pose_angles(torch.stack([r.rotation for r in results]).double())[:, 2].numpy()
+    for i in range(10):
+        if i != 6:
+            assert rolls[i] - rolls[0] == pytest.approx(roll_of(i) - roll_of(0), abs=2.0)
+    assert all(r.landmarks is not None and r.crop_matrix is not None for r in results if r.face_found)
+
+
+def test_invalid_driving_frames_raise() -> None:
+    with pytest.raises(ImageInvalidError):
+        analyzer().analyze_frames([np.zeros((64, 64), np.uint8)])
+    with pytest.raises(ImageInvalidError):
+        analyzer().analyze_frames([np.zeros((64, 64, 3), np.float32)])
+
+
+def driver_sequence() -> list[np.ndarray]:
+    """A different person: neutral and frontal first, then the mouth opens and the head turns."""
+    generator = torch.Generator().manual_seed(11)
+    alpha = 0.8 * torch.randn(1, model().num_identity, generator=generator)
+    beta = torch.zeros(6, model().num_expression)
+    beta[:, model().expression_index("jaw_open")] = torch.tensor([0.0, 0.0, 0.2, 0.4, 0.6, 0.6])
+    pairs = [pose_from_angles(y, 0.0, 0.0) for y in (0.0, 0.0, 5.0, 10.0, 15.0, 15.0)]
+    uv = synthetic_landmarks(
+        alpha, beta, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), noise=0.001
+    )
+    return [frame.numpy() for frame in uv]
+
+
+def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state() -> None:
+    portrait = astronaut_portrait()
+    driver_frames = analyzer().analyze_landmarks(driver_sequence())
+    retargeter = analyzer().retargeter(portrait, mode="relative")
+    out = retargeter.retarget(driver_frames)
+    assert torch.allclose(out[0].beta, portrait.beta.clamp(0, 1), atol=1e-6)
+    assert torch.allclose(out[0].rotation, portrait.rotation, atol=1e-6)
+    assert torch.allclose(out[0].camera, portrait.camera, atol=1e-5)
+    # The driver's later motion is added on top: the mouth opens and the head turns by the same amount.
+    jaw = model().expression_index("jaw_open")
+    driver_jaw = driver_frames[-1].beta[jaw] - driver_frames[0].beta[jaw]
+    assert out[-1].beta[jaw].item() == pytest.approx(
+        min(1.0, portrait.beta[jaw].item() + driver_jaw.item()), abs=1e-5
+    )
+    assert driver_jaw.item() > 0.3
+    turned = head_pose_angles(out[-1].rotation.double())[0].item() - portrait.head_angles[0]
+    driver_turn = (
+        head_pose_angles(driver_frames[-1].rotation.double())[0]
+        - head_pose_angles(driver_frames[0].rotation.double())[0]
+    )
+    assert turned == pytest.approx(driver_turn.item(), abs=1.5)
+    # Expression scale halves the transferred expression change.
+    half = analyzer().retargeter(portrait, mode="relative", expression_scale=0.5).retarget(driver_frames)
+    expected = (portrait.beta + 0.5 * (driver_frames[-1].beta - driver_frames[0].beta)).clamp(0, 1)
+    assert torch.allclose(half[-1].beta, expected, atol=1e-6)
+
+
+def test_absolute_mode_uses_the_drivers_own_expression_and_camera() -> None:
+    driver_frames = analyzer().analyze_landmarks(driver_sequence())
+    out = (
+        analyzer()
+        .retargeter(astronaut_portrait(), mode="absolute", expression_scale=1.0)
+        .retarget(driver_frames)
+    )
+    for frame, result in zip(driver_frames, out):
+        assert torch.allclose(result.beta, frame.beta)
+        assert torch.allclose(result.camera, frame.camera, atol=1e-6)
+    with pytest.raises(ValueError):
+        MotionRetargeter(astronaut_portrait(), mode="sideways")  # type: ignore[arg-type]
+
+
+def test_relative_mode_before_the_driver_shows_a_face() -> None:
+    state = analyzer().start_video()
+    empty = analyzer().analyze_landmarks([None, None], state=state)
+    retargeter = analyzer().retargeter(astronaut_portrait())
+    out = retargeter.retarget(empty)
+    assert retargeter.reference is None
+    assert torch.allclose(out[0].camera, astronaut_portrait().camera, atol=1e-5)
