@@ -283,9 +283,21 @@ def get_profile(name: str) -> ModelConfig:
 # --- serialisation -------------------------------------------------------------------------------
 
 
+def _plain(value: Any, hint: Any = None) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        hints = typing.get_type_hints(type(value))
+        return {f.name: _plain(getattr(value, f.name), hints.get(f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        args = typing.get_args(hint)
+        return [_plain(v, args[0] if args else None) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # 2 and 2.0 are the same config: one canonical form for the hash
+    return value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-able dict (tuples become lists) of a config dataclass."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """Plain JSON-able dict (tuples become lists, float fields always floats) of a config dataclass."""
+    return json.loads(json.dumps(_plain(config)))
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

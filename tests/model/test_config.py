@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from shared.model.config import (
+    AppearanceConfig,
+    EncoderConfig,
+    ModelConfig,
+    RendererConfig,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    get_profile,
+    paper_config,
+    tiny_config,
+)
+from shared.model.errors import ConfigError
+from tests.model.conftest import micro_config
+
+
+def test_paper_profile_has_the_papers_sizes() -> None:
+    cfg = paper_config()
+    assert cfg.image_size == 512 and cfg.feature_resolution == 128
+    assert (cfg.plane.channels, cfg.plane.resolution) == (32, 256)
+    assert cfg.canonical_encoder.hidden_sizes == (32, 64, 160, 256)
+    assert cfg.canonical_encoder.num_attention_heads == (1, 2, 5, 8)
+    r = cfg.renderer
+    assert (r.resolution, r.depth_resolution, r.num_coarse, r.num_fine) == (224, 128, 48, 48)
+    assert (r.ray_start, r.ray_end) == (2.25, 3.3)
+    assert (cfg.superres.in_size, cfg.superres.out_size) == (224, 512)
+    assert cfg.head_upsamples == 1
+    assert cfg.appearance.depth_source == "canonical" and cfg.appearance.input_mode == "masked_source"
+
+
+def test_tiny_profile_is_the_same_structure_smaller() -> None:
+    cfg = tiny_config()
+    assert cfg.profile == "tiny" and cfg.image_size == 128
+    assert cfg.renderer.depth_resolution == cfg.feature_resolution == 32
+    assert cfg.superres.in_size == cfg.renderer.resolution
+    assert get_profile("tiny") == cfg and get_profile("paper") == paper_config()
+
+
+def test_unknown_profile_is_a_typed_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        get_profile("huge")
+    assert info.value.code == "config.unknown_profile"
+
+
+@pytest.mark.parametrize("factory", [paper_config, tiny_config, micro_config])
+def test_dict_round_trip_is_lossless(factory) -> None:
+    cfg = factory()
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert config_hash(config_from_dict(config_to_dict(cfg))) == config_hash(cfg)
+
+
+def test_hash_changes_with_any_field() -> None:
+    cfg = tiny_config()
+    other = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, num_fine=23))
+    assert config_hash(other) != config_hash(cfg)
+
+
+def test_unknown_fields_are_rejected() -> None:
+    data = config_to_dict(tiny_config())
+    data["renderer"]["warp_speed"] = 9
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert info.value.code == "config.unknown_field"
+
+
+def test_inconsistent_sizes_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="depth_resolution"):
+        ModelConfig(profile="x", renderer=RendererConfig(depth_resolution=64))
+    with pytest.raises(ConfigError, match="input channels"):
+        ModelConfig(profile="x", appearance=AppearanceConfig(input_mode="composite"))
+    with pytest.raises(ConfigError, match="superres.in_size"):
+        ModelConfig(profile="x", renderer=RendererConfig(resolution=128))
+    with pytest.raises(ConfigError, match="heads"):
+        ModelConfig(profile="x", canonical_encoder=EncoderConfig(num_attention_heads=(1, 2, 7, 8)))
+    # The composite input works once E_p has six channels.
+    ModelConfig(
+        profile="x", appearance=AppearanceConfig(input_mode="composite", encoder=EncoderConfig(in_channels=6))
+    )

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shared.model import cameras as cams
+from shared.model.config import PlaneConfig, RendererConfig
+from shared.model.renderer import (
+    FullyConnectedLayer,
+    VolumeRenderer,
+    blur_weights,
+    importance_depths,
+    rays_to_image,
+    stratified_depths,
+)
+
+RADIUS = 0.22
+CENTRE = torch.tensor([0.05, -0.03, 0.02])
+SPHERE_RGB = torch.tensor([0.9, 0.25, 0.5])
+
+
+def sphere_field(points: torch.Tensor, batch_ids: torch.Tensor | int) -> torch.Tensor:
+    """Opaque coloured ball: raw σ = +1000 inside (density ≈ 1000 per unit), −1000 outside."""
+    inside = (points - CENTRE).norm(dim=-1, keepdim=True) < RADIUS
+    sigma = torch.where(inside, 1000.0, -1000.0)
+    return torch.cat([sigma, SPHERE_RGB.expand(points.shape[0], 3)], dim=-1)
+
+
+def analytic_hits(origins: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray-sphere entry depth and the ray's miss distance minus radius (>0 misses)."""
+    oc = origins - CENTRE
+    along = (oc * directions).sum(-1)
+    closest = (oc - along.unsqueeze(-1) * directions).norm(dim=-1)
+    entry = -along - (RADIUS**2 - closest**2).clamp_min(0).sqrt()
+    return entry, closest - RADIUS
+
+
+def make_renderer(**overrides: object) -> VolumeRenderer:
+    cfg = RendererConfig(resolution=48, depth_resolution=48, num_coarse=48, num_fine=48, **overrides)
+    return VolumeRenderer(cfg, PlaneConfig(channels=4, resolution=16))
+
+
+def test_known_density_sphere_gives_the_analytic_depth_map_and_silhouette() -> None:
+    renderer = make_renderer()
+    cameras = cams.spherical_camera(torch.tensor([0.0, 0.6]), torch.tensor([0.0, -0.3]))
+    res = 48
+    origins, directions = cams.generate_rays(cameras, res)
+    with torch.no_grad():
+        image = rays_to_image(
+            renderer.render_rays(sphere_field, origins, directions, deterministic=True), res
+        )
+    entry, miss = analytic_hits(origins, directions)
+    entry, miss = entry.view(2, 1, res, res), miss.view(2, 1, res, res)
+    pixel = 2.7 * (1 / cams.DEFAULT_FOCAL) / res  # world size of a pixel at the head
+    hit = miss < -pixel
+    background = miss > pixel
+    assert hit.sum() > 500 and background.sum() > 500
+    # Silhouette: opaque on the ball, empty off it (boundary pixels excluded).
+    assert (image.opacity[hit] > 0.999).all()
+    assert (image.opacity[background] < 1e-6).all()
+    # Depth map: within a fraction of the coarse spacing (1.05 / 48 ≈ 0.022) of the true entry depth.
+    assert (image.depth[hit] - entry[hit]).abs().max() < 0.012
+    # Background rays end at the far side of the ray range.
+    assert torch.allclose(image.depth[background], torch.tensor(3.3), atol=0.02)
+    # Colour composited onto black and mapped to [-1, 1].
+    rgb = image.rgb.permute(0, 2, 3, 1)[hit.squeeze(1)]
+    torch.testing.assert_close(rgb, (SPHERE_RGB * 2 - 1).expand_as(rgb), atol=2e-3, rtol=0)
+    assert torch.allclose(image.rgb.permute(0, 2, 3, 1)[background.squeeze(1)], torch.tensor(-1.0))
+
+
+def test_stratified_samples_stay_in_their_bins() -> None:
+    gen = torch.Generator().manual_seed(0)
+    t = stratified_depths(100, 10, 2.0, 3.0, deterministic=False, generator=gen)
+    bins = ((t - 2.0) / 0.1).floor()
+    assert torch.equal(bins, torch.arange(10.0).expand(100, 10))
+    centres = stratified_depths(3, 10, 2.0, 3.0, deterministic=True)
+    torch.testing.assert_close(centres[0], 2.05 + 0.1 * torch.arange(10.0))
+
+
+def test_importance_samples_follow_the_weights() -> None:
+    coarse = torch.linspace(2.0, 3.0, 21).expand(4, 21).contiguous()
+    weights = torch.zeros(4, 20)
+    weights[:, 12] = 1.0  # all mass on [2.6, 2.65]
+    fine = importance_depths(coarse, weights, 64, deterministic=True)
+    inside = ((fine >= 2.55) & (fine <= 2.70)).float().mean()  # blur spreads to the neighbours
+    assert inside > 0.8
+    assert torch.all(fine[:, 1:] >= fine[:, :-1])  # sorted quantiles
+    # The blur: max with neighbours then average; the floor keeps every bin reachable.
+    torch.testing.assert_close(
+        blur_weights(torch.tensor([[0.0, 1.0, 0.0, 0.0]])), torch.tensor([[0.5, 1.0, 0.5, 0.0]])
+    )
+
+
+def test_deterministic_mode_is_reproducible_and_training_mode_is_random() -> None:
+    renderer = make_renderer()
+    gen = torch.Generator().manual_seed(3)
+    planes = torch.randn(1, 3, 4, 16, 16, generator=gen)
+    cam = cams.frontal_camera().unsqueeze(0)
+    with torch.no_grad():
+        a = renderer(planes, cam, 12, deterministic=True)
+        b = renderer(planes, cam, 12, deterministic=True)
+        c = renderer(planes, cam, 12, generator=torch.Generator().manual_seed(1))
+        d = renderer(planes, cam, 12, generator=torch.Generator().manual_seed(1))
+        e = renderer(planes, cam, 12, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a.features, b.features) and torch.equal(a.depth, b.depth)
+    assert torch.equal(c.features, d.features)
+    assert not torch.equal(c.features, e.features)
+
+
+def test_rgb_only_and_empty_ray_skipping_match_the_full_render() -> None:
+    renderer = make_renderer()
+    cam = cams.spherical_camera(0.2, 0.1).unsqueeze(0)
+    planes = torch.zeros(1, 3, 4, 16, 16)
+    planes[:, :, :, 4:12, 4:12] = 2.0  # a dense block in the middle, empty (σ = bias) around it
+    with torch.no_grad():
+        # Shift density so that empty space is really empty: σ ≈ -20 outside.
+        renderer.decoder.net[2].bias.data[0] = -20.0
+        renderer.decoder.net[0].weight.data.fill_(1.0)
+        renderer.decoder.net[2].weight.data[0] = 1.0
+        full = renderer(planes, cam, 24, deterministic=True, skip_empty=False)
+        skipped = renderer(planes, cam, 24, deterministic=True, skip_empty=True)
+        rgb_only = renderer(planes, cam, 24, deterministic=True, rgb_only=True, skip_empty=False)
+    assert (full.opacity < renderer.config.empty_ray_opacity).any()  # some rays really are skipped
+    assert (full.opacity > 0.5).any()
+    torch.testing.assert_close(skipped.rgb, full.rgb, atol=4 * renderer.config.empty_ray_opacity, rtol=0)
+    torch.testing.assert_close(rgb_only.rgb, full.rgb, atol=1e-5, rtol=0)
+    assert rgb_only.features.shape[1] == 3 and full.features.shape[1] == renderer.config.feature_channels
+
+
+def test_equalised_learning_rate_scales_weights_at_run_time() -> None:
+    layer = FullyConnectedLayer(16, 4, lr_multiplier=0.5)
+    x = torch.randn(3, 16)
+    expected = x @ (layer.weight * 0.5 / math.sqrt(16)).T + layer.bias * 0.5
+    torch.testing.assert_close(layer(x), expected)
+    # Stored weights are N(0, 1) / lr_multiplier.
+    assert 1.0 < float(layer.weight.detach().std()) < 3.0
+
+
+@pytest.mark.parametrize("feature_channels", [3, 8])
+def test_decoder_output_layout(feature_channels: int) -> None:
+    renderer = VolumeRenderer(RendererConfig(feature_channels=feature_channels), PlaneConfig(channels=4))
+    out = renderer.decoder(torch.randn(10, 4))
+    assert out.shape == (10, 1 + feature_channels)
+    assert (out[:, 1:] >= -0.001).all() and (out[:, 1:] <= 1.001).all()
