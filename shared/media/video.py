@@ -126,6 +126,12 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
     return None
 
 
+def _codec_name(stream: av.stream.Stream) -> str:
+    """The codec's canonical id name ("mp3"), not the decoder's ("mp3float")."""
+    codec = stream.codec_context.codec
+    return getattr(codec, "canonical_name", None) or codec.name
+
+
 def _quarter_turns(rotation: float) -> int:
     """Counter-clockwise quarter turns for a display rotation in degrees (non-right angles are rounded)."""
     return int(round(rotation / 90.0)) % 4
@@ -166,11 +172,11 @@ def probe_video(path: PathLike) -> VideoInfo:
             frame_count=frame_count,
             frame_count_exact=frame_count_exact,
             duration_s=duration_s,
-            codec=stream.codec_context.name,
+            codec=_codec_name(stream),
             pix_fmt=stream.codec_context.pix_fmt,
             rotation=turns * 90,
             has_audio=audio is not None,
-            audio_codec=audio.codec_context.name if audio is not None else None,
+            audio_codec=_codec_name(audio) if audio is not None else None,
         )
 
 
@@ -258,9 +264,8 @@ def _resample(
         while held is not None and next_out * out_step < boundary - eps:
             if held_rgb is None:
                 held_rgb = _to_rgb(held, apply_rotation)
-                yield held_rgb
-            else:
-                yield held_rgb.copy()
+            # Always a copy: a caller editing one output in place must not alter the repeats that follow.
+            yield held_rgb.copy()
             next_out += 1
 
     for frame in frames:
@@ -508,9 +513,7 @@ class VideoWriter:
         if audio_in is not None and audio_stream is not None:
             self._audio_in = audio_in
             helper = (
-                _AudioCopier
-                if audio_stream.codec_context.name in MP4_COPYABLE_AUDIO_CODECS
-                else _AudioTranscoder
+                _AudioCopier if _codec_name(audio_stream) in MP4_COPYABLE_AUDIO_CODECS else _AudioTranscoder
             )
             self._audio = helper(container, audio_in, audio_stream, offset_s)
         elif audio_in is not None:
