@@ -662,9 +662,9 @@ def _even(value: float) -> int:
 def reencode(
     path_in: PathLike,
     path_out: PathLike,
-    *,
     crf: int = 28,
     scale: float = 1.0,
+    *,
     preset: str = "veryfast",
     keep_audio: bool = True,
 ) -> WriteResult:
