@@ -36,6 +36,7 @@ from shared.face.fit import (
     invert_pose,
     matrix_to_axis_angle,
     rotation_from_head,
+    single_threaded,
 )
 from shared.face.masks import FaceParser, LandmarkFaceParser, MaskConfig
 from shared.face.morphable import MorphableModel
@@ -224,6 +225,16 @@ class FaceAnalyzer:
         return self._analyze_landmarks(landmarks_uv, [None] * len(landmarks_uv), state)
 
     def _analyze_landmarks(
+        self,
+        uv_items: list[np.ndarray | None],
+        tracked: list[TrackedLandmarks | None],
+        state: VideoState,
+    ) -> list[FrameAnalysis]:
+        # Many tiny tensor ops: one thread is faster (see fit.single_threaded).
+        with single_threaded():
+            return self._analyze_landmarks_unthreaded(uv_items, tracked, state)
+
+    def _analyze_landmarks_unthreaded(
         self,
         uv_items: list[np.ndarray | None],
         tracked: list[TrackedLandmarks | None],
