@@ -19,7 +19,9 @@ from shared.model.config import (
 )
 from shared.model.network import GOHABatch, GOHANetwork
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: these tests run many small ops, and on 2 cores shared with other jobs a second
+# OpenMP thread mostly spins (measured several times slower under load).
+torch.set_num_threads(1)
 
 MICRO_ENCODER = EncoderConfig(
     hidden_sizes=(8, 16, 24, 32),
