@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import cv2
@@ -103,6 +104,8 @@ def run(
         "detections_run": state.tracker.detections_run,
         "frames_without_face": state.frames_without_face,
         "threads": threads,
+        # Other processes on the machine inflate every number above; recorded for context.
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

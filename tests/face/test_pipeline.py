@@ -40,6 +40,18 @@ def test_astronaut_portrait_is_near_frontal_and_complete() -> None:
     assert cam2world[2, 3] > 2.5 and cam2world[:3, 3].norm().item() == pytest.approx(2.7, abs=1e-3)
 
 
+def test_portrait_camera_applies_to_the_crop_directly() -> None:
+    # The fitted model's landmarks, projected with the portrait's EG3D camera (radius-normalised),
+    # land on the detected landmarks in the crop: the camera needs no other crop bookkeeping.
+    portrait = astronaut_portrait()
+    landmarks3d = model().landmarks(portrait.alpha[None], portrait.beta[None])
+    uv, _ = cameras.project_points(landmarks3d, portrait.camera[None])
+    projected_px = uv[0].numpy() * CROP_SIZE - 0.5
+    errors = np.linalg.norm(projected_px - portrait.landmarks, axis=1)
+    assert np.median(errors[17:]) < 2.0  # inner face, pixels at 128
+    assert errors[17:].max() < 6.0
+
+
 def test_portrait_analysis_is_reproducible() -> None:
     again = analyzer().analyze_portrait(astronaut())
     reference = astronaut_portrait()
