@@ -86,7 +86,9 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: str, app: Celery | None = None) -> str:
     """Publish ``goha.reenact(job_id)``; returns the Celery task id. Call only after the job is committed."""
     app = app or get_celery()
-    result = app.send_task(REENACT_TASK, args=[job_id], queue=app.conf.task_default_queue)
+    # ignore_result: job state lives in the database; touching the result backend here would make a
+    # publish wait on (and retry against) a second server.
+    result = app.send_task(REENACT_TASK, args=[job_id], queue=app.conf.task_default_queue, ignore_result=True)
     return str(result.id)
 
 

@@ -78,7 +78,7 @@ class SeaweedS3:
     process: subprocess.Popen[bytes]
     log_path: Path
 
-    def stop(self, grace_s: float = 3.0) -> None:
+    def stop(self, grace_s: float = 1.0) -> None:
         """SIGTERM, then SIGKILL: weed's filer can hang on shutdown flushing to a volume that has stopped."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -301,6 +301,45 @@ def make_png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
     rows = zlib.compress(b"\x00" * (width + 1) * 4, 9)  # the first rows; the rest is "missing"
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+# -- database rows -------------------------------------------------------------------------------------
+TEST_SIGNING_KEY = b"goha-test-provenance-key-0123456789"
+
+
+def make_job_for_tests(session: Any, *, tenant: Any = None, signing_key: bytes = TEST_SIGNING_KEY) -> Any:
+    """A queued job (with tenant, portrait asset, first event and provenance) for state-machine tests."""
+    from shared.platform import repository
+
+    tenant = tenant or repository.create_tenant(session, f"tenant-{secrets.token_hex(4)}")
+    sha256 = secrets.token_hex(32)
+    portrait, _ = repository.get_or_create_asset(
+        session,
+        tenant_id=tenant.id,
+        sha256=sha256,
+        size_bytes=1,
+        media_type="image/png",
+        kind="image",
+        storage_key=f"tenants/{tenant.id}/inputs/{sha256}",
+        media_info={"width": 64, "height": 64},
+    )
+    return repository.create_job(
+        session,
+        tenant_id=tenant.id,
+        api_key_id=None,
+        job_type="reenact",
+        options={"motion_mode": "relative"},
+        consent={
+            "subject_name": "Test Subject",
+            "method": "self",
+            "obtained_at": "2026-01-01T00:00:00+00:00",
+        },
+        portrait=portrait,
+        driving=None,
+        idempotency_key=None,
+        request_hash="0" * 64,
+        signing_key=signing_key,
+    )
 
 
 # -- reference task --------------------------------------------------------------------------------------
