@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from shared.face.errors import ImageInvalidError
+from shared.face.morphable import MorphableModel
 from shared.model import cameras
 
 # Anchor groups in iBUG-68 order: subject's right eye, left eye, outer lips.
@@ -71,11 +72,11 @@ class AlignmentTemplate:
     anchors: np.ndarray  # (3, 2)
 
     @classmethod
-    def from_model(cls, model: object, camera: torch.Tensor | None = None) -> AlignmentTemplate:
+    def from_model(cls, model: MorphableModel, camera: torch.Tensor | None = None) -> AlignmentTemplate:
         """Project the model's mean-shape landmarks with the frontal camera (or ``camera``)."""
         camera = cameras.frontal_camera() if camera is None else camera
-        alpha, beta = model.zero_coefficients(1)  # type: ignore[attr-defined]
-        landmarks3d = model.landmarks(alpha, beta)  # type: ignore[attr-defined]
+        alpha, beta = model.zero_coefficients(1)
+        landmarks3d = model.landmarks(alpha, beta)
         uv, _ = cameras.project_points(landmarks3d, camera.reshape(1, 25))
         return cls(anchors=anchor_points(uv[0].numpy()))
 

@@ -1,4 +1,5 @@
 import math
+import pickle
 from functools import lru_cache
 
 import numpy as np
@@ -90,6 +91,8 @@ def test_chunked_analysis_matches_one_pass() -> None:
     chunked: list[FrameAnalysis] = []
     for start in range(0, NUM_FRAMES, 16):
         chunked += analyzer().analyze_landmarks(uv[start : start + 16], state=state)
+        # A job may resume in another process: the state survives pickling.
+        state = pickle.loads(pickle.dumps(state))
     assert [f.index for f in chunked] == list(range(NUM_FRAMES))
     for a, b in zip(whole, chunked):
         assert torch.allclose(a.rotation, b.rotation, atol=2e-3)
