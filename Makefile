@@ -7,7 +7,7 @@ PROFILE ?= tiny
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-fast lint bench-model bench-face bench-gateway bench-worker demo clean
+.PHONY: install test test-fast lint bench-model bench-face bench-gateway bench-worker bench-inference demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-face: install
 
 bench-gateway: install
 	$(PYTHON) -m services.gateway.bench
+
+bench-inference: install
+	$(PYTHON) -m services.inference.bench --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

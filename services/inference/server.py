@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.inference.client import ACCESS_TOKEN_ENV, InferenceClient
 from services.inference.contract import (
@@ -56,7 +56,24 @@ from services.inference.contract import (
 from services.inference.errors import InferenceServerStartError
 
 if TYPE_CHECKING:
-    from services.inference.engine import InProcessInference
+    import numpy as np
+
+    from services.inference.backend import AnimateOutput
+    from services.inference.contract import ServingContract
+
+
+class ServableEngine(Protocol):
+    """What the server binds: `InProcessInference` (or anything with its serving surface)."""
+
+    contract: ServingContract
+    profile: str
+
+    def model_version(self) -> str: ...
+
+    def reconstruct(self, portrait: np.ndarray, mask: np.ndarray, camera: np.ndarray) -> np.ndarray: ...
+
+    def animate(self, planes: np.ndarray, expr_renders: np.ndarray, cameras: np.ndarray) -> AnimateOutput: ...
+
 
 LOGGER = logging.getLogger("services.inference.server")
 
@@ -111,7 +128,7 @@ def _tensors(specs: Sequence[TensorSpec]) -> list[Any]:
 
 
 def bind_models(
-    triton: Any, engine: InProcessInference, *, queue_delay_us: int = DEFAULT_RECONSTRUCT_QUEUE_DELAY_US
+    triton: Any, engine: ServableEngine, *, queue_delay_us: int = DEFAULT_RECONSTRUCT_QUEUE_DELAY_US
 ) -> None:
     """Bind goha_reconstruct, goha_animate and goha_info to ``engine`` on a PyTriton ``Triton``."""
     import numpy as np
@@ -180,10 +197,11 @@ class ServerOptions:
     access_token: str | None = None
     workspace: pathlib.Path | None = None
     log_verbose: int = 0
+    log_file: pathlib.Path | None = None  # tritonserver's own log (default: this process's stdout)
 
 
 def serve(
-    engine: InProcessInference, options: ServerOptions, *, stop_event: threading.Event | None = None
+    engine: ServableEngine, options: ServerOptions, *, stop_event: threading.Event | None = None
 ) -> None:
     """Run Triton with the GOHA models until SIGINT/SIGTERM (or ``stop_event``)."""
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -198,6 +216,7 @@ def serve(
         strict_readiness=True,
         exit_timeout_secs=10,
         log_verbose=options.log_verbose,
+        log_file=options.log_file,
     )
     token = options.access_token
     if not token:
@@ -226,6 +245,8 @@ def serve(
         while not stop_event.wait(1.0):
             if not triton.is_alive():
                 raise RuntimeError("tritonserver or a model proxy died; see the log above")
+        LOGGER.info("stopping Triton")
+    LOGGER.info("Triton stopped, workspace cleaned")
 
 
 def _install_signal_handlers(stop_event: threading.Event) -> None:
@@ -281,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     _reexec_with_libpython(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.checkpoint.is_file():
+        # Before importing torch: a wrong path should fail in milliseconds, not after model imports.
+        LOGGER.error("[checkpoint_missing] checkpoint %s does not exist", args.checkpoint)
+        raise SystemExit(2)
     stop_event = threading.Event()
     _install_signal_handlers(stop_event)
     if args.parent_pid is not None:

@@ -235,6 +235,10 @@ class InfoModel:
         if not checkpoint:
             raise ValueError(f"{INFO_MODEL}: set the 'checkpoint' parameter or GOHA_CHECKPOINT")
         version, profile = read_checkpoint_info(checkpoint)
+        if params.get("profile") and params["profile"] != profile:
+            raise ValueError(
+                f"{INFO_MODEL}: checkpoint {checkpoint} holds profile {profile!r}, not {params['profile']!r}"
+            )
         self._outputs = {
             MODEL_VERSION: np.array([version.encode()], dtype=numpy_dtype("BYTES")),
             PROFILE: np.array([profile.encode()], dtype=numpy_dtype("BYTES")),
