@@ -85,39 +85,45 @@ class PlaneTable:
         # Zero border = grid_sample's zero padding: taps outside the plane land on it.
         padded = F.pad(planes, (1, 1, 1, 1))
         self.table = padded.permute(0, 1, 3, 4, 2).reshape(-1, self.channels).contiguous()
-        self._plane_offsets = torch.arange(NUM_PLANES, device=planes.device).view(1, 3, 1, 1) * self.padded**2
-        self._rows = torch.tensor([a[1] for a in PLANE_AXES], device=planes.device)
-        self._cols = torch.tensor([a[0] for a in PLANE_AXES], device=planes.device)
+        # Index arithmetic runs in float (exact below 2^24 table rows) and is converted once.
+        self._index_dtype = torch.float32 if self.table.shape[0] < 2**24 else torch.float64
 
     def sample(self, points: Tensor, batch_index: Tensor | int) -> Tensor:
         """Mean over the three planes of the bilinear samples at world points (N, 3) → (N, C).
 
         ``batch_index``: the batch element of every point (N,) or one for all.
         """
-        res = self.resolution
+        res, width = self.resolution, self.padded
         # Texel coordinate with align_corners=False, +1 for the zero border:
         # x_pix = (x_norm + 1) * R / 2 - 0.5 + 1.
-        pix = points.to(self.table.dtype) * (res / self.box_warp) + (res + 1) / 2
+        pix = points.to(self._index_dtype) * (res / self.box_warp) + (res + 1) / 2
         base = pix.floor()
-        frac = pix - base
+        frac = (pix - base).to(self.table.dtype)
         # Taps beyond the border are clamped onto it (value 0 = grid_sample's zero padding).
-        lo = base.clamp(0, res + 1)
-        hi = (base + 1).clamp_(0, res + 1)
-        corner = torch.stack([lo, hi], dim=-1)  # (N, 3 axes, 2)
-        weight = torch.stack([1 - frac, frac], dim=-1)
-        rows, cols = corner[:, self._rows], corner[:, self._cols]  # (N, 3 planes, 2)
-        w_rows, w_cols = weight[:, self._rows], weight[:, self._cols]
-        flat = rows.unsqueeze(-1) * self.padded + cols.unsqueeze(-2)  # (N, 3, 2, 2), exact in float
-        index = flat.to(torch.int64) + self._plane_offsets
-        stride = NUM_PLANES * self.padded**2
+        lo = base.clamp(0, res + 1).unbind(-1)
+        hi = (base + 1).clamp_(0, res + 1).unbind(-1)
+        w_hi = (frac * (1.0 / NUM_PLANES)).unbind(-1)  # the plane mean folded into one factor
+        w_lo = ((1 - frac) * (1.0 / NUM_PLANES)).unbind(-1)
+        unit_hi, unit_lo = frac.unbind(-1), (1 - frac).unbind(-1)
+        batch_rows = 0.0
         if isinstance(batch_index, Tensor):
-            index = index + (batch_index * stride).view(-1, 1, 1, 1)
+            batch_rows = (batch_index * (NUM_PLANES * width**2)).to(self._index_dtype)
         elif batch_index:
-            index = index + batch_index * stride
-        taps = (w_rows.unsqueeze(-1) * w_cols.unsqueeze(-2)) * (1.0 / NUM_PLANES)
-        return F.embedding_bag(
-            index.reshape(-1, 12), self.table, per_sample_weights=taps.reshape(-1, 12), mode="sum"
-        )
+            batch_rows = float(batch_index * NUM_PLANES * width**2)
+        indices, weights = [], []
+        # Explicit 12-tap lists: measured ~2x faster on CPU than broadcasting gathers.
+        for plane, (u, v) in enumerate(PLANE_AXES):
+            offset = plane * width**2 + batch_rows
+            row_lo, row_hi = lo[v] * width + offset, hi[v] * width + offset
+            indices += [row_lo + lo[u], row_lo + hi[u], row_hi + lo[u], row_hi + hi[u]]
+            weights += [
+                w_lo[v] * unit_lo[u],
+                w_lo[v] * unit_hi[u],
+                w_hi[v] * unit_lo[u],
+                w_hi[v] * unit_hi[u],
+            ]
+        index = torch.stack(indices, dim=-1).to(torch.int32)  # < 2^24 rows here; int32 gathers faster
+        return F.embedding_bag(index, self.table, per_sample_weights=torch.stack(weights, dim=-1), mode="sum")
 
 
 def sample_planes(

@@ -1,0 +1,156 @@
+"""Benchmark of the serving split: ``python -m shared.model.bench --profile tiny|paper``.
+
+Measures, in one process with the same weights and inputs:
+
+- ``reconstruct_ms``: one portrait → SourceAvatar (E_c, depth render, E_p, rasterise, upsampler);
+- ``animate_ms_per_frame``: `animate` on a batch of N frames (default 8) from the cached avatar
+  (E_e, plane sum, render, super-resolution);
+- ``full_forward_ms_per_frame``: the monolithic forward on the same N (portrait, frame) pairs,
+  recomputing every branch for every frame as the authors' demo does, rendering only the final
+  image (no intermediate I_c / I_{c+e}) in the same deterministic inference mode;
+- ``cached_speedup`` = full_forward / animate.
+
+The last stdout line is one JSON object. Extra keys split animate into its low-res and SR parts.
+Weights are random unless ``--checkpoint`` is given (a trained model's empty background lets the
+renderer skip importance sampling on empty rays; random weights have no empty rays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.model import cameras as cams
+from shared.model.config import ModelConfig, get_profile
+from shared.model.network import GOHABatch, GOHANetwork
+
+DEFAULT_REPEATS = {"tiny": 3, "paper": 1}
+
+
+def portrait_inputs(config: ModelConfig, frames: int) -> dict[str, torch.Tensor]:
+    """The scikit-image astronaut as the portrait (timing does not depend on content), a keep-mask
+    with an eye band and a mouth band masked, a blurred portrait standing in for I_exp, and an orbit."""
+    from skimage import data
+
+    size = config.image_size
+    image = (
+        torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1)[None].float() / 127.5 - 1
+    )
+    image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mask = torch.ones(1, 1, size, size)
+    mask[..., int(size * 0.35) : int(size * 0.45), int(size * 0.3) : int(size * 0.7)] = 0
+    mask[..., int(size * 0.65) : int(size * 0.75), int(size * 0.38) : int(size * 0.62)] = 0
+    blurred = F.avg_pool2d(image, 9, stride=1, padding=4, count_include_pad=False)
+    renders = torch.cat([torch.roll(blurred, shifts=i, dims=-1) for i in range(frames)])
+    return {
+        "portrait": image.clamp(-1, 1),
+        "mask": mask,
+        "camera": cams.frontal_camera()[None],
+        "renders": renders.clamp(-1, 1),
+        "cameras": cams.orbit_path(frames, period=max(frames, 2)),
+    }
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def run(
+    network: GOHANetwork,
+    *,
+    frames: int = 8,
+    repeats: int = 1,
+    warmup: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, float | int | str]:
+    cfg = network.config
+    x = portrait_inputs(cfg, frames)
+    batch = GOHABatch(
+        source_image=x["portrait"].expand(frames, -1, -1, -1),
+        source_mask=x["mask"].expand(frames, -1, -1, -1),
+        source_camera=x["camera"].expand(frames, -1),
+        target_camera=x["cameras"],
+        expression_render=x["renders"],
+        use_superres=True,
+    )
+    with torch.inference_mode():
+        reconstruct_ms = median_ms(
+            lambda: network.reconstruct(x["portrait"], x["mask"], x["camera"]), repeats, warmup
+        )
+        log(f"reconstruct: {reconstruct_ms:.1f} ms")
+        avatar = network.reconstruct(x["portrait"], x["mask"], x["camera"])
+        animate_ms = median_ms(lambda: network.animate(avatar, x["renders"], x["cameras"]), repeats, warmup)
+        log(f"animate x{frames}: {animate_ms / frames:.1f} ms/frame")
+        lowres_ms = median_ms(
+            lambda: network.animate(avatar, x["renders"], x["cameras"], superres=False), repeats, 0
+        )
+        log(f"animate x{frames} without SR: {lowres_ms / frames:.1f} ms/frame")
+        full_ms = median_ms(
+            lambda: network(batch, deterministic=True, intermediate_renders=False, return_features=False),
+            repeats,
+            warmup,
+        )
+        log(f"full forward x{frames}: {full_ms / frames:.1f} ms/frame")
+    animate_per_frame = animate_ms / frames
+    full_per_frame = full_ms / frames
+    lowres_per_frame = lowres_ms / frames
+    return {
+        "profile": cfg.profile,
+        "reconstruct_ms": round(reconstruct_ms, 2),
+        "animate_ms_per_frame": round(animate_per_frame, 2),
+        "full_forward_ms_per_frame": round(full_per_frame, 2),
+        "cached_speedup": round(full_per_frame / animate_per_frame, 3),
+        "frames": frames,
+        "threads": torch.get_num_threads(),
+        "animate_lowres_ms_per_frame": round(lowres_per_frame, 2),
+        "superres_ms_per_frame": round(animate_per_frame - lowres_per_frame, 2),
+        "cached_speedup_lowres": round(
+            (full_per_frame - (animate_per_frame - lowres_per_frame)) / lowres_per_frame, 3
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--frames", type=int, default=8, help="frames per animate call (batch)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained checkpoint to time instead of random weights"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        from shared.model.checkpoint import load_checkpoint
+
+        network = load_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        network = GOHANetwork(get_profile(args.profile))
+    network.eval()
+    repeats = args.repeats or DEFAULT_REPEATS.get(network.config.profile, 1)
+    result = run(network, frames=args.frames, repeats=repeats, warmup=args.warmup)
+    result["model_version"] = network.version_label
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
