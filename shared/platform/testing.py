@@ -440,7 +440,8 @@ def register_reference_task(app: Any, settings: Any) -> Any:
             state["storage"] = make_storage(settings)
         return state["db"], state["storage"]
 
-    @app.task(name=REENACT_TASK, acks_late=True)
+    # shared=False: a shared task would be copied into every Celery app created later in the process.
+    @app.task(name=REENACT_TASK, acks_late=True, shared=False)
     def reference_reenact(job_id: str) -> str:
         db, storage = resources()
         return run_reference_job(job_id, settings, db=db, storage=storage)

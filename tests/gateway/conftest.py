@@ -65,7 +65,7 @@ def gw_settings(
         max_image_pixels=1_000_000,
         max_video_seconds=3.0,
         max_video_width=320,
-        max_video_height=240,
+        max_video_height=320,
         max_video_frames=120,
         rate_limit_per_minute=100_000,
         verifier="none",
