@@ -5,12 +5,13 @@ worker that only talks to Triton never loads torch:
 
 * `services.inference.client.InferenceClient` - gRPC client (shared memory when colocated)
 * `services.inference.engine.InProcessInference` - same interface, runs the network in-process
-* `services.inference.backend.InferenceBackend` - the protocol both implement
+* `services.inference.backend.InferenceBackend` - the protocol both implement; `open_backend`
+  picks one from configuration
 * `services.inference.server.launch_server` - PyTriton-launched Triton in a subprocess
 * `services.inference.repository` - the model repository for NVIDIA's Triton container
 """
 
-from services.inference.backend import AnimateOutput, InferenceBackend
+from services.inference.backend import AnimateOutput, InferenceBackend, open_backend
 from services.inference.client import InferenceClient
 from services.inference.errors import (
     InferenceAuthError,
@@ -31,4 +32,5 @@ __all__ = [
     "InferenceServerError",
     "InferenceServerStartError",
     "InferenceUnavailable",
+    "open_backend",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+import os
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,3 +40,26 @@ class InferenceBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def open_backend(
+    *,
+    triton_url: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    use_shared_memory: bool | Literal["auto"] = "auto",
+    access_token: str | None = None,
+    device: str = "cpu",
+) -> InferenceBackend:
+    """The worker's one entry point: Triton when a URL is configured, else the network in-process.
+
+    The in-process fallback (embedded mode without a Triton server) needs the checkpoint path.
+    """
+    if triton_url:
+        from services.inference.client import InferenceClient
+
+        return InferenceClient(triton_url, use_shared_memory=use_shared_memory, access_token=access_token)
+    if checkpoint is None:
+        raise ValueError("open_backend needs a Triton URL or a checkpoint path for in-process inference")
+    from services.inference.engine import InProcessInference
+
+    return InProcessInference.from_checkpoint(checkpoint, device=device)

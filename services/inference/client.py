@@ -476,7 +476,9 @@ class InferenceClient:
                 self._region("out", self._layout_bytes(full_out))
                 self._use_shm = True
             except (InferenceError, OSError) as exc:
-                if self._shm_mode is True:
+                if self._shm_mode is True or isinstance(exc, InferenceUnavailable):
+                    # A server that is down says nothing about shared memory: decide on a later call.
+                    self._release_regions()
                     raise
                 LOGGER.warning("shared memory unavailable (%s); animate falls back to plain gRPC", exc)
                 self._release_regions()

@@ -105,3 +105,14 @@ def test_in_process_float16_serving_matches_float32(inprocess, inputs, reference
     low_res, frames = half.animate(planes[0], inputs.expr_renders[:1], inputs.frame_cameras[:1])
     assert frames.dtype == np.float16
     np.testing.assert_allclose(frames.astype(np.float32), reference.frames[:1], atol=1e-2, rtol=0)
+
+
+def test_open_backend_picks_triton_or_in_process(tiny_checkpoint) -> None:  # noqa: ANN001
+    from services.inference import open_backend
+
+    remote = open_backend(triton_url="grpc://127.0.0.1:8001")
+    assert isinstance(remote, InferenceClient) and remote.url == "127.0.0.1:8001"
+    local = open_backend(checkpoint=tiny_checkpoint.path)
+    assert local.model_version() == tiny_checkpoint.version
+    with pytest.raises(ValueError):
+        open_backend()
