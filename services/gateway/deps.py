@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
@@ -10,6 +11,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from services.gateway.context import GatewayContext
 from shared.platform import repository
 from shared.platform.errors import RATE_LIMITED, UNAUTHENTICATED, PlatformError
+from shared.platform.models import utcnow
+
+LAST_USED_RESOLUTION = dt.timedelta(minutes=5)
 
 # Declared for the OpenAPI document (the "Authorize" button); parsing is done below either way.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer goha_<prefix>_<secret>")
@@ -40,7 +44,7 @@ def request_meta(request: Request) -> RequestMeta:
     )
 
 
-def get_context(request: Request) -> GatewayContext:
+async def get_context(request: Request) -> GatewayContext:  # async: no thread hop for a lookup
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
@@ -71,6 +75,9 @@ def principal(
             raise PlatformError(UNAUTHENTICATED, "invalid or revoked API key", status=401)
         who = Principal(tenant_id=row.tenant_id, api_key_id=row.id, key_prefix=row.prefix)
         limit = row.rate_limit_per_minute or ctx.settings.rate_limit_per_minute
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            row.last_used_at = now  # coarse on purpose: one write per key every few minutes, not per request
     request.state.principal = who
     decision = ctx.rate_limiter.hit(who.api_key_id, limit)
     if not decision.allowed:

@@ -31,23 +31,25 @@ from sqlalchemy.exc import IntegrityError
 
 from services.gateway.context import GatewayContext
 from services.gateway.deps import Principal, RequestMeta
-from services.gateway.schemas import AssetOut, ConsentAttestation, JobOptions, JobOut, Progress
+from services.gateway.schemas import AssetOut, ConsentAttestation, JobError, JobOptions, JobOut, Progress
 from shared.platform import repository
 from shared.platform.errors import (
     CONSENT_REQUIRED,
     IDEMPOTENCY_KEY_REUSED,
     INVALID_OPTIONS,
     INVALID_REQUEST,
+    JOB_NOT_CANCELLABLE,
     MISSING_INPUT,
     PAYLOAD_TOO_LARGE,
     WRONG_MEDIA_KIND,
     Conflict,
+    IllegalTransition,
     InputRejected,
     NotFound,
     PlatformError,
 )
 from shared.platform.inputs import MediaInfo, MediaKind, inspect_media
-from shared.platform.jobs import JobState, JobType
+from shared.platform.jobs import JobState, JobType, transition
 from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from shared.platform.models import Asset, Job, utcnow
 from shared.platform.queue import enqueue_job
@@ -445,9 +447,6 @@ def audit_action(
 
 # -- job state for clients -------------------------------------------------------------------------------
 def cancel_job(ctx: GatewayContext, who: Principal, job_id: str, meta: RequestMeta) -> Job:
-    from shared.platform.errors import JOB_NOT_CANCELLABLE, IllegalTransition
-    from shared.platform.jobs import transition
-
     for _ in range(3):  # the job may move (queued -> running) between our read and our update
         with ctx.db.session() as session:
             job = repository.get_job(session, who.tenant_id, job_id)
@@ -503,7 +502,7 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
         finished_at=job.finished_at,
         progress=Progress(frames_done=job.frames_done, frames_total=job.frames_total, fraction=fraction),
         timings=timings,
-        error={"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,  # type: ignore[arg-type]
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         options=job.options or {},
         inputs={"portrait_asset_id": job.portrait_asset_id, "driving_asset_id": job.driving_asset_id},
         attempts=job.attempts,
