@@ -95,9 +95,8 @@ class Settings(BaseSettings):
     max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job
     c2pa_certificate_chain_path: Path | None = None  # production signer: leaf (+ intermediates) PEM
     c2pa_private_key_path: Path | None = None  # production signer: PKCS#8 PEM key
-    c2pa_dev_chain_dir: Path | None = (
-        None  # embedded/dev chain, generated on first run; None -> <var_dir>/c2pa
-    )
+    # Embedded/dev signing chain, generated on first run; None -> <var_dir>/c2pa.
+    c2pa_dev_chain_dir: Path | None = None
 
     # -- HTTP ------------------------------------------------------------------------------------------
     public_base_url: str = ""  # prefix for absolute links; "" -> links are relative paths
