@@ -188,15 +188,18 @@ class FaceDetector:
         height, width = image.shape[:2]
         if scale is None:
             scale = min(1.0, self.config.detect_max_side / max(height, width))
-        small = image
-        if scale < 1.0:
-            small = cv2.resize(
-                image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
-            )
+        small, scale_x, scale_y = image, 1.0, 1.0
+        if scale != 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+            small = cv2.resize(image, size, interpolation=interpolation)
+            scale_x, scale_y = size[0] / width, size[1] / height
         with self._lock:
             rects, scores, _ = self._hog.run(small, upsample, self.config.score_threshold)
+        # Box edges (right/bottom exclusive) scale linearly between the two images.
+        unscale = np.array([scale_x, scale_y, scale_x, scale_y])
         boxes = [
-            np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) / scale
+            np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) / unscale
             for r in rects
         ]
         return boxes, [float(s) for s in scores], scale
@@ -225,7 +228,9 @@ class FaceDetector:
         bottom = int(min(height, np.ceil(box[3] + context * side)))
         if right - left < 32 or bottom - top < 32:
             return [], []
-        scale = float(np.clip(face_size / max(side, 1.0), 0.1, 1.0))
+        # Small faces are searched in an enlarged region (cheap: the region is small) rather than with
+        # dlib's whole-image upsampling.
+        scale = float(np.clip(face_size / max(side, 1.0), 0.1, 2.5))
         region = np.ascontiguousarray(image[top:bottom, left:right])
         boxes, scores, _ = self._run_hog(region, 0, scale)
         offset = np.array([left, top, left, top], dtype=np.float64)
