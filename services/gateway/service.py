@@ -151,8 +151,8 @@ def _cleanup_orphans(ctx: GatewayContext, tenant_id: str, keys: list[str]) -> No
                     log.exception("could not delete orphan object %s", key)
 
 
-def _asset_row(session: Any, tenant_id: str, upload: SpooledUpload) -> Asset:
-    asset, _created = repository.get_or_create_asset(
+def _asset_row(session: Any, tenant_id: str, upload: SpooledUpload) -> tuple[Asset, bool]:
+    return repository.get_or_create_asset(
         session,
         tenant_id=tenant_id,
         sha256=upload.sha256,
@@ -163,7 +163,6 @@ def _asset_row(session: Any, tenant_id: str, upload: SpooledUpload) -> Asset:
         media_info=upload.info.to_dict(),
         original_filename=upload.filename,
     )
-    return asset
 
 
 def upload_asset(
@@ -179,7 +178,7 @@ def upload_asset(
         created_keys = _store_uploads(ctx, who.tenant_id, [spooled])
         try:
             with ctx.db.session() as session:
-                asset = _asset_row(session, who.tenant_id, spooled)
+                asset, created = _asset_row(session, who.tenant_id, spooled)
                 _audit(
                     session,
                     who,
@@ -192,7 +191,7 @@ def upload_asset(
         except BaseException:
             _cleanup_orphans(ctx, who.tenant_id, created_keys)
             raise
-        return asset, True
+        return asset, created
 
 
 def asset_to_out(asset: Asset, base_url: str) -> AssetOut:
@@ -358,10 +357,10 @@ def submit_job(
         }
         try:
             with ctx.db.session() as session:
-                portrait_asset = portrait.asset or _asset_row(session, who.tenant_id, portrait.upload)  # type: ignore[arg-type]
+                portrait_asset = portrait.asset or _asset_row(session, who.tenant_id, portrait.upload)[0]  # type: ignore[arg-type]
                 driving_asset = None
                 if driving is not None:
-                    driving_asset = driving.asset or _asset_row(session, who.tenant_id, driving.upload)  # type: ignore[arg-type]
+                    driving_asset = driving.asset or _asset_row(session, who.tenant_id, driving.upload)[0]  # type: ignore[arg-type]
                 job = repository.create_job(
                     session,
                     tenant_id=who.tenant_id,
