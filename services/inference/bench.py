@@ -74,12 +74,12 @@ def _random_checkpoint(profile: str, directory: pathlib.Path) -> pathlib.Path:
     import torch
 
     from shared.model.checkpoint import save_checkpoint
-    from shared.model.config import config_from_dict, config_to_dict, get_profile
+    from shared.model.config import get_profile
     from shared.model.network import GOHANetwork
 
     torch.manual_seed(0)
     path = directory / f"{profile}-random.ckpt"
-    save_checkpoint(GOHANetwork(config_from_dict(config_to_dict(get_profile(profile)))), path)
+    save_checkpoint(GOHANetwork(get_profile(profile)), path)
     return path
 
 

@@ -32,13 +32,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     import torch
 
     from shared.model.checkpoint import save_checkpoint
-    from shared.model.config import config_from_dict, config_to_dict, get_profile
+    from shared.model.config import get_profile
     from shared.model.network import GOHANetwork
 
     torch.manual_seed(1234)
-    # The config as a checkpoint reads it back (ints of float fields become floats), so the stored
-    # config JSON and the loaded one hash alike.
-    network = GOHANetwork(config_from_dict(config_to_dict(get_profile("tiny"))))
+    network = GOHANetwork(get_profile("tiny"))
     path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
     version = save_checkpoint(network, path)
     return TinyCheckpoint(path=path, version=version)
