@@ -1,0 +1,128 @@
+"""Command-line entry points of the training package (see docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def _generate_data(args: argparse.Namespace) -> None:
+    from shared.training.synthetic import SyntheticConfig, generate_dataset
+
+    config = SyntheticConfig(image_size=args.image_size)
+    start = time.perf_counter()
+    summary = {}
+    for split, identities, pairs in (
+        ("train", args.train_identities, args.pairs_per_identity),
+        ("holdout", args.holdout_identities, args.holdout_pairs_per_identity),
+    ):
+        meta = generate_dataset(
+            args.out,
+            split=split,
+            num_identities=identities,
+            pairs_per_identity=pairs,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            config=config,
+            progress=True,
+        )
+        summary[split] = {"pairs": meta["num_pairs"], "sha256": meta["sha256"]}
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(summary))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from shared.training.trainer import TrainConfig, Trainer, init_distributed
+
+    dist_info = init_distributed()
+    config = TrainConfig.for_profile(
+        args.profile,
+        stage=args.stage,
+        variant=args.variant,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        expression_from=args.expression_from,
+        appearance_from=args.appearance_from,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        vgg_weights=args.vgg_weights,
+        threads=args.threads,
+    )
+    trainer = Trainer(
+        config,
+        args.run_dir,
+        data_root=args.data,
+        init_checkpoint=args.init,
+        resume=args.resume,
+        dist_info=dist_info,
+        progress=not args.no_progress,
+    )
+    summary = trainer.fit()
+    if args.export and dist_info.is_main:
+        summary["model_version"] = trainer.export(args.export, extra={"summary": summary})
+        summary["checkpoint"] = args.export
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if dist_info.is_main:
+        print(json.dumps(summary))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared.training")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate-data", help="write the synthetic pair dataset (npz shards)")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--train-identities", type=int, default=120)
+    gen.add_argument("--pairs-per-identity", type=int, default=4)
+    gen.add_argument("--holdout-identities", type=int, default=12)
+    gen.add_argument("--holdout-pairs-per-identity", type=int, default=4)
+    gen.add_argument("--image-size", type=int, default=128)
+    gen.add_argument("--shard-size", type=int, default=64)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate_data)
+
+    train = sub.add_parser("train", help="train stage 1 or 2 (torchrun for several processes)")
+    train.add_argument("--profile", default="tiny")
+    train.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    train.add_argument("--variant", default="full", choices=("full", "no_appearance", "linear_expression"))
+    train.add_argument("--data", required=True, help="folder written by generate-data")
+    train.add_argument("--run-dir", required=True, help="state.pt, CSV logs and sample grids go here")
+    train.add_argument("--init", help="start from this checkpoint / state (e.g. stage 1 for stage 2)")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.pt")
+    train.add_argument("--export", help="write the platform checkpoint (goha-checkpoint/1) here at the end")
+    train.add_argument("--max-steps", type=int, help="absolute step to stop at")
+    train.add_argument("--max-minutes", type=float, help="wall-time cap of this invocation")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--expression-from", type=int)
+    train.add_argument("--appearance-from", type=int)
+    train.add_argument("--sample-every", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--vgg-weights", help="torchvision-layout VGG-19 ImageNet state dict (local file)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        args.func(args)
+    except Exception as exc:  # typed errors carry a machine-readable code
+        code = getattr(exc, "code", None)
+        if code is None:
+            raise
+        print(json.dumps({"error": code, "message": str(exc)}), file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,265 @@
+"""Evaluation of a checkpoint (paper §4.2 protocol, adapted to what runs offline).
+
+On the synthetic holdout (identities never seen in training):
+
+- **3D portrait reconstruction**: the source re-rendered at its own camera with its own
+  expression (I_exp(α, β_s)); L1 / PSNR / SSIM against the source image.
+- **Same-identity reenactment**: the source driven by the target's expression render and camera;
+  L1 / PSNR / SSIM against the ground-truth target, and AKD: mean distance between dlib's 68
+  landmarks on the output and on the ground truth, both predicted inside the box of the morphable
+  model's projected target landmarks (synthetic heads are not always found by dlib's HOG detector).
+- **Cross-identity reenactment** (no ground truth): source i driven by the driver of another
+  identity (I_exp(α_source, β_driver), driver camera). CSIM = cosine of dlib 128-d face
+  descriptors between output and source (NOT ArcFace: not comparable with published CSIM);
+  AED / APD: mean |β| and |(yaw, pitch, roll)| differences between 3DMM fits
+  (shared.face.fit.LandmarkFitter) of the output's and the driver's dlib landmarks.
+
+Image metrics are reported both for the served output (super-resolved, image_size²) and the
+low-resolution volume render against the area-downsampled ground truth. LPIPS and FID need
+pretrained networks that are not available offline; they are reported as null with a reason.
+The real-data folder format (``shared/training/realdata.py``) gets the reconstruction metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shared.face.fit import LandmarkFitter, head_pose_angles
+from shared.face.morphable import load_procedural_model
+from shared.face.render import render_expression
+from shared.model.checkpoint import load_checkpoint
+from shared.model.network import GOHANetwork
+from shared.training import metrics as M
+from shared.training.errors import TrainingError
+from shared.training.synthetic import PairDataset, collate
+
+NOT_AVAILABLE = "needs pretrained weights that are not available offline (not computed)"
+
+
+def _unit(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) * 0.5).float()
+
+
+def _uint8(x: Tensor, size: int | None = None) -> np.ndarray:
+    """(3, H, W) in [-1, 1] → (H', W', 3) uint8, optionally resized (dlib needs some pixels)."""
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, name: str, values: Tensor | list[float] | float) -> None:
+        if isinstance(values, Tensor):
+            values = values.detach().flatten().tolist()
+        elif isinstance(values, float | int):
+            values = [float(values)]
+        self.values.setdefault(name, []).extend(float(v) for v in values)
+
+    def mean(self, name: str) -> float | None:
+        vals = [v for v in self.values.get(name, []) if math.isfinite(v)]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    def count(self, name: str) -> int:
+        return len(self.values.get(name, []))
+
+
+def image_metrics(acc: _Accumulator, prefix: str, pred: Tensor, target: Tensor) -> None:
+    """pred / target in [-1, 1]; target resized (area) to pred's size."""
+    if target.shape[-1] != pred.shape[-1]:
+        target = F.adaptive_avg_pool2d(target, pred.shape[-1])
+    p, t = _unit(pred), _unit(target)
+    acc.add(f"{prefix}_l1", M.l1(p, t))
+    acc.add(f"{prefix}_psnr", M.psnr(p, t))
+    acc.add(f"{prefix}_ssim", M.ssim(p, t))
+
+
+@torch.no_grad()
+def run_pairs(
+    network: GOHANetwork,
+    source: Tensor,
+    keep: Tensor,
+    source_camera: Tensor,
+    expression: Tensor,
+    coefficients: Tensor,
+    camera: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """(frames, low_res) of batch-aligned pairs: avatar b driven by expression b at camera b."""
+    avatar = network.reconstruct(source, keep, source_camera)
+    out = network.animate(avatar, expression, camera, expression_coefficients=coefficients)
+    assert out.frames is not None
+    return out.frames, out.low_res
+
+
+def evaluate_synthetic(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "holdout",
+    max_pairs: int | None = None,
+    batch_size: int = 8,
+    face_metrics: bool = True,
+    network: GOHANetwork | None = None,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    network = network or load_checkpoint(checkpoint)
+    network.eval()
+    dataset = PairDataset(data_root, split)
+    count = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
+    if count < 1:
+        raise TrainingError("evaluate.empty", f"no pairs in the {split} split of {data_root}")
+    model = load_procedural_model()
+    size = network.config.image_size
+    acc = _Accumulator()
+    dlib_metrics = M.DlibFaceMetrics() if face_metrics else None
+    fitter = LandmarkFitter(model) if face_metrics else None
+    dlib_size = max(256, size)
+    scale = dlib_size / size
+    for start_index in range(0, count, batch_size):
+        samples = collate([dataset[i] for i in range(start_index, min(count, start_index + batch_size))])
+        b = samples["source_image"].shape[0]
+        src, keep, src_cam = samples["source_image"], samples["source_keep"], samples["source_camera"]
+        # Reconstruction: own camera, own expression.
+        exp_src = render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=2)
+        frames, low = run_pairs(network, src, keep, src_cam, exp_src, samples["source_beta"], src_cam)
+        image_metrics(acc, "recon", frames, src)
+        image_metrics(acc, "recon_lowres", low, src)
+        # Same-identity reenactment.
+        frames, low = run_pairs(
+            network,
+            src,
+            keep,
+            src_cam,
+            samples["expression_image"],
+            samples["target_beta"],
+            samples["target_camera"],
+        )
+        image_metrics(acc, "reenact", frames, samples["target_image"])
+        image_metrics(acc, "reenact_lowres", low, samples["target_image"])
+        if dlib_metrics is not None:
+            for i in range(b):
+                box = M.box_from_landmarks(samples["target_landmarks"][i].numpy() * scale)
+                pred_lm = dlib_metrics.landmarks(_uint8(frames[i], dlib_size), box)
+                gt_lm = dlib_metrics.landmarks(_uint8(samples["target_image"][i], dlib_size), box)
+                acc.add("reenact_akd", M.keypoint_distance(pred_lm, gt_lm) / scale)
+                acc.add(
+                    "akd_floor_dlib_vs_model",
+                    M.keypoint_distance(gt_lm / scale, samples["target_landmarks"][i].numpy()),
+                )
+        # Cross-identity: driver = the next pair of the batch with another identity.
+        ids = samples["identity"].tolist()
+        drivers = [
+            next((j for j in [(i + k) % b for k in range(1, b)] if ids[j] != ids[i]), -1) for i in range(b)
+        ]
+        chosen = [i for i in range(b) if drivers[i] >= 0]
+        if not chosen:
+            continue
+        d = torch.tensor([drivers[i] for i in chosen])
+        c = torch.tensor(chosen)
+        exp_cross = render_expression(
+            model, samples["alpha"][c], samples["target_beta"][d], size, supersample=2
+        )
+        frames, _ = run_pairs(
+            network,
+            src[c],
+            keep[c],
+            src_cam[c],
+            exp_cross,
+            samples["target_beta"][d],
+            samples["target_camera"][d],
+        )
+        if dlib_metrics is None or fitter is None:
+            continue
+        for k, (i, j) in enumerate(zip(c.tolist(), d.tolist())):
+            src_box = M.box_from_landmarks(samples["source_landmarks"][i].numpy() * scale)
+            drv_box = M.box_from_landmarks(samples["target_landmarks"][j].numpy() * scale)
+            out_img = _uint8(frames[k], dlib_size)
+            acc.add(
+                "cross_csim",
+                M.cosine_similarity(
+                    dlib_metrics.descriptor(out_img, drv_box),
+                    dlib_metrics.descriptor(_uint8(src[i], dlib_size), src_box),
+                ),
+            )
+            out_lm = dlib_metrics.landmarks(out_img, drv_box) / dlib_size
+            drv_lm = (
+                dlib_metrics.landmarks(_uint8(samples["target_image"][j], dlib_size), drv_box) / dlib_size
+            )
+            fits = fitter.fit_portrait(np.stack([out_lm]))
+            fit_drv = fitter.fit_portrait(np.stack([drv_lm]))
+            acc.add("cross_aed", float((fits.beta[0] - fit_drv.beta[0]).abs().mean()))
+            angles = head_pose_angles(torch.stack([fits.rotation[0], fit_drv.rotation[0]]).double())
+            acc.add("cross_apd_deg", float((angles[0] - angles[1]).abs().mean()))
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model_version": network.version_label,
+        "data": str(data_root),
+        "split": split,
+        "pairs": count,
+        "image_size": size,
+        "render_size": network.config.renderer.resolution,
+        "metrics": {name: acc.mean(name) for name in sorted(acc.values)},
+        "counts": {name: acc.count(name) for name in sorted(acc.values)},
+        "lpips": None,
+        "fid": None,
+        "not_computed": {"lpips": NOT_AVAILABLE, "fid": NOT_AVAILABLE},
+        "notes": [
+            "recon/reenact: served output (super-resolved) vs ground truth; *_lowres: volume render vs area-downsampled ground truth",
+            "AKD: dlib 68 landmarks of output vs ground truth inside the model-projected face box, in image_size pixels",
+            "CSIM: cosine of dlib 128-d face descriptors (NOT ArcFace)",
+            "AED/APD: 3DMM (procedural model) fits to dlib landmarks of output vs driver; APD in degrees",
+        ],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return report
+
+
+def to_markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
+    m = report["metrics"]
+
+    def f(name: str) -> str:
+        v = m.get(name)
+        return "–" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"# {title}",
+        "",
+        f"- checkpoint: `{report['checkpoint']}` ({report['model_version']})",
+        f"- data: `{report['data']}` split `{report['split']}`, {report['pairs']} pairs, "
+        f"output {report['image_size']}², render {report['render_size']}²",
+        "",
+        "| task | L1 ↓ | PSNR ↑ | SSIM ↑ | AKD ↓ | CSIM ↑ | AED ↓ | APD (°) ↓ |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 3D portrait reconstruction (SR output) | {f('recon_l1')} | {f('recon_psnr')} | {f('recon_ssim')} | | | | |",
+        f"| 3D portrait reconstruction (low-res render) | {f('recon_lowres_l1')} | {f('recon_lowres_psnr')} | {f('recon_lowres_ssim')} | | | | |",
+        f"| same-identity reenactment (SR output) | {f('reenact_l1')} | {f('reenact_psnr')} | {f('reenact_ssim')} | {f('reenact_akd')} | | | |",
+        f"| same-identity reenactment (low-res render) | {f('reenact_lowres_l1')} | {f('reenact_lowres_psnr')} | {f('reenact_lowres_ssim')} | | | | |",
+        f"| cross-identity reenactment | | | | | {f('cross_csim')} | {f('cross_aed')} | {f('cross_apd_deg')} |",
+        "",
+        f"AKD noise floor (dlib on ground truth vs projected model landmarks): {f('akd_floor_dlib_vs_model')} px.",
+        "LPIPS / FID: not computed (" + NOT_AVAILABLE + ").",
+        "",
+        *[f"- {note}" for note in report.get("notes", [])],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "evaluation") -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(report, indent=2))
+    md_path.write_text(to_markdown(report))
+    return json_path, md_path

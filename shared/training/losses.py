@@ -1,0 +1,272 @@
+"""Training losses of GOHA (paper §3.5, Eq. 1–2; official-code-notes.md §7).
+
+- ``PerceptualLoss``: a VGG-19 written here (torchvision layout, so an ImageNet ``vgg19`` state
+  dict from a user path loads into it) with the basicsr layer weights conv1_2 0.1, conv2_2 0.1,
+  conv3_4 / conv4_4 / conv5_4 1.0 and an L1 criterion. Nothing is downloaded: without a weights
+  file the loss falls back to ``GradientSSIMLoss`` (documented substitute: multi-scale L1 of
+  image gradients + (1 − SSIM) over 3 scales) and says so through ``description``.
+- ``tv_density_loss``: σ smoothness between random points in [−1, 1]³ and jittered copies.
+- ``neutral_expression_loss``: the "cano" term (Eq. 1): I_c against I_neu inside M_neu and
+  against the target with eyes/brows/mouth blacked out.
+- ``reconstruction_loss``: L1 + perceptual (Eq. 2 terms without TV).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shared.training.errors import TrainingError
+
+# torchvision's vgg19 "features" layout: numbers are conv widths, "M" a 2×2 max-pool.
+_VGG19_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
+# basicsr's layer weights (after ReLU of these convs; indices into ``features``).
+VGG_LAYER_WEIGHTS: dict[str, float] = {
+    "conv1_2": 0.1,
+    "conv2_2": 0.1,
+    "conv3_4": 1.0,
+    "conv4_4": 1.0,
+    "conv5_4": 1.0,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _vgg_layer_names() -> dict[str, int]:
+    """conv name → index of its ReLU in ``features``."""
+    names: dict[str, int] = {}
+    block, conv, index = 1, 1, 0
+    for item in _VGG19_LAYOUT:
+        if item == "M":
+            block, conv = block + 1, 1
+            index += 1
+        else:
+            names[f"conv{block}_{conv}"] = index + 1  # the ReLU after the conv
+            conv += 1
+            index += 2
+    return names
+
+
+class VGG19Features(nn.Module):
+    """VGG-19 convolutional trunk (no classifier), truncated after the last layer needed."""
+
+    def __init__(self, last_layer: str = "conv5_4") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for item in _VGG19_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                assert isinstance(item, int)
+                layers += [nn.Conv2d(in_ch, item, 3, padding=1), nn.ReLU(inplace=False)]
+                in_ch = item
+        self.layer_index = _vgg_layer_names()
+        self.features = nn.Sequential(*layers[: self.layer_index[last_layer] + 1])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def load_imagenet(self, path: str | os.PathLike[str]) -> None:
+        """Load a torchvision ``vgg19`` state dict (``features.N.weight`` keys) from a local file."""
+        if not Path(path).is_file():
+            raise TrainingError("training.vgg_weights_missing", f"no VGG-19 weights at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for foreign files
+            raise TrainingError("training.vgg_weights_unreadable", f"{path}: {exc}") from exc
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        own = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        wanted = self.features.state_dict()
+        missing = [k for k in wanted if k not in own]
+        if missing:
+            raise TrainingError("training.vgg_weights_mismatch", f"{path}: missing VGG-19 keys {missing[:4]}")
+        self.features.load_state_dict({k: own[k] for k in wanted})
+
+    def forward(self, image: Tensor, layers: list[str]) -> dict[str, Tensor]:
+        """``image`` in [-1, 1]; returns the ReLU activations of the named layers."""
+        x = ((image + 1) * 0.5 - self.mean) / self.std
+        wanted = {self.layer_index[name]: name for name in layers}
+        out: dict[str, Tensor] = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x
+                if len(out) == len(wanted):
+                    break
+        return out
+
+
+def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(3, 1, size, size).contiguous()
+
+
+def ssim(a: Tensor, b: Tensor, *, data_range: float = 2.0, window: int = 7, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM (Gaussian window, 'valid' borders) of (B, 3, H, W) images, per image (B,)."""
+    size = min(window, a.shape[-1], a.shape[-2])
+    w = _gaussian_window(size, sigma, a.device, a.dtype)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, w, groups=3)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return value.flatten(1).mean(1)
+
+
+def _gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+class GradientSSIMLoss(nn.Module):
+    """The documented stand-in for a pretrained perceptual loss: over 3 scales, L1 of the image
+    gradients (edges / texture) plus (1 − SSIM) (local structure and contrast). Zero iff equal."""
+
+    def __init__(self, scales: int = 3) -> None:
+        super().__init__()
+        self.scales = scales
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        total = pred.new_zeros(())
+        for s in range(self.scales):
+            if s:
+                if min(pred.shape[-2:]) < 8:
+                    break
+                pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
+            (pgx, pgy), (tgx, tgy) = _gradients(pred), _gradients(target)
+            total = total + (pgx - tgx).abs().mean() + (pgy - tgy).abs().mean()
+            total = total + (1 - ssim(pred, target)).mean()
+        return total
+
+
+class PerceptualLoss(nn.Module):
+    """basicsr-style VGG-19 perceptual loss when ImageNet weights are given, else GradientSSIMLoss.
+
+    ``description`` says which one is active (the trainer writes it to its log)."""
+
+    def __init__(self, vgg_weights: str | os.PathLike[str] | None = None, *, min_size: int = 64) -> None:
+        super().__init__()
+        self.vgg: VGG19Features | None = None
+        self.fallback = GradientSSIMLoss()
+        self.min_size = min_size  # small renders are upsampled so conv5_4 still sees a spatial map
+        if vgg_weights:
+            self.vgg = VGG19Features()
+            self.vgg.load_imagenet(vgg_weights)
+            self.vgg.requires_grad_(False).eval()
+            self.description = f"VGG-19 perceptual loss (ImageNet weights from {vgg_weights})"
+        else:
+            self.description = (
+                "no VGG-19 ImageNet weights given (--vgg-weights): using the substitute perceptual loss "
+                "GradientSSIMLoss (3-scale gradient L1 + (1 - SSIM))"
+            )
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        if self.vgg is None:
+            return self.fallback(pred, target)
+        if pred.shape[-1] < self.min_size:
+            pred = F.interpolate(pred, size=self.min_size, mode="bilinear", align_corners=False)
+            target = F.interpolate(target, size=self.min_size, mode="bilinear", align_corners=False)
+        names = list(VGG_LAYER_WEIGHTS)
+        fp, ft = self.vgg(pred, names), self.vgg(target.detach(), names)
+        return sum(VGG_LAYER_WEIGHTS[n] * (fp[n] - ft[n]).abs().mean() for n in names)  # type: ignore[return-value]
+
+
+def blackout(image: Tensor, keep: Tensor) -> Tensor:
+    """Pixels where ``keep`` is 0 become black (-1); ``keep`` (B, 1, H, W) is resized to the image."""
+    keep = resize_mask(keep, image.shape[-1])
+    return image * keep + (-1.0) * (1 - keep)
+
+
+def resize_mask(mask: Tensor, size: int) -> Tensor:
+    if mask.shape[-1] == size:
+        return mask
+    return (F.adaptive_avg_pool2d(mask, size) > 0.5).to(mask.dtype)
+
+
+def resize_image(image: Tensor, size: int) -> Tensor:
+    if image.shape[-1] == size:
+        return image
+    if image.shape[-1] > size:
+        return F.adaptive_avg_pool2d(image, size)  # area: what a low-res camera would see
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass
+class LossTerms:
+    total: Tensor
+    parts: dict[str, float]
+
+
+def reconstruction_loss(
+    pred: Tensor, target: Tensor, perceptual: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """(L1, perceptual) of a render against an image resized to the render's size."""
+    target = resize_image(target, pred.shape[-1])
+    return (pred - target).abs().mean(), perceptual(pred, target)
+
+
+def neutral_expression_loss(
+    canonical: Tensor,
+    neutral_image: Tensor,
+    neutral_mask: Tensor,
+    target_image: Tensor,
+    target_keep: Tensor,
+    perceptual: Callable[[Tensor, Tensor], Tensor],
+    *,
+    neutral_perceptual_weight: float = 3.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 1 ("cano" steps): I_c vs I_neu inside M_neu, and vs the target with eyes/brows/mouth
+    blacked out in both. Loss = L1 terms + 3·perceptual(neutral) + perceptual(target)."""
+    size = canonical.shape[-1]
+    mask = resize_mask(neutral_mask, size)
+    neu = resize_image(neutral_image, size)
+    pred_neu, ref_neu = blackout(canonical, mask), blackout(neu, mask)
+    l1_neu = (pred_neu - ref_neu).abs().sum() / (mask.sum() * 3).clamp_min(1.0)
+    perc_neu = perceptual(pred_neu, ref_neu)
+    keep = resize_mask(target_keep, size)
+    tgt = resize_image(target_image, size)
+    pred_tgt, ref_tgt = blackout(canonical, keep), blackout(tgt, keep)
+    l1_tgt = (pred_tgt - ref_tgt).abs().mean()
+    perc_tgt = perceptual(pred_tgt, ref_tgt)
+    total = l1_neu + l1_tgt + neutral_perceptual_weight * perc_neu + perc_tgt
+    return total, {
+        "l1_neutral": float(l1_neu.detach()),
+        "perc_neutral": float(perc_neu.detach()),
+        "l1_target_masked": float(l1_tgt.detach()),
+        "perc_target_masked": float(perc_tgt.detach()),
+    }
+
+
+def tv_density_loss(
+    query: Callable[[Tensor, Tensor], Tensor],
+    planes: Tensor,
+    *,
+    num_points: int = 1000,
+    sigma: float = 0.004,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mean |σ(x) − σ(x + ε)|, x ~ U[−1, 1]³, ε ~ N(0, sigma²) (the notes' TV term)."""
+    b = planes.shape[0]
+    points = (
+        torch.rand(b, num_points, 3, generator=generator, device=planes.device, dtype=planes.dtype) * 2 - 1
+    )
+    noise = (
+        torch.randn(b, num_points, 3, generator=generator, device=planes.device, dtype=planes.dtype) * sigma
+    )
+    both = torch.cat([points, points + noise], dim=1)
+    sigma_values = query(planes, both)[..., 0]
+    return (sigma_values[:, :num_points] - sigma_values[:, num_points:]).abs().mean()

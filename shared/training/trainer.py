@@ -1,0 +1,630 @@
+"""Two-stage GOHA trainer (paper §3.5; schedule from official-code-notes.md §7).
+
+Stage 1 trains everything except the super-resolution. Like the released code, each iteration
+is ONE step type (one render per step, which is also what makes CPU training affordable):
+
+- before ``expression_from``: only ``cano`` steps (I_c against I_neu / the masked target, Eq. 1);
+- afterwards ``step % 6``: 0 ``full_src`` (all active planes at the source camera, the source's
+  own expression), 1 ``full_tar`` (target camera and expression), 2–3 ``coarse`` (T_c + T_e vs the
+  target), 4–5 ``cano``. T_p joins the ``full`` steps from ``appearance_from`` (I_{c+e+p}).
+- losses: L1 + perceptual (+ TV 0.25 always in full steps, in coarse steps when step % 4 == 0,
+  in cano steps when step % 6 == 4).
+
+Stage 2 trains only the super-resolution: L1 + perceptual against the full-resolution image plus
+0.1 × the non-saturating logistic GAN loss of a dual discriminator that sees
+[SR, upsampled low-res] (real: [image, image down to the render size and back up]); D uses the
+logistic loss with lazy R1 (γ = 10 every 16 D steps).
+
+Determinism: every step seeds its own generators from (seed, rank, step) (data indices, ray
+jitter, SR noise, drop-path), and the RNG states are saved too, so a resumed run continues
+exactly like an uninterrupted one.
+
+Multi-process: under ``torchrun`` (WORLD_SIZE > 1) the trained module is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on GPUs); each rank draws its own samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shared.face.morphable import load_procedural_model
+from shared.face.render import render_expression
+from shared.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from shared.model.config import ModelConfig, config_from_dict, config_to_dict, get_profile
+from shared.model.discriminator import (
+    StyleGAN2Discriminator,
+    paper_discriminator_config,
+    tiny_discriminator_config,
+)
+from shared.model.gan_losses import R1Config, d_logistic_loss, g_nonsaturating_loss, lazy_r1_loss
+from shared.model.network import GOHABatch, GOHANetwork
+from shared.training.errors import TrainingError
+from shared.training.losses import (
+    PerceptualLoss,
+    neutral_expression_loss,
+    reconstruction_loss,
+    resize_image,
+    tv_density_loss,
+)
+from shared.training.synthetic import PairDataset, collate
+
+Variant = Literal["full", "no_appearance", "linear_expression"]
+VARIANTS: tuple[str, ...] = ("full", "no_appearance", "linear_expression")
+STATE_FORMAT = "goha-train-state/1"
+CSV_FIELDS = (
+    "step", "stage", "kind", "total", "l1", "perceptual", "tv", "l1_neutral", "perc_neutral",
+    "l1_target_masked", "perc_target_masked", "g_gan", "d_loss", "r1", "grad_norm", "seconds", "it_per_s",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    profile: str = "tiny"
+    variant: str = "full"
+    stage: int = 1
+    batch_size: int = 4
+    # The notes' Adam: betas (0, 0.99), lr 1e-4 constant. Tiny CPU runs see ~10^3 steps instead of
+    # 7.5·10^5, so the tiny default lr is 3e-4 (documented in docs/training.md).
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    grad_clip: float = 1000.0
+    expression_from: int = 120_000  # notes: add_expr_plane
+    appearance_from: int = 240_000  # notes: add_id_plane
+    tv_weight: float = 0.25
+    tv_points: int = 1000
+    neutral_perceptual_weight: float = 3.0
+    gan_weight: float = 0.1
+    d_lr: float = 5e-4
+    r1_gamma: float = 10.0
+    r1_every: int = 16
+    max_steps: int | None = None  # absolute step to stop at (the counter continues across stages)
+    max_minutes: float | None = None
+    log_every: int = 1
+    sample_every: int = 50
+    checkpoint_every: int = 50
+    seed: int = 0
+    vgg_weights: str | None = None
+    threads: int = 2
+
+    @classmethod
+    def for_profile(cls, profile: str, **overrides: Any) -> TrainConfig:
+        base: dict[str, Any] = {"profile": profile}
+        if profile == "tiny":
+            # Thresholds scaled down from 120k / 240k (a tiny CPU run is a few hundred steps).
+            base.update(lr=3e-4, expression_from=40, appearance_from=90, batch_size=4, sample_every=25)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+def variant_config(profile: str, variant: str) -> ModelConfig:
+    """The model config of an ablation variant (paper Table 4)."""
+    config = get_profile(profile)
+    if variant == "full":
+        return config
+    if variant == "no_appearance":
+        return dataclasses.replace(config, appearance=dataclasses.replace(config.appearance, enabled=False))
+    if variant == "linear_expression":
+        num = load_procedural_model().num_expression
+        return dataclasses.replace(
+            config, expression=dataclasses.replace(config.expression, mode="linear", num_bases=num)
+        )
+    raise TrainingError("training.bad_variant", f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def step_kind(step: int, config: TrainConfig) -> str:
+    """Stage-1 step type of an iteration (official-code-notes.md §7 schedule)."""
+    if step < config.expression_from:
+        return "cano"
+    return ("full_src", "full_tar", "coarse", "coarse", "cano", "cano")[step % 6]
+
+
+def tv_due(step: int, kind: str) -> bool:
+    if kind.startswith("full"):
+        return True
+    if kind == "coarse":
+        return step % 4 == 0
+    return step % 6 == 4
+
+
+# --- distributed helpers -------------------------------------------------------------------------
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def _seed_for(config: TrainConfig, rank: int, step: int, salt: int = 0) -> int:
+    return (config.seed * 1_000_003 + rank * 7919 + step * 31 + salt) % (2**62)
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def sample_indices(config: TrainConfig, rank: int, step: int, dataset_size: int) -> list[int]:
+    g = torch.Generator().manual_seed(_seed_for(config, rank, step, 1))
+    return torch.randint(dataset_size, (config.batch_size,), generator=g).tolist()
+
+
+def source_expression_renders(samples: dict[str, Tensor], size: int) -> Tensor:
+    """I_exp(α, β_source) for ``full_src`` steps (the dataset stores only the target's)."""
+    model = load_procedural_model()
+    return render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=2)
+
+
+def make_batch(
+    samples: dict[str, Tensor], kind: str, network: GOHANetwork, config: TrainConfig, step: int
+) -> tuple[GOHABatch, Tensor]:
+    """The network inputs of one step type and the image it must reproduce."""
+    at_source = kind == "full_src"
+    use_expression = kind in ("full_src", "full_tar", "coarse")
+    use_appearance = (
+        kind.startswith("full") and step >= config.appearance_from and network.appearance is not None
+    )
+    if at_source:
+        expression = source_expression_renders(samples, network.config.image_size) if use_expression else None
+        coefficients, camera, target = (
+            samples["source_beta"],
+            samples["source_camera"],
+            samples["source_image"],
+        )
+    else:
+        expression = samples["expression_image"]
+        coefficients, camera, target = (
+            samples["target_beta"],
+            samples["target_camera"],
+            samples["target_image"],
+        )
+    batch = GOHABatch(
+        source_image=samples["source_image"],
+        source_mask=samples["source_keep"],
+        source_camera=samples["source_camera"],
+        target_camera=camera,
+        expression_render=expression,
+        expression_coefficients=coefficients,
+        use_expression=use_expression,
+        use_appearance=use_appearance,
+        use_superres=False,
+    )
+    return batch, target
+
+
+# --- the trainer -----------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    step: int
+    kind: str
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        data_root: str | Path,
+        init_checkpoint: str | Path | None = None,
+        resume: bool = False,
+        dist_info: DistInfo | None = None,
+        progress: bool = True,
+        log: Any = None,
+    ) -> None:
+        self.config = config
+        self.dist = dist_info or DistInfo()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress and self.dist.is_main
+        self._log_file = log
+        torch.manual_seed(config.seed)
+        self.dataset = PairDataset(data_root, "train")
+        model_config = variant_config(config.profile, config.variant)
+        if self.dataset.image_size != model_config.image_size:
+            raise TrainingError(
+                "training.size_mismatch",
+                f"dataset images are {self.dataset.image_size}², profile {config.profile} needs {model_config.image_size}²",
+            )
+        self.network = GOHANetwork(model_config)
+        self.step = 0
+        if init_checkpoint is not None:
+            self._load_init(init_checkpoint)
+        self.perceptual = PerceptualLoss(config.vgg_weights)
+        self.say(self.perceptual.description)
+        self.discriminator: StyleGAN2Discriminator | None = None
+        self.d_optimizer: torch.optim.Optimizer | None = None
+        self.d_steps = 0
+        if config.stage == 1:
+            self.network.requires_grad_(True)
+            self.network.superres.requires_grad_(False)
+            trained: nn.Module = self.network
+        elif config.stage == 2:
+            self.network.requires_grad_(False)
+            self.network.superres.requires_grad_(True)
+            trained = self.network.superres
+            d_config = (
+                tiny_discriminator_config if config.profile == "tiny" else paper_discriminator_config
+            )(6)
+            if d_config.size != model_config.superres.out_size:
+                d_config = dataclasses.replace(d_config, size=model_config.superres.out_size)
+            self.discriminator = StyleGAN2Discriminator(d_config)
+            self.d_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=config.d_lr, betas=config.betas
+            )
+            self.r1 = R1Config(gamma=config.r1_gamma, every=config.r1_every)
+        else:
+            raise TrainingError("training.bad_stage", f"stage must be 1 or 2, got {config.stage}")
+        self.trained_parameters = [p for p in trained.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trained_parameters, lr=config.lr, betas=config.betas)
+        self.trained_module: nn.Module = trained
+        self.ddp_discriminator: nn.Module | None = self.discriminator
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.trained_module = DistributedDataParallel(trained, find_unused_parameters=True)
+            if self.discriminator is not None:
+                self.ddp_discriminator = DistributedDataParallel(
+                    self.discriminator, find_unused_parameters=True
+                )
+        if resume:
+            self.load_state(self.state_path)
+        self._csv_path = self.run_dir / f"log_stage{config.stage}.csv"
+        self._fixed_samples = collate([self.dataset[i] for i in range(min(4, len(self.dataset)))])
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        if not self.dist.is_main:
+            return
+        line = f"[train {time.strftime('%H:%M:%S')}] {message}"
+        print(line, file=self._log_file or sys.stderr, flush=True)
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    def _load_init(self, path: str | Path) -> None:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+            self.network.load_state_dict(payload["model"])
+            self.step = int(payload["step"])
+        else:
+            loaded = load_checkpoint(path, expected_config=self.network.config)
+            self.network.load_state_dict(loaded.state_dict())
+            self.step = int(read_checkpoint(path).get("extra", {}).get("step", 0))
+        self.say(f"initialised from {path} at step {self.step}")
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "train_config": dataclasses.asdict(self.config),
+            "model_config": config_to_dict(self.network.config),
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "d_steps": self.d_steps,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),  # type: ignore[no-untyped-call]
+                "python": random.getstate(),
+            },
+        }
+        if self.discriminator is not None and self.d_optimizer is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["d_optimizer"] = self.d_optimizer.state_dict()
+        return state
+
+    def save_state(self, path: Path | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        path = path or self.state_path
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_state(self, path: Path) -> None:
+        if not path.is_file():
+            raise TrainingError("training.no_state", f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("format") != STATE_FORMAT:
+            raise TrainingError("training.bad_state", f"{path} is not a {STATE_FORMAT} file")
+        if config_from_dict(state["model_config"]) != self.network.config:
+            raise TrainingError("training.state_mismatch", f"{path} was written by a different model config")
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.discriminator is not None:
+            if "discriminator" not in state:
+                # A stage-1 state resumed as stage 2: the discriminator starts fresh.
+                self.say("state has no discriminator; stage 2 starts a new one")
+            else:
+                self.discriminator.load_state_dict(state["discriminator"])
+                assert self.d_optimizer is not None
+                self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self.step = int(state["step"])
+        self.d_steps = int(state.get("d_steps", 0))
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.say(f"resumed from {path} at step {self.step}")
+
+    def export(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
+        """Write the platform checkpoint (shared.model.checkpoint format); returns its model version."""
+        info = {
+            "step": self.step,
+            "stage": self.config.stage,
+            "train_config": dataclasses.asdict(self.config),
+        }
+        info.update(extra or {})
+        return save_checkpoint(self.network, path, extra=json.loads(json.dumps(info, default=str)))
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def _samples(self, step: int) -> dict[str, Tensor]:
+        indices = sample_indices(self.config, self.dist.rank, step, len(self.dataset))
+        return collate([self.dataset[i] for i in indices])
+
+    def stage1_step(self, samples: dict[str, Tensor]) -> StepResult:
+        step, config = self.step, self.config
+        kind = step_kind(step, config)
+        generator = torch.Generator().manual_seed(_seed_for(config, self.dist.rank, step, 2))
+        batch, target = make_batch(samples, kind, self.network, config, step)
+        out = self.trained_module(
+            batch, generator=generator, intermediate_renders=False, return_features=False
+        )
+        pred = out.final.rgb
+        parts: dict[str, float] = {}
+        if kind == "cano":
+            total, parts = neutral_expression_loss(
+                pred,
+                samples["neutral_image"],
+                samples["neutral_mask"],
+                samples["target_image"],
+                samples["target_keep"],
+                self.perceptual,
+                neutral_perceptual_weight=config.neutral_perceptual_weight,
+            )
+        else:
+            l1, perc = reconstruction_loss(pred, target, self.perceptual)
+            total = l1 + perc
+            parts = {"l1": float(l1.detach()), "perceptual": float(perc.detach())}
+        if config.tv_weight > 0 and tv_due(step, kind):
+            tv = tv_density_loss(
+                self.network.query, out.planes, num_points=config.tv_points, generator=generator
+            )
+            total = total + config.tv_weight * tv
+            parts["tv"] = float(tv.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters, config.grad_clip)
+        self.optimizer.step()
+        parts.update(total=float(total.detach()), grad_norm=float(grad_norm.detach()))
+        return StepResult(step, kind, parts)
+
+    def stage2_step(self, samples: dict[str, Tensor]) -> StepResult:
+        step, config = self.step, self.config
+        assert (
+            self.discriminator is not None
+            and self.d_optimizer is not None
+            and self.ddp_discriminator is not None
+        )
+        kind = "full_src" if step % 2 == 0 else "full_tar"
+        generator = torch.Generator().manual_seed(_seed_for(config, self.dist.rank, step, 3))
+        batch, target = make_batch(
+            samples, kind, self.network, dataclasses.replace(config, appearance_from=0), step
+        )
+        with torch.no_grad():
+            low = self.network(
+                batch, deterministic=True, intermediate_renders=False, return_features=False
+            ).final.rgb
+        sr = self.trained_module(low, generator=generator)
+        size = sr.shape[-1]
+        real = resize_image(target, size)
+        up_low = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        real_low = F.interpolate(
+            resize_image(target, low.shape[-1]), size=size, mode="bilinear", align_corners=False
+        )
+        # Generator (SR) update.
+        self.discriminator.requires_grad_(False)
+        l1 = (sr - real).abs().mean()
+        perc = self.perceptual(sr, real)
+        g_gan = g_nonsaturating_loss(self.ddp_discriminator(torch.cat([sr, up_low], 1)))
+        total = l1 + perc + config.gan_weight * g_gan
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters, config.grad_clip)
+        self.optimizer.step()
+        # Discriminator update (every iteration in stage 2), lazy R1.
+        self.discriminator.requires_grad_(True)
+        real_pair = torch.cat([real, real_low], 1).detach()
+        fake_pair = torch.cat([sr.detach(), up_low], 1)
+        self.d_steps += 1
+        r1_due = self.r1.is_due(self.d_steps)
+        if r1_due:
+            real_pair.requires_grad_(True)
+        real_logits = self.ddp_discriminator(real_pair)
+        d_loss = d_logistic_loss(real_logits, self.ddp_discriminator(fake_pair))
+        parts = {
+            "l1": float(l1.detach()),
+            "perceptual": float(perc.detach()),
+            "g_gan": float(g_gan.detach()),
+            "d_loss": float(d_loss.detach()),
+        }
+        if r1_due:
+            r1 = lazy_r1_loss(real_logits, real_pair, self.r1)
+            d_loss = d_loss + r1
+            parts["r1"] = float(r1.detach())
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+        parts.update(total=float(total.detach()), grad_norm=float(grad_norm.detach()))
+        return StepResult(step, "sr", parts)
+
+    def train_step(self) -> StepResult:
+        # Per-step seeding of the global RNG (SegFormer drop-path) keeps resumed runs identical.
+        torch.manual_seed(_seed_for(self.config, self.dist.rank, self.step, 4))
+        samples = self._samples(self.step)
+        self.network.train()
+        result = self.stage1_step(samples) if self.config.stage == 1 else self.stage2_step(samples)
+        self.step += 1
+        return result
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def _steps(self) -> Iterator[int]:
+        while self.config.max_steps is None or self.step < self.config.max_steps:
+            yield self.step
+
+    def fit(self) -> dict[str, Any]:
+        config = self.config
+        start = time.perf_counter()
+        deadline = start + config.max_minutes * 60 if config.max_minutes else math.inf
+        first_step = self.step
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            total = (config.max_steps - self.step) if config.max_steps is not None else None
+            bar = tqdm(
+                total=total,
+                desc=f"stage {config.stage}",
+                mininterval=5.0,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        new_file = not self._csv_path.exists()
+        csv_file = self._csv_path.open("a", newline="") if self.dist.is_main else None
+        writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS) if csv_file else None
+        if writer is not None and new_file:
+            writer.writeheader()
+        self.say(
+            f"stage {config.stage} ({config.variant}) from step {self.step}: profile {config.profile}, "
+            f"batch {config.batch_size} x {self.dist.world_size} process(es), lr {config.lr}, "
+            f"max_steps {config.max_steps}, max_minutes {config.max_minutes}"
+        )
+        stopped_by = "max_steps"
+        try:
+            for _ in self._steps():
+                if time.perf_counter() >= deadline:
+                    stopped_by = "max_minutes"
+                    break
+                result = self.train_step()
+                elapsed = time.perf_counter() - start
+                rate = (self.step - first_step) / max(elapsed, 1e-9)
+                if writer is not None and (result.step % config.log_every == 0):
+                    row = {
+                        k: (round(v, 6) if isinstance(v, float) else v)
+                        for k, v in result.losses.items()
+                        if k in CSV_FIELDS
+                    }
+                    writer.writerow({"step": result.step, "stage": config.stage, "kind": result.kind, **row,
+                                     "seconds": round(elapsed, 2), "it_per_s": round(rate, 4)})  # fmt: skip
+                    assert csv_file is not None
+                    csv_file.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        {"kind": result.kind, "loss": f"{result.losses['total']:.4f}", "it/s": f"{rate:.3f}"}
+                    )
+                if self.dist.is_main and config.sample_every and self.step % config.sample_every == 0:
+                    self.save_samples()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save_state()
+        finally:
+            if bar is not None:
+                bar.close()
+            if csv_file is not None:
+                csv_file.close()
+        elapsed = time.perf_counter() - start
+        self.save_state()
+        if self.dist.is_main:
+            self.save_samples()
+        steps = self.step - first_step
+        summary = {
+            "stage": config.stage,
+            "variant": config.variant,
+            "steps": steps,
+            "final_step": self.step,
+            "seconds": round(elapsed, 1),
+            "it_per_s": round(steps / max(elapsed, 1e-9), 4),
+            "stopped_by": stopped_by,
+            "world_size": self.dist.world_size,
+        }
+        self.say(json.dumps(summary))
+        return summary
+
+    # --- sample grids -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def render_grid(self, samples: dict[str, Tensor]) -> Tensor:
+        """Rows: source | target | I_c | I_{c+e} | I_{c+e+p} | SR (low-res renders upsampled)."""
+        self.network.eval()
+        config = self.config
+        batch, target = make_batch(
+            samples, "full_tar", self.network, config, max(self.step, config.appearance_from)
+        )
+        batch.use_expression = self.step >= config.expression_from or config.stage == 2
+        batch.use_appearance = self.network.appearance is not None and (
+            self.step >= config.appearance_from or config.stage == 2
+        )
+        batch.use_superres = True
+        out = self.network(batch, deterministic=True)
+        size = samples["source_image"].shape[-1]
+
+        def up(x: Tensor | None) -> Tensor:
+            if x is None:
+                return torch.full_like(samples["source_image"], -1.0)
+            return F.interpolate(x, size=size, mode="nearest")
+
+        columns = [
+            samples["source_image"],
+            target,
+            up(out.canonical),
+            up(out.canonical_expression),
+            up(out.full),
+            up(out.superres),
+        ]
+        self.network.train()
+        return torch.cat([torch.cat(list(col), dim=1) for col in columns], dim=2)  # (3, B*S, 6*S)
+
+    def save_samples(self) -> Path:
+        from PIL import Image
+
+        grid = self.render_grid(self._fixed_samples)
+        array = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        out_dir = self.run_dir / "samples"
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / f"stage{self.config.stage}_step{self.step:06d}.png"
+        Image.fromarray(array).save(path)
+        return path
