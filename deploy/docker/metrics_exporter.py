@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    directory = args.dir or (Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None)
+    directory = args.dir or (
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
+    )
     if directory is None:
         parser.error("no multiprocess directory: pass --dir or set PROMETHEUS_MULTIPROC_DIR")
     server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(directory))

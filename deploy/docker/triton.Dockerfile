@@ -25,7 +25,9 @@ RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERS
         numpy==1.26.4 \
         transformers==5.24.0 \
         scipy==1.17.1 \
-        pillow==13.0.0
+        pillow==13.0.0 \
+        PyYAML==6.0.3 \
+        tqdm==4.67.1
 
 # Only the packages the models import (shared/ and the inference service), not the whole platform.
 COPY shared /opt/goha/shared

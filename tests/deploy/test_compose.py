@@ -100,7 +100,16 @@ def test_docker_compose_config_accepts_the_file() -> None:
             f"{(probe.stderr or probe.stdout).strip().splitlines()[0][:120]}); the schema check above covers the file"
         )
     result = subprocess.run(
-        [docker, "compose", "--env-file", str(df.ENV_EXAMPLE), "-f", str(df.COMPOSE_FILE), "config", "--quiet"],
+        [
+            docker,
+            "compose",
+            "--env-file",
+            str(df.ENV_EXAMPLE),
+            "-f",
+            str(df.COMPOSE_FILE),
+            "config",
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -165,7 +174,10 @@ def test_every_goha_variable_is_a_settings_field(
 def test_platform_services_build_production_settings(
     compose: dict[str, Any], settings_from_env: Callable[[Mapping[str, str]], Settings]
 ) -> None:
-    built = {name: settings_from_env(df.compose_environment(compose["services"][name])) for name in PLATFORM_SERVICES}
+    built = {
+        name: settings_from_env(df.compose_environment(compose["services"][name]))
+        for name in PLATFORM_SERVICES
+    }
     for name, settings in built.items():
         assert not settings.embedded, name
         assert not settings.auto_migrate, f"{name}: migrations are the migrate service's job"
@@ -260,7 +272,9 @@ def test_volumes_mounts_and_secrets_resolve(compose: dict[str, Any]) -> None:
         assert granted <= declared_secrets, name
         for key, value in df.compose_environment(service).items():
             if value.startswith("/run/secrets/"):
-                assert value.removeprefix("/run/secrets/") in granted, f"{name}: {key} names a secret it lacks"
+                assert value.removeprefix("/run/secrets/") in granted, (
+                    f"{name}: {key} names a secret it lacks"
+                )
 
 
 def test_read_only_services_write_only_to_tmpfs(compose: dict[str, Any]) -> None:

@@ -22,7 +22,9 @@ KUBERNETES_VERSION = "1.30.0"
 # Custom resources kubernetes-validate has no schema for; checked field by field below.
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "PodMonitor"}
 PLATFORM_DEPLOYMENTS = ("goha-gateway", "goha-worker", "goha-reconciler")
-SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|ACCESS_KEY|SIGNING_KEY|DATABASE_URL|BROKER_URL|RESULT_BACKEND")
+SECRETISH = re.compile(
+    r"PASSWORD|SECRET|TOKEN|PRIVATE|ACCESS_KEY|SIGNING_KEY|DATABASE_URL|BROKER_URL|RESULT_BACKEND"
+)
 
 
 def is_secretish(name: str) -> bool:
@@ -93,13 +95,17 @@ def test_schema_validation_rejects_a_misspelled_field(k8s: list[df.Resource]) ->
 def test_kustomize_renders_the_same_resources(k8s: list[df.Resource]) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: the kustomization was checked by reading its resources directly")
+        pytest.skip(
+            "kubectl is not installed: the kustomization was checked by reading its resources directly"
+        )
     result = subprocess.run(
         [kubectl, "kustomize", str(df.K8S_DIR)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
-    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted((r.kind, r.name) for r in k8s)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (r.kind, r.name) for r in k8s
+    )
     for doc in rendered:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "goha", doc["metadata"]["name"]
@@ -225,13 +231,18 @@ def test_read_only_containers_write_only_to_mounted_volumes(k8s: list[df.Resourc
             env = df.container_env(container, maps)
             for key in ("GOHA_VAR_DIR", "PROMETHEUS_MULTIPROC_DIR"):
                 if key in env:
-                    assert any((env[key].rstrip("/") + "/").startswith(m) for m in mounts), (str(resource), key)
+                    assert any((env[key].rstrip("/") + "/").startswith(m) for m in mounts), (
+                        str(resource),
+                        key,
+                    )
 
 
 # --- settings ---------------------------------------------------------------------------------------------
 
 
-def test_every_goha_variable_is_a_settings_field(k8s: list[df.Resource], settings_env_names: set[str]) -> None:
+def test_every_goha_variable_is_a_settings_field(
+    k8s: list[df.Resource], settings_env_names: set[str]
+) -> None:
     maps = df.config_maps(k8s)
     used = {key for data in maps.values() for key in data if key.startswith("GOHA_")}
     for _, spec in workloads(k8s):
@@ -250,11 +261,23 @@ def test_platform_containers_build_the_same_production_settings(
         name: settings_from_env(df.container_env(main_container(deployments[name]), maps))
         for name in PLATFORM_DEPLOYMENTS
     }
-    built["migrate"] = settings_from_env(df.container_env(main_container(by_kind(k8s, "Job")["goha-migrate"]), maps))
+    built["migrate"] = settings_from_env(
+        df.container_env(main_container(by_kind(k8s, "Job")["goha-migrate"]), maps)
+    )
     for name, settings in built.items():
         assert not settings.embedded and not settings.auto_migrate, name
-        assert settings.database_url == df.SECRET_PLACEHOLDER, f"{name}: database URL must come from the Secret"
-    shared = ("broker_url", "result_backend", "queue_name", "s3_endpoint", "s3_bucket", "model_profile", "triton_url")
+        assert settings.database_url == df.SECRET_PLACEHOLDER, (
+            f"{name}: database URL must come from the Secret"
+        )
+    shared = (
+        "broker_url",
+        "result_backend",
+        "queue_name",
+        "s3_endpoint",
+        "s3_bucket",
+        "model_profile",
+        "triton_url",
+    )
     for field in shared:
         values = {name: getattr(s, field) for name, s in built.items() if name != "migrate"}
         assert len(set(values.values())) == 1, f"{field}: {values}"
@@ -269,7 +292,9 @@ def test_service_urls_point_at_the_manifests(
 ) -> None:
     maps = df.config_maps(k8s)
     services = by_kind(k8s, "Service")
-    worker = settings_from_env(df.container_env(main_container(by_kind(k8s, "Deployment")["goha-worker"]), maps))
+    worker = settings_from_env(
+        df.container_env(main_container(by_kind(k8s, "Deployment")["goha-worker"]), maps)
+    )
 
     def service_port(host: str, port: int) -> None:
         name, namespace = host.split(".")[:2]
@@ -323,7 +348,9 @@ def test_model_profile_and_checkpoint_match_the_triton_repository(k8s: list[df.R
     for model, parameters in df.model_config_parameters().items():
         assert parameters["profile"] == config["GOHA_MODEL_PROFILE"], model
         assert any(parameters["checkpoint"].startswith(m.rstrip("/") + "/") for m in mounts), model
-        assert parameters["checkpoint"] in fetch["command"], "the init container fetches what config.pbtxt loads"
+        assert parameters["checkpoint"] in fetch["command"], (
+            "the init container fetches what config.pbtxt loads"
+        )
 
 
 # --- autoscaling ------------------------------------------------------------------------------------------
@@ -363,7 +390,8 @@ def test_workers_scale_on_the_celery_queue(
     assert {ref["parameter"] for ref in auth.doc["spec"]["secretTargetRef"]} == {"password"}
     # The dashboard's queue-depth series reads the same list.
     exporter = next(
-        c for c in df.pod_spec(by_kind(k8s, "StatefulSet")["goha-redis"])["containers"]  # type: ignore[index]
+        c
+        for c in df.pod_spec(by_kind(k8s, "StatefulSet")["goha-redis"])["containers"]  # type: ignore[index]
         if c["name"] == "redis-exporter"
     )
     keys = {e["name"]: e.get("value") for e in exporter["env"]}["REDIS_EXPORTER_CHECK_SINGLE_KEYS"]
