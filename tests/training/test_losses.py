@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from shared.training.errors import TrainingError
+from shared.training.losses import (
+    GradientSSIMLoss,
+    PerceptualLoss,
+    VGG19Features,
+    blackout,
+    neutral_expression_loss,
+    tv_density_loss,
+)
+
+
+def _images(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    b = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    return a, b
+
+
+def test_substitute_perceptual_is_zero_for_equal_and_positive_otherwise() -> None:
+    a, b = _images()
+    loss = GradientSSIMLoss()
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(a, b).item() > 0.5
+    # Closer images score lower.
+    assert loss(a, a + 0.05 * (b - a)).item() < loss(a, b).item()
+    assert "substitute" in PerceptualLoss(None).description
+
+
+def test_vgg_perceptual_loads_torchvision_layout_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    reference = VGG19Features()
+    state = {f"features.{k}": v for k, v in reference.features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(1)  # extra keys of a full torchvision file are ignored
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    loss = PerceptualLoss(path)
+    assert loss.vgg is not None and "VGG-19" in loss.description
+    a, b = _images(1)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(a, b).item() > 0
+    with pytest.raises(TrainingError) as err:
+        PerceptualLoss(tmp_path / "missing.pth")
+    assert err.value.code == "training.vgg_weights_missing"
+
+
+def test_tv_loss_zero_for_constant_density_positive_for_varying() -> None:
+    planes = torch.zeros(1, 3, 4, 8, 8)
+    g = torch.Generator().manual_seed(0)
+
+    def constant(_planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return torch.ones(*points.shape[:2], 2)
+
+    def wavy(_planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return torch.sin(40 * points[..., :1]).expand(*points.shape[:2], 2)
+
+    assert tv_density_loss(constant, planes, generator=g).item() == 0.0
+    assert tv_density_loss(wavy, planes, generator=g).item() > 0.01
+
+
+def test_neutral_loss_zero_when_render_matches_and_ignores_masked_regions() -> None:
+    image, other = _images(2)
+    mask = torch.ones(2, 1, 32, 32)
+    keep = torch.ones(2, 1, 32, 32)
+    keep[..., 10:20, 10:20] = 0  # "eyes": differences here must not count
+    canonical = image.clone()
+    canonical[..., 10:20, 10:20] = other[..., 10:20, 10:20]
+    neutral = canonical.clone()  # I_neu == I_c inside M_neu
+    total, parts = neutral_expression_loss(canonical, neutral, mask, image, keep, GradientSSIMLoss())
+    assert total.item() == pytest.approx(0.0, abs=1e-5)
+    worse, _ = neutral_expression_loss(other, neutral, mask, image, keep, GradientSSIMLoss())
+    assert worse.item() > 0.5
+    assert set(parts) == {"l1_neutral", "perc_neutral", "l1_target_masked", "perc_target_masked"}
+
+
+def test_blackout_sets_removed_pixels_black() -> None:
+    image = torch.ones(1, 3, 4, 4)
+    keep = torch.ones(1, 1, 4, 4)
+    keep[..., 0, 0] = 0
+    out = blackout(image, keep)
+    assert out[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0]
+    assert out[0, :, 1, 1].tolist() == [1.0, 1.0, 1.0]

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shared.face.morphable import load_procedural_model
+from shared.training.errors import DataError
+from shared.training.synthetic import (
+    PairDataset,
+    SyntheticConfig,
+    generate_dataset,
+    make_pair,
+    sample_identity,
+)
+
+SMALL = SyntheticConfig(image_size=64, supersample=1)
+
+
+def test_pairs_are_deterministic_and_seed_dependent() -> None:
+    model = load_procedural_model()
+    a = make_pair(model, SMALL, 7, "train", 3, 1)
+    b = make_pair(model, SMALL, 7, "train", 3, 1)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = make_pair(model, SMALL, 8, "train", 3, 1)
+    assert not np.array_equal(a["source_image"], c["source_image"])
+
+
+def test_pair_contents_are_consistent() -> None:
+    model = load_procedural_model()
+    pair = make_pair(model, SMALL, 0, "train", 0, 0)
+    assert pair["source_image"].shape == (3, 64, 64) and pair["source_image"].dtype == np.uint8
+    assert pair["source_camera"].shape == (25,) and pair["alpha"].shape == (model.num_identity,)
+    # Black background in the corners, a lit head in the middle.
+    assert pair["target_image"][:, 0, 0].tolist() == [0, 0, 0]
+    assert pair["target_image"][:, 24:40, 24:40].mean() > 20
+    # Keep-mask removes some pixels (eyes/brows/mouth) but keeps most of the image.
+    keep = pair["source_keep"]
+    assert 0.8 < keep.mean() < 1.0
+    # M_neu covers face pixels only, where I_neu is not black.
+    mask = pair["neutral_mask"][0].astype(bool)
+    assert mask.any() and (pair["neutral_image"][:, mask].max(axis=0) > 0).all()
+    # Projected landmarks land inside the image.
+    lms = pair["target_landmarks"]
+    assert lms.shape == (68, 2) and (lms > 0).all() and (lms < 64).all()
+
+
+def test_train_and_holdout_identities_differ() -> None:
+    model = load_procedural_model()
+    train = sample_identity(model, SMALL, 0, "train", 0)
+    hold = sample_identity(model, SMALL, 0, "holdout", 0)
+    assert not np.allclose(train.alpha, hold.alpha)
+    with pytest.raises(DataError) as err:
+        sample_identity(model, SMALL, 0, "test", 0)
+    assert err.value.code == "data.bad_split"
+
+
+def test_dataset_round_trip_and_shard_reuse(tmp_path) -> None:
+    meta = generate_dataset(
+        tmp_path, split="train", num_identities=2, pairs_per_identity=1, shard_size=1, config=SMALL
+    )
+    assert meta["num_pairs"] == 2 and len(meta["shards"]) == 2
+    again = generate_dataset(
+        tmp_path, split="train", num_identities=2, pairs_per_identity=1, shard_size=1, config=SMALL
+    )
+    assert again["sha256"] == meta["sha256"]
+    dataset = PairDataset(tmp_path, "train", max_cached_shards=1)
+    assert len(dataset) == 2 and dataset.image_size == 64
+    item = dataset[1]
+    assert item["source_image"].dtype == torch.float32
+    assert -1.0 <= float(item["source_image"].min()) and float(item["source_image"].max()) <= 1.0
+    assert int(item["identity"]) == 1
+    assert json.loads((tmp_path / "train.json").read_text())["format"] == "goha-synthetic-pairs/1"
+    with pytest.raises(DataError) as err:
+        PairDataset(tmp_path, "holdout")
+    assert err.value.code == "data.missing"

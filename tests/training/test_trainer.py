@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.training.errors import TrainingError
+from shared.training.trainer import TrainConfig, Trainer, step_kind, tv_due, variant_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(**overrides: object) -> TrainConfig:
+    base = dict(batch_size=1, sample_every=0, checkpoint_every=0, expression_from=1, appearance_from=2)
+    base.update(overrides)
+    return TrainConfig.for_profile("tiny", **base)
+
+
+def test_schedule_follows_the_notes() -> None:
+    config = TrainConfig.for_profile("tiny", expression_from=6, appearance_from=12)
+    assert [step_kind(s, config) for s in range(6)] == ["cano"] * 6
+    assert [step_kind(s, config) for s in range(6, 12)] == [
+        "full_src", "full_tar", "coarse", "coarse", "cano", "cano"
+    ]  # fmt: skip
+    assert tv_due(7, "full_tar") and tv_due(8, "coarse") and not tv_due(10, "coarse")
+    assert tv_due(10, "cano") and not tv_due(11, "cano")
+    assert variant_config("tiny", "no_appearance").appearance.enabled is False
+    assert variant_config("tiny", "linear_expression").expression.mode == "linear"
+    with pytest.raises(TrainingError):
+        variant_config("tiny", "bogus")
+
+
+@pytest.mark.slow
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config(lr=1e-3, expression_from=10**6), tmp_path, data_root=tiny_data, progress=False)
+    samples = trainer._samples(0)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(0)
+        losses.append(trainer.stage1_step(samples).losses["total"])
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+@pytest.mark.slow
+def test_resume_continues_identically(tiny_data: Path, tmp_path: Path) -> None:
+    straight = Trainer(_config(), tmp_path / "a", data_root=tiny_data, progress=False)
+    kinds = [straight.train_step().kind for _ in range(3)]
+    assert kinds == ["cano", "full_tar", "coarse"]
+
+    first = Trainer(_config(), tmp_path / "b", data_root=tiny_data, progress=False)
+    first.train_step()
+    first.train_step()
+    first.save_state()
+    resumed = Trainer(_config(), tmp_path / "b", data_root=tiny_data, resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.train_step()
+    for (name, a), (_, b) in zip(straight.network.state_dict().items(), resumed.network.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(TrainingError) as err:
+        Trainer(_config(), tmp_path / "empty", data_root=tiny_data, resume=True, progress=False)
+    assert err.value.code == "training.no_state"
+
+
+@pytest.mark.slow
+def test_stage2_trains_only_the_superresolution(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config(stage=2, r1_every=1), tmp_path, data_root=tiny_data, progress=False)
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    result = trainer.train_step()
+    assert {"l1", "perceptual", "g_gan", "d_loss", "r1"} <= set(result.losses)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
+    changed = {
+        k.split(".")[0] for k, v in trainer.network.state_dict().items() if not torch.equal(v, before[k])
+    }
+    assert changed == {"superres"}
+    path = trainer.save_samples()
+    assert path.is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_gloo(tiny_data: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "shared.training", "--threads", "1", "train", "--data", str(tiny_data), "--run-dir", str(tmp_path),
+        "--max-steps", "2", "--batch-size", "1", "--expression-from", "1", "--appearance-from", "1",
+        "--sample-every", "0", "--checkpoint-every", "0", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["final_step"] == 2
+    rows = (tmp_path / "log_stage1.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 steps, written by rank 0 only
