@@ -7,7 +7,7 @@ PROFILE ?= tiny
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-fast lint bench-model bench-face bench-gateway bench-worker bench-inference demo clean
+.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: install
 
 bench-model: install
 	$(PYTHON) -m shared.model.bench --profile $(PROFILE)
+
+bench-train: install
+	$(PYTHON) -m shared.training bench --profile $(PROFILE) --checkpoint models/goha-$(PROFILE).pt
 
 bench-face: install
 	$(PYTHON) -m shared.face.bench

@@ -76,6 +76,71 @@ def _train(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from shared.training.evaluate import evaluate_real, evaluate_synthetic, to_markdown
+
+    if args.real:
+        report = evaluate_real(args.checkpoint, args.real, max_items=args.max_pairs)
+        title = "Evaluation on a real-data folder"
+    else:
+        report = evaluate_synthetic(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            max_pairs=args.max_pairs,
+            face_metrics=not args.no_face_metrics,
+        )
+        title = f"Evaluation on synthetic {args.split} identities"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{args.name}.md").write_text(to_markdown(report, title))
+    print(json.dumps({"metrics": report["metrics"], "json": str(out / f"{args.name}.json")}))
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    from shared.training.realdata import preprocess
+
+    meta = preprocess(
+        args.inputs,
+        args.out,
+        image_size=args.image_size,
+        every_nth_frame=args.every,
+        max_frames_per_video=args.max_frames,
+        morphable_model=args.morphable_model,
+    )
+    print(json.dumps({"items": len(meta["items"]), "skipped": len(meta["skipped"]), "out": args.out}))
+
+
+def _ablation(args: argparse.Namespace) -> None:
+    from shared.training.ablation import run_ablation
+
+    result = run_ablation(
+        args.data,
+        args.out,
+        profile=args.profile,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_pairs=args.eval_pairs,
+        face_metrics=not args.no_face_metrics,
+    )
+    print(json.dumps({v: r["metrics"].get("reenact_lowres_psnr") for v, r in result["rows"].items()}))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from shared.training.bench import bench
+
+    print(
+        json.dumps(
+            bench(
+                profile=args.profile, checkpoint=args.checkpoint, steps=args.steps, eval_pairs=args.eval_pairs
+            )
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.training")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
@@ -112,6 +177,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vgg-weights", help="torchvision-layout VGG-19 ImageNet state dict (local file)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="metrics of a checkpoint (markdown + JSON)")
+    ev.add_argument("--checkpoint", default="models/goha-tiny.pt")
+    ev.add_argument("--data", help="synthetic dataset folder (generate-data)")
+    ev.add_argument("--real", help="real-data folder (preprocess): reconstruction metrics only")
+    ev.add_argument("--split", default="holdout")
+    ev.add_argument("--max-pairs", type=int)
+    ev.add_argument("--no-face-metrics", action="store_true", help="skip AKD / CSIM / AED / APD (dlib)")
+    ev.add_argument("--out", default="runs/eval")
+    ev.add_argument("--name", default="evaluation")
+    ev.set_defaults(func=_evaluate)
+
+    pre = sub.add_parser("preprocess", help="build a real-data folder from images / videos (face stack)")
+    pre.add_argument("inputs", nargs="+", help="image / video files or folders")
+    pre.add_argument("--out", required=True)
+    pre.add_argument("--image-size", type=int, default=128)
+    pre.add_argument("--every", type=int, default=5, help="keep every n-th video frame")
+    pre.add_argument("--max-frames", type=int, default=200, help="per video")
+    pre.add_argument("--morphable-model", help="BFM .mat path (default: the procedural head)")
+    pre.set_defaults(func=_preprocess)
+
+    abl = sub.add_parser("ablation", help="Table-4 ablation: full / no appearance / linear expression")
+    abl.add_argument("--data", required=True)
+    abl.add_argument("--out", default="runs/ablation")
+    abl.add_argument("--profile", default="tiny")
+    abl.add_argument("--steps", type=int, default=600, help="stage-1 steps per variant (same for all)")
+    abl.add_argument("--batch-size", type=int, default=4)
+    abl.add_argument("--eval-pairs", type=int)
+    abl.add_argument("--no-face-metrics", action="store_true")
+    abl.set_defaults(func=_ablation)
+
+    ben = sub.add_parser("bench", help="training it/s + evaluation PSNRs; JSON last line")
+    ben.add_argument("--profile", default="tiny")
+    ben.add_argument("--checkpoint", default="models/goha-tiny.pt")
+    ben.add_argument("--steps", type=int, default=12)
+    ben.add_argument("--eval-pairs", type=int, default=16)
+    ben.set_defaults(func=_bench)
     return parser
 
 

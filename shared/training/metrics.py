@@ -35,7 +35,10 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
 def ssim(
     pred: Tensor, target: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
 ) -> Tensor:
-    """Per-image SSIM (B,), channels averaged."""
+    """Per-image SSIM (B,), channels averaged. Images smaller than the window use the largest odd
+    window that fits."""
+    window = min(window, pred.shape[-1], pred.shape[-2])
+    window -= 1 - window % 2
     coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = (g / g.sum()).to(pred.dtype)

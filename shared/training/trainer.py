@@ -108,7 +108,7 @@ class TrainConfig:
         base: dict[str, Any] = {"profile": profile}
         if profile == "tiny":
             # Thresholds scaled down from 120k / 240k (a tiny CPU run is a few hundred steps).
-            base.update(lr=2e-4, expression_from=1500, appearance_from=3000, batch_size=4, sample_every=500)
+            base.update(lr=2e-4, expression_from=800, appearance_from=1600, batch_size=4, sample_every=500)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
