@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from shared.model.canonical import LEAKY_SLOPE
 from shared.model.config import ModelConfig
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
+from shared.model.errors import ModelInputError
 from shared.model.triplane import NUM_PLANES, PLANE_NAMES, cell_centres, project_to_planes
 
 NearestMethod = Literal["auto", "kdtree", "chunked"]
@@ -102,24 +103,29 @@ def nearest_indices(points: Tensor, queries: Tensor, method: NearestMethod = "au
 def rasterize(
     points: Tensor, features: Tensor, resolution: int, box_warp: float = 1.0, method: NearestMethod = "auto"
 ) -> Tensor:
-    """Neural point cloud → tri-plane. points (B, N, 3), features (B, N, F) → (B, 3, F, R, R).
+    """Neural point cloud → tri-plane. points (B, N, 3), features (B, F, N) → (B, 3, F, R, R).
 
     Texel (row v, col u) of plane p gets the feature of the point whose projection onto plane p
     is nearest to the texel centre.
     """
-    b, n, f = features.shape
+    b, f, n = features.shape
+    if points.shape != (b, n, 3):
+        raise ModelInputError(
+            "model.bad_points", f"points {tuple(points.shape)} do not match features {tuple(features.shape)}"
+        )
     queries = cell_centres(resolution, device=points.device, dtype=points.dtype)
     projected = project_to_planes(points, box_warp)  # (B, 3, N, 2)
-    index = torch.stack(
-        [
-            torch.stack([nearest_indices(projected[i, p], queries, method) for p in range(NUM_PLANES)])
-            for i in range(b)
-        ]
-    )  # (B, 3, R*R)
-    gathered = torch.gather(
-        features.unsqueeze(1).expand(b, NUM_PLANES, n, f), 2, index.unsqueeze(-1).expand(-1, -1, -1, f)
-    )
-    return gathered.transpose(-1, -2).reshape(b, NUM_PLANES, f, resolution, resolution)
+    planes = [
+        torch.stack(
+            [
+                # index_select on (F, N) writes each plane channel-first without a transpose copy.
+                features[i].index_select(1, nearest_indices(projected[i, p], queries, method))
+                for p in range(NUM_PLANES)
+            ]
+        )
+        for i in range(b)
+    ]
+    return torch.stack(planes).view(b, NUM_PLANES, f, resolution, resolution)
 
 
 class AppearanceUpsampler(nn.Module):
@@ -189,7 +195,6 @@ class AppearanceBranch(nn.Module):
     def forward(self, features: Tensor, depth: Tensor, origins: Tensor, directions: Tensor) -> Tensor:
         """features (B, F, h, w), depth (B, 1, h, w), rays (B, h·w, 3) of the same pixels → T_p."""
         b, f, h, w = features.shape
-        points = lift(origins, directions, depth.reshape(b, h * w))
-        flat = features.reshape(b, f, h * w).transpose(1, 2)
-        rasterised = rasterize(points, flat, h, self.box_warp, self.nearest_method)
+        points = lift(origins, directions, depth.reshape(b, h * w).to(origins.dtype))
+        rasterised = rasterize(points, features.reshape(b, f, h * w), h, self.box_warp, self.nearest_method)
         return self.upsampler(rasterised)

@@ -64,7 +64,7 @@ class GOHABatch:
 class TrainingOutput:
     """Renders at the target camera. Images (B, 3, r, r) in [-1, 1]."""
 
-    canonical: Tensor  # I_c = R_V(T_c, C_t)
+    canonical: Tensor | None  # I_c = R_V(T_c, C_t) (None when intermediate_renders=False)
     canonical_expression: Tensor | None  # I_{c+e} (None when the expression branch is off)
     full: Tensor | None  # I_{c+e+p} (None when the appearance branch is off)
     final: RenderOutput  # the render of all active planes (rgb, features, depth, opacity)
@@ -313,7 +313,8 @@ class GOHANetwork(nn.Module):
         )
         if features is None:
             features = self.appearance.encode(source_image, source_mask, rendered.rgb)
-        origins, directions = cams.generate_rays(source_camera.to(features.dtype), features.shape[-1])
+        # Rays stay float32 even for half-precision networks (fp16 would shift points by millimetres).
+        origins, directions = cams.generate_rays(source_camera.float(), features.shape[-1])
         return self.appearance(features, rendered.depth, origins, directions), rendered
 
     def render(
@@ -400,7 +401,7 @@ class GOHANetwork(nn.Module):
         if batch.use_superres:
             sr = self.super_resolve(final.rgb, deterministic=deterministic, generator=generator)
         return TrainingOutput(
-            canonical=canonical if canonical is not None else final.rgb,
+            canonical=canonical,
             canonical_expression=canonical_expression,
             full=full,
             final=final,

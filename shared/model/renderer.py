@@ -159,6 +159,7 @@ def composite(
     depths: Tensor, raw: Tensor, *, density_bias: float, need_values: bool = True
 ) -> tuple[RayOutput | None, Tensor]:
     """Midpoint alpha compositing of sorted samples. raw (R, S, 1 + K). Returns (output, weights (R, S-1))."""
+    raw = raw.to(depths.dtype)  # composite in float32 even for half-precision decoders
     deltas = depths[:, 1:] - depths[:, :-1]
     mid = 0.5 * (raw[:, 1:] + raw[:, :-1])
     density = F.softplus(mid[..., 0] + density_bias)
@@ -362,7 +363,7 @@ class VolumeRenderer(nn.Module):
         res = resolution or self.config.resolution
         if skip_empty is None:
             skip_empty = deterministic and not torch.is_grad_enabled()
-        origins, directions = cams.generate_rays(cameras.to(planes.dtype), res)
+        origins, directions = cams.generate_rays(cameras.float(), res)  # float32 rays for any plane dtype
         field = self.planes_field(planes, 3 if rgb_only else None)
         rays = self.render_rays(
             field,
@@ -372,7 +373,11 @@ class VolumeRenderer(nn.Module):
             generator=generator,
             skip_empty=skip_empty,
         )
-        return rays_to_image(rays, res)
+        image = rays_to_image(rays, res)
+        if planes.dtype != image.features.dtype:  # images in the network's dtype; depth stays float32
+            image.features = image.features.to(planes.dtype)
+            image.rgb = image.features[:, :3]
+        return image
 
 
 def rays_to_image(rays: RayOutput, resolution: int) -> RenderOutput:

@@ -84,7 +84,7 @@ def test_rasterization_of_a_known_point_grid_lands_features_in_the_right_cells()
     rows = cols = torch.arange(0, res, 2)
     uv = centres[rows][:, cols].reshape(-1, 2)  # normalised (u, v) = (2x, 2y)
     points = torch.cat([uv / 2, torch.full((16, 1), 0.1)], dim=-1).unsqueeze(0)
-    features = torch.arange(16.0).view(1, 16, 1)
+    features = torch.arange(16.0).view(1, 1, 16)
     planes = rasterize(points, features, res)
     assert planes.shape == (1, 3, 1, res, res)
     xy = planes[0, 0, 0]
@@ -107,7 +107,7 @@ def test_rasterization_of_a_known_point_grid_lands_features_in_the_right_cells()
 def test_rasterize_batch_of_two_equals_two_singles_and_gradients_reach_features() -> None:
     gen = torch.Generator().manual_seed(3)
     points = torch.rand(2, 200, 3, generator=gen) - 0.5
-    features = torch.randn(2, 200, 5, generator=gen, requires_grad=True)
+    features = torch.randn(2, 5, 200, generator=gen, requires_grad=True)
     both = rasterize(points, features, 12)
     singles = torch.cat([rasterize(points[i : i + 1], features[i : i + 1], 12) for i in range(2)])
     assert torch.equal(both, singles)

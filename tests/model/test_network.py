@@ -32,7 +32,7 @@ def test_micro_forward_shapes(micro_network: GOHANetwork) -> None:
         out.planes, out.canonical_planes + out.appearance_planes + out.expression_planes
     )
     # Three different renders: the branches all contribute.
-    assert not torch.allclose(out.canonical, out.canonical_expression)
+    assert out.canonical is not None and not torch.allclose(out.canonical, out.canonical_expression)
     assert not torch.allclose(out.canonical_expression, out.full)
     assert ((out.depth >= 2.25) & (out.depth <= 3.3)).all()
 
@@ -64,7 +64,8 @@ def test_gradients_reach_every_branch() -> None:
     network = make_network()
     network.train()
     out = network(make_batch(network.config), generator=torch.Generator().manual_seed(0))
-    assert out.canonical_expression is not None and out.full is not None and out.superres is not None
+    assert out.canonical is not None and out.canonical_expression is not None
+    assert out.full is not None and out.superres is not None
     loss = (
         out.canonical.abs().mean()
         + out.canonical_expression.abs().mean()
@@ -279,3 +280,16 @@ def test_composite_appearance_input_of_the_released_code() -> None:
         avatar = network.reconstruct(batch.source_image, batch.source_mask, batch.source_camera)
         frames = network.animate(avatar, batch.expression_render, batch.target_camera)
     torch.testing.assert_close(frames.low_res, mono.full, atol=1e-5, rtol=1e-5)
+
+
+def test_half_precision_network_matches_float32() -> None:
+    # bfloat16 on CPU stands in for fp16 serving on GPUs: rays, depth and compositing stay float32.
+    network = make_network()
+    batch = make_batch(network.config, batch=1)
+    with torch.no_grad():
+        avatar = network.reconstruct(batch.source_image, batch.source_mask, batch.source_camera)
+        reference = network.animate(avatar, batch.expression_render, batch.target_camera)
+        network.to(torch.bfloat16)
+        half = network.animate(avatar.to(torch.bfloat16), batch.expression_render, batch.target_camera)  # type: ignore[arg-type]
+    assert half.low_res.dtype == torch.bfloat16 and half.depth.dtype == torch.float32
+    torch.testing.assert_close(half.low_res.float(), reference.low_res, atol=3e-2, rtol=0)
