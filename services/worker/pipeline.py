@@ -1,0 +1,420 @@
+"""One reenactment (or orbit) job, end to end, chunk by chunk.
+
+    fetch inputs -> portrait analysis -> reconstruct (cached by model version + portrait hash)
+    -> for each chunk of driving frames: face fit (smoothed) -> retarget -> I_exp renders
+       -> animate (many frames per request) -> visible label + invisible watermark -> H.264
+    -> C2PA manifest signed last -> upload -> provenance completed and signed -> succeeded
+
+Every step is idempotent: a redelivered job (worker killed mid-way) starts again from its inputs and
+overwrites the same output key and the same provenance row, so there is exactly one of each.
+Progress is written after every chunk; a cancellation is noticed there too.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from services.inference.backend import InferenceBackend
+from services.inference.errors import InferenceInputError, InferenceServerError, InferenceUnavailable
+from services.worker.errors import JobCancelled, JobFailure
+from services.worker.options import DEFAULT_ORBIT_FPS, DEFAULT_ORBIT_FRAMES, DEFAULT_OUTPUT_SIZE, JobOptions
+from shared.face.errors import FaceError
+from shared.face.morphable import MorphableModel
+from shared.face.pipeline import AnalyzerConfig, FaceAnalyzer, PortraitAnalysis
+from shared.face.render import render_expression
+from shared.face.smoothing import OneEuroConfig, SmoothingConfig
+from shared.media.c2pa_sign import ProvenanceClaim, SigningChain, sign_video
+from shared.media.errors import MediaError
+from shared.media.guardrails import apply_guardrails
+from shared.media.hashing import sha256_file
+from shared.media.video import VideoWriter, iter_frame_chunks, probe_video
+from shared.media.watermark import payload_for_job
+from shared.model import cameras
+from shared.platform.jobs import JobState, set_result, transition, update_progress
+from shared.platform.models import Job
+from shared.platform.provenance import complete_provenance
+from shared.platform.storage import ObjectStorage, output_key
+
+log = logging.getLogger("goha.worker")
+
+AVATAR_CACHE_PREFIX = "cache/avatars"
+
+
+@dataclass
+class PipelineConfig:
+    chunk_frames: int = 16  # frames decoded, fitted and animated together (bounds memory)
+    max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job
+    output_crf: int = 20
+
+
+@dataclass
+class PipelineContext:
+    """Everything a job needs, built once per worker process (after fork)."""
+
+    session_factory: Callable[[], Session]
+    storage: ObjectStorage
+    inference: InferenceBackend
+    face_model: MorphableModel
+    image_size: int  # the network's input size: portrait crop and I_exp renders
+    signing_chain: SigningChain
+    watermark_secret: bytes
+    provenance_key: bytes
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+@dataclass
+class JobInputs:
+    job_id: str
+    tenant_id: str
+    job_type: str
+    options: JobOptions
+    portrait_key: str
+    portrait_sha256: str
+    driving_key: str | None
+    driving_sha256: str | None
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    frames_without_face: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+class _Timer:
+    def __init__(self, stats: RunStats, stage: str) -> None:
+        self.stats, self.stage = stats, stage
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        self.stats.add(self.stage, time.perf_counter() - self.start)
+
+
+def to_model_image(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+
+
+def to_uint8_frames(frames: np.ndarray, size: int) -> list[np.ndarray]:
+    """(N, 3, S, S) float in [-1, 1] -> N (size, size, 3) uint8, resized when the sizes differ."""
+    tensor = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+    if tensor.shape[-1] != size:
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=(size, size), mode="bilinear", align_corners=False
+        )
+    rgb = ((tensor.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return list(rgb.numpy())
+
+
+def smoothing_config(strength: float, fps: float) -> SmoothingConfig:
+    """Map the API's 0..1 smoothing strength onto One-Euro filters: 0 disables them, 0.5 is the face
+    stack's default, and stronger smoothing lowers every cutoff frequency proportionally."""
+    base = SmoothingConfig(fps=fps)
+    if strength <= 0.0:
+        return replace(base, enabled=False)
+    factor = 0.5 / strength
+
+    def scaled(group: OneEuroConfig) -> OneEuroConfig:
+        return replace(group, min_cutoff=group.min_cutoff * factor)
+
+    return replace(
+        base,
+        rotation=scaled(base.rotation),
+        translation=scaled(base.translation),
+        expression=scaled(base.expression),
+    )
+
+
+class ReenactmentPipeline:
+    def __init__(self, context: PipelineContext) -> None:
+        self.ctx = context
+        self.analyzer = FaceAnalyzer(context.face_model, context.image_size)
+
+    # --- job lifecycle ------------------------------------------------------------------------------
+    def run(self, job_id: str) -> str:
+        """Run the job; returns its final state. Raises only for transient failures (to retry)."""
+        inputs = self._start(job_id)
+        if inputs is None:
+            with self.ctx.session_factory() as session:
+                job = session.get(Job, job_id)
+                return job.state if job is not None else "missing"
+        stats = RunStats()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"goha-{job_id}-") as tmp:
+                self._execute(inputs, Path(tmp), stats)
+        except JobCancelled:
+            log.info("job cancelled", extra={"job_id": job_id})
+            return JobState.CANCELLED.value
+        except FaceError as exc:
+            return self.fail_job(job_id, exc.code, exc.message)
+        except MediaError as exc:
+            return self.fail_job(job_id, exc.code, exc.message)
+        except JobFailure as exc:
+            if type(exc) is not JobFailure:
+                raise  # TransientFailure: the task retries it
+            return self.fail_job(job_id, exc.code, exc.message)
+        except (InferenceInputError, InferenceServerError) as exc:
+            return self.fail_job(job_id, exc.code, str(exc))
+        except (InferenceUnavailable, ConnectionError, OSError):
+            raise  # transient: retried by the task with backoff
+        except Exception as exc:  # a bug must not leave the job running forever
+            log.exception("job crashed", extra={"job_id": job_id})
+            return self.fail_job(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        return JobState.SUCCEEDED.value
+
+    def _start(self, job_id: str) -> JobInputs | None:
+        with self.ctx.session_factory() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                log.warning("job not found", extra={"job_id": job_id})
+                return None
+            state = JobState(job.state)
+            if state.terminal:
+                return None  # a duplicate delivery of a finished job
+            if state is JobState.QUEUED:
+                transition(session, job, JobState.RUNNING, reason="worker started")
+            # RUNNING: a redelivery after a crashed worker; start again from the inputs.
+            inputs = JobInputs(
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                job_type=job.job_type,
+                options=JobOptions(),
+                portrait_key=job.portrait_asset.storage_key,
+                portrait_sha256=job.portrait_asset.sha256,
+                driving_key=job.driving_asset.storage_key if job.driving_asset else None,
+                driving_sha256=job.driving_asset.sha256 if job.driving_asset else None,
+            )
+            raw_options = dict(job.options or {})
+            session.commit()
+        inputs.options = JobOptions.from_job(inputs.job_type, raw_options)
+        return inputs
+
+    def fail_job(self, job_id: str, code: str, message: str) -> str:
+        with self.ctx.session_factory() as session:
+            job = session.get(Job, job_id)
+            if job is None or JobState(job.state).terminal:
+                return job.state if job is not None else "missing"
+            transition(
+                session, job, JobState.FAILED, reason="pipeline error", error_code=code, error_message=message
+            )
+            session.commit()
+        log.info("job failed", extra={"job_id": job_id, "error_code": code})
+        return JobState.FAILED.value
+
+    def _progress(self, job_id: str, done: int, total: int | None) -> None:
+        with self.ctx.session_factory() as session:
+            job = session.get(Job, job_id)
+            if job is None or not update_progress(session, job, done, total):
+                session.rollback()
+                raise JobCancelled(job_id)
+            session.commit()
+
+    # --- the work -----------------------------------------------------------------------------------
+    def _execute(self, inputs: JobInputs, tmp: Path, stats: RunStats) -> None:
+        ctx, opts = self.ctx, inputs.options
+        started = time.perf_counter()
+        with _Timer(stats, "fetch_s"):
+            portrait_rgb = self._load_portrait(inputs.portrait_key)
+            driving_path: Path | None = None
+            if opts.job_type == "reenact":
+                if inputs.driving_key is None:
+                    raise JobFailure("driving_video_missing", "a reenact job needs a driving video")
+                driving_path = tmp / "driving"
+                ctx.storage.download_to(inputs.driving_key, driving_path)
+        with _Timer(stats, "portrait_analysis_s"):
+            portrait = self.analyzer.analyze_portrait(portrait_rgb)
+        with _Timer(stats, "reconstruct_s"):
+            planes = self._source_planes(inputs.portrait_sha256, portrait)
+        model_version = ctx.inference.model_version()
+        payload = payload_for_job(inputs.job_id, ctx.watermark_secret)
+        # 512 by default whatever the profile: the watermark survives re-encoding + resizing at that size.
+        out_size = opts.output_size or DEFAULT_OUTPUT_SIZE
+
+        video_path = tmp / "result.mp4"
+        if opts.job_type == "orbit":
+            fps: float = opts.output_fps or DEFAULT_ORBIT_FPS
+            total = opts.frame_limit or DEFAULT_ORBIT_FRAMES
+            chunks = self._orbit_chunks(portrait, total)
+            audio_source = None
+        else:
+            assert driving_path is not None
+            info = probe_video(driving_path)
+            fps = opts.output_fps or info.fps_float
+            estimate = info.frame_count or int(round(info.duration_s * fps))
+            if opts.output_fps:
+                estimate = int(round(info.duration_s * fps))
+            total = min(estimate, opts.frame_limit) if opts.frame_limit else estimate
+            chunks = self._driving_chunks(driving_path, portrait, opts, fps, stats)
+            audio_source = driving_path
+
+        self._progress(inputs.job_id, 0, total)
+        with VideoWriter(
+            video_path,
+            fps=fps,
+            width=out_size,
+            height=out_size,
+            crf=ctx.config.output_crf,
+            audio_source=audio_source,
+        ) as writer:
+            for expr_renders, cams in chunks:
+                with _Timer(stats, "animate_s"):
+                    output = ctx.inference.animate(planes, expr_renders, cams)
+                with _Timer(stats, "guardrails_s"):
+                    frames = to_uint8_frames(output.frames, out_size)
+                    marked = apply_guardrails(frames, payload, corner=opts.label_corner)  # type: ignore[arg-type]
+                with _Timer(stats, "encode_s"):
+                    writer.write(marked)
+                stats.frames += len(marked)
+                self._progress(inputs.job_id, stats.frames, max(total, stats.frames))
+        if stats.frames == 0:
+            raise JobFailure("video_no_frames", "the driving video has no decodable frames")
+
+        with _Timer(stats, "sign_s"):
+            claim = ProvenanceClaim(
+                job_id=inputs.job_id,
+                model_version=model_version,
+                portrait_sha256=inputs.portrait_sha256,
+                driving_sha256=inputs.driving_sha256 or "",
+                watermark_payload=payload,
+            )
+            signed = sign_video(video_path, video_path, claim, ctx.signing_chain)
+        with _Timer(stats, "upload_s"):
+            digest = sha256_file(video_path)
+            key = output_key(inputs.tenant_id, inputs.job_id)
+            ctx.storage.put_file(key, video_path, content_type="video/mp4")
+        stats.timings["total_s"] = time.perf_counter() - started
+        self._succeed(
+            inputs,
+            key,
+            digest,
+            video_path.stat().st_size,
+            model_version,
+            payload,
+            signed.manifest_sha256,
+            stats,
+        )
+
+    def _succeed(
+        self,
+        inputs: JobInputs,
+        key: str,
+        digest: str,
+        size: int,
+        model_version: str,
+        payload: int,
+        manifest_sha256: str,
+        stats: RunStats,
+    ) -> None:
+        with self.ctx.session_factory() as session:
+            job = session.get(Job, inputs.job_id)
+            if job is None or JobState(job.state) is not JobState.RUNNING:
+                raise JobCancelled(inputs.job_id)
+            complete_provenance(
+                session,
+                job,
+                key=self.ctx.provenance_key,
+                output_sha256=digest,
+                model_version=model_version,
+                watermark_payload=payload,
+                c2pa_manifest_sha256=manifest_sha256,
+                extra={"frames": stats.frames, "frames_without_face": stats.frames_without_face},
+            )
+            set_result(session, job, storage_key=key, sha256=digest, size_bytes=size, timings=stats.timings)
+            update_progress(session, job, stats.frames, stats.frames)
+            transition(session, job, JobState.SUCCEEDED, reason="output uploaded")
+            session.commit()
+
+    # --- steps ----------------------------------------------------------------------------------------
+    def _load_portrait(self, key: str) -> np.ndarray:
+        data = self.ctx.storage.get_bytes(key)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise JobFailure("image_unreadable", f"the portrait cannot be decoded: {exc}") from exc
+
+    def _source_planes(self, portrait_sha256: str, portrait: PortraitAnalysis) -> np.ndarray:
+        """T_c + T_p of the portrait, cached in object storage per (model version, portrait hash)."""
+        version = self.ctx.inference.model_version()
+        cache_key = f"{AVATAR_CACHE_PREFIX}/{version}/{portrait_sha256}.npy"
+        if self.ctx.storage.exists(cache_key):
+            try:
+                return np.load(io.BytesIO(self.ctx.storage.get_bytes(cache_key)), allow_pickle=False)
+            except ValueError:
+                log.warning("unreadable avatar cache entry, recomputing", extra={"key": cache_key})
+        image = to_model_image(portrait.crop).numpy()
+        mask = portrait.keep_mask[None, None].astype(np.float32)
+        camera = portrait.camera.reshape(1, 25).numpy().astype(np.float32)
+        planes = self.ctx.inference.reconstruct(image, mask, camera)[0]
+        buffer = io.BytesIO()
+        np.save(buffer, planes, allow_pickle=False)
+        self.ctx.storage.put_bytes(cache_key, buffer.getvalue(), content_type="application/octet-stream")
+        return planes
+
+    def _expression_renders(self, portrait: PortraitAnalysis, betas: torch.Tensor) -> np.ndarray:
+        alpha = portrait.alpha.reshape(1, -1).expand(betas.shape[0], -1)
+        return render_expression(self.ctx.face_model, alpha, betas, self.ctx.image_size).numpy()
+
+    def _driving_chunks(
+        self, path: Path, portrait: PortraitAnalysis, opts: JobOptions, fps: float, stats: RunStats
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        config = AnalyzerConfig(smoothing=smoothing_config(opts.smoothing, fps))
+        analyzer = FaceAnalyzer(
+            self.ctx.face_model, self.ctx.image_size, config, detector=self.analyzer.detector
+        )
+        state = analyzer.start_video()
+        retargeter = analyzer.retargeter(
+            portrait, mode=opts.motion_mode, expression_scale=opts.expression_scale
+        )
+        chunk_frames = self.ctx.config.chunk_frames
+        for frames in iter_frame_chunks(
+            path, chunk_frames, max_frames=opts.frame_limit, target_fps=opts.output_fps
+        ):
+            t0 = time.perf_counter()
+            analyses = analyzer.analyze_frames(frames, state=state)
+            retargeted = retargeter.retarget(analyses)
+            stats.add("face_fit_s", time.perf_counter() - t0)
+            stats.frames_without_face = state.frames_without_face
+            self._check_missing_faces(state.frames_seen, state.frames_without_face, final=False)
+            t0 = time.perf_counter()
+            betas = torch.stack([frame.beta for frame in retargeted])
+            cams = torch.stack([frame.camera for frame in retargeted]).numpy().astype(np.float32)
+            renders = self._expression_renders(portrait, betas)
+            stats.add("expression_render_s", time.perf_counter() - t0)
+            yield renders, cams
+        self._check_missing_faces(state.frames_seen, state.frames_without_face, final=True)
+
+    def _check_missing_faces(self, seen: int, missing: int, *, final: bool) -> None:
+        limit = self.ctx.config.max_missing_face_ratio
+        # Early exit only once enough frames were seen that the ratio means something.
+        if seen and (final or seen >= 2 * self.ctx.config.chunk_frames) and missing / seen > limit:
+            raise JobFailure(
+                "driving_no_face",
+                f"no face was found in {missing} of {seen} driving frames (limit {limit:.0%})",
+            )
+
+    def _orbit_chunks(
+        self, portrait: PortraitAnalysis, total: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        path = cameras.orbit_path(total)
+        renders = self._expression_renders(portrait, portrait.beta.reshape(1, -1))
+        step = self.ctx.config.chunk_frames
+        for start in range(0, total, step):
+            cams = path[start : start + step].numpy().astype(np.float32)
+            yield np.repeat(renders, len(cams), axis=0), cams

@@ -1,0 +1,64 @@
+"""The Celery app of the worker: ``celery -A services.worker.tasks worker``.
+
+One task, ``goha.reenact(job_id)``, late-acknowledged so a killed worker's job is redelivered.
+Transient inference/storage failures are retried with exponential backoff; past the budget the job
+fails with its code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import urllib3
+from celery import Task
+from celery.signals import worker_process_init
+
+from services.inference.errors import InferenceUnavailable
+from services.worker.context import build_context
+from services.worker.errors import TransientFailure
+from services.worker.pipeline import ReenactmentPipeline
+from shared.platform.queue import REENACT_TASK, make_celery
+from shared.platform.settings import get_settings
+
+log = logging.getLogger("goha.worker")
+
+app = make_celery(get_settings(), name="goha-worker")
+
+_pipeline: ReenactmentPipeline | None = None
+_pipeline_lock = threading.Lock()
+
+
+def get_pipeline() -> ReenactmentPipeline:
+    """Built on first use in each process: DB, storage and gRPC clients never cross a fork."""
+    global _pipeline
+    with _pipeline_lock:
+        if _pipeline is None:
+            _pipeline = ReenactmentPipeline(build_context(get_settings()))
+        return _pipeline
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: object) -> None:
+    global _pipeline
+    _pipeline = None
+
+
+@app.task(
+    name=REENACT_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=5,
+)
+def reenact(self: Task, job_id: str) -> str:
+    pipeline = get_pipeline()
+    try:
+        return pipeline.run(job_id)
+    except (TransientFailure, InferenceUnavailable, OSError, urllib3.exceptions.HTTPError) as exc:
+        code = getattr(exc, "code", "transient_error")
+        if self.request.retries >= self.max_retries:
+            return pipeline.fail_job(job_id, code, f"gave up after {self.max_retries} retries: {exc}")
+        countdown = min(60.0, 2.0**self.request.retries)
+        log.warning("transient failure, retrying", extra={"job_id": job_id, "error_code": code})
+        raise self.retry(exc=exc, countdown=countdown) from exc
