@@ -301,7 +301,9 @@ class Trainer:
         if resume:
             self.load_state(self.state_path)
         self._csv_path = self.run_dir / f"log_stage{config.stage}.csv"
-        self._fixed_samples = collate([self.dataset[i] for i in range(min(4, len(self.dataset)))])
+        # Four fixed pairs spread over the dataset (different identities) for the sample grids.
+        n = len(self.dataset)
+        self._fixed_samples = collate([self.dataset[(i * n) // 4] for i in range(min(4, n))])
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
