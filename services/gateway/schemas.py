@@ -18,6 +18,13 @@ class MotionMode(enum.StrEnum):
     ABSOLUTE = "absolute"  # driver's head pose copied as is
 
 
+class LabelCorner(enum.StrEnum):
+    BOTTOM_RIGHT = "bottom-right"
+    BOTTOM_LEFT = "bottom-left"
+    TOP_RIGHT = "top-right"
+    TOP_LEFT = "top-left"
+
+
 class JobOptions(BaseModel):
     """How to render. Unknown fields are refused (a typo must not silently fall back to a default)."""
 
@@ -26,10 +33,15 @@ class JobOptions(BaseModel):
     motion_mode: MotionMode = MotionMode.RELATIVE
     expression_scale: float = Field(1.0, ge=0.0, le=3.0, description="multiplier on the driver's expression")
     smoothing: float = Field(0.5, ge=0.0, le=1.0, description="temporal smoothing of fitted motion, 0 = none")
-    output_size: int = Field(512, ge=64, le=2048, description="square output side in pixels")
+    output_size: int = Field(
+        512, ge=64, le=2048, multiple_of=2, description="square output side in pixels (even: H.264 4:2:0)"
+    )
     output_fps: float | None = Field(None, gt=0.0, le=120.0, description="default: the driving video's rate")
     frame_limit: int | None = Field(
         None, ge=1, description="render at most this many frames (orbit: how many)"
+    )
+    label_corner: LabelCorner = Field(
+        LabelCorner.BOTTOM_RIGHT, description="corner of the visible AI-generated label (never removable)"
     )
 
 

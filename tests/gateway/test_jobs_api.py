@@ -97,3 +97,20 @@ def test_assets_are_content_addressed_and_reusable(
         idle_client.get(f"/v1/assets/{asset['id']}", headers=tenant.headers).json()["sha256"]
         == asset["sha256"]
     )
+
+
+def test_label_corner_can_move_but_not_disable_the_label(
+    idle_client: TestClient, tenant: TenantKey, portrait_png: bytes, driving_mp4: bytes
+) -> None:
+    moved = submit(
+        idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"label_corner": "top-left"}
+    )
+    assert moved.status_code == 202 and moved.json()["options"]["label_corner"] == "top-left"
+    for value in ("none", "off"):
+        refused = submit(
+            idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"label_corner": value}
+        )
+        assert refused.status_code == 400 or refused.status_code == 422
+        assert refused.json()["error"]["code"] == "invalid_options"
+    odd = submit(idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"output_size": "257"})
+    assert odd.json()["error"]["code"] == "invalid_options"

@@ -70,6 +70,12 @@ def create_job(
     output_size: Annotated[str | None, Form(description="square output side, default 512")] = None,
     output_fps: Annotated[str | None, Form(description="default: the driving clip's rate")] = None,
     frame_limit: Annotated[str | None, Form(description="at most this many frames")] = None,
+    label_corner: Annotated[
+        str | None,
+        Form(
+            description="where the visible AI-generated label goes (it cannot be removed): bottom-right (default), bottom-left, top-right, top-left"
+        ),
+    ] = None,
     consent_subject: Annotated[
         str | None, Form(description="REQUIRED: who consented (the person shown)")
     ] = None,
@@ -99,6 +105,7 @@ def create_job(
             "output_size": output_size,
             "output_fps": output_fps,
             "frame_limit": frame_limit,
+            "label_corner": label_corner,
         },
         consent={
             "subject_name": consent_subject,
