@@ -46,5 +46,9 @@ bench-gateway: install
 bench-inference: install
 	$(PYTHON) -m services.inference.bench --profile $(PROFILE)
 
+# The main job end to end on the embedded stack (no servers to install); files land in var/demo/.
+demo: install
+	$(PYTHON) -m shared.platform.demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache

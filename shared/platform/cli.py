@@ -1,25 +1,47 @@
-"""The ``goha`` command. Subcommands so far:
+"""The ``goha`` command (docs/cli.md).
 
-    goha migrate [--revision head]            run the Alembic migrations on GOHA_DATABASE_URL
-    goha tenants create NAME                  create a tenant
+Admin (talk to the database named by GOHA_DATABASE_URL / the embedded SQLite file):
+
+    goha migrate [--revision head]            run the Alembic migrations
+    goha tenants create NAME | list           tenants
     goha keys create TENANT [--label L]       create an API key (printed once)
     goha keys revoke PREFIX
 
-Other packages add their own subcommands (submit/status/verify/up) by extending ``build_parser``'s
-``COMMANDS`` table: each entry is (name, help, add_arguments, handler).
+API client (``--api-url``/``--api-key`` or GOHA_API_URL / GOHA_API_KEY; ``shared.platform.client``):
+
+    goha submit PORTRAIT [DRIVING] --consent-subject S --consent-method M [--wait] [-o out.mp4]
+    goha status [JOB]                         one job, or your latest jobs
+    goha download JOB -o out.mp4
+    goha cancel JOB
+    goha verify VIDEO                         watermark / C2PA / provenance check
+
+Local:
+
+    goha up                                   the embedded stack in the foreground until Ctrl-C
+    goha demo                                 the demo job (same as ``make demo``)
+
+Errors print ``error: [code] message`` (the API's error envelope) and exit 1.
+Each COMMANDS entry is (name, help, add_arguments, handler).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.errors import PlatformError
 from shared.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.platform.client import GohaClient
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -75,10 +97,395 @@ def _with_db(settings: Settings, action: Callable[[Database], int]) -> int:
         db.dispose()
 
 
+# -- API client commands -------------------------------------------------------------------------------
+VERIFY_RECOGNISED, VERIFY_NOT_RECOGNISED, VERIFY_NOT_AVAILABLE = 0, 3, 4
+OPTION_FLAGS = (
+    # (flag, dest, type, help)
+    ("--motion-mode", "motion_mode", str, "relative (default) or absolute"),
+    ("--expression-scale", "expression_scale", float, "0..3, default 1"),
+    ("--smoothing", "smoothing", float, "0..1, default 0.5"),
+    ("--output-size", "output_size", int, "square output side in pixels (default: the model's)"),
+    ("--output-fps", "output_fps", float, "default: the driving clip's rate"),
+    ("--frame-limit", "frame_limit", int, "render at most this many frames"),
+    ("--label-corner", "label_corner", str, "where the visible AI label goes (bottom-right by default)"),
+)
+
+
+def _api_args(parser: argparse.ArgumentParser) -> None:
+    from shared.platform.client import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+
+    group = parser.add_argument_group("API")
+    group.add_argument("--api-url", default=None, help=f"default: ${API_URL_ENV} or {DEFAULT_API_URL}")
+    group.add_argument("--api-key", default=None, help=f"default: ${API_KEY_ENV}")
+    group.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    group.add_argument("--json", action="store_true", help="print the API's JSON instead of a summary")
+
+
+def _client(args: argparse.Namespace) -> GohaClient:
+    from shared.platform.client import GohaClient
+
+    return GohaClient(args.api_url, args.api_key, timeout=args.timeout)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    done, total = progress.get("frames_done") or 0, progress.get("frames_total")
+    return f"{done}/{total} frames" if total else "-"
+
+
+def _job_summary(job: dict[str, Any]) -> str:
+    lines = [
+        f"job       {job['id']}",
+        f"state     {job['state']}  ({job.get('job_type', 'reenact')}, attempt {job.get('attempts', 0)})",
+        f"progress  {_progress_text(job)}",
+        f"created   {job.get('created_at', '-')}",
+    ]
+    if job.get("finished_at"):
+        lines.append(f"finished  {job['finished_at']}")
+    timings = job.get("timings") or {}
+    if timings:
+        shown = ", ".join(f"{name.removesuffix('_s')} {value:.1f}s" for name, value in timings.items())
+        lines.append(f"timings   {shown}")
+    if job.get("error"):
+        lines.append(f"error     [{job['error'].get('code')}] {job['error'].get('message')}")
+    return "\n".join(lines)
+
+
+class JobProgressBar:
+    """Progress of a job on stderr: a tqdm bar over its frames (state as postfix) on a terminal; one line
+    per change of state or frame count otherwise, so logs stay readable."""
+
+    def __init__(self, enabled: bool, *, interactive: bool | None = None) -> None:
+        self.enabled = enabled
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.bar: Any = None
+        self._last: tuple[str, int, int | None] | None = None
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        progress = job.get("progress") or {}
+        total = progress.get("frames_total")
+        done = int(progress.get("frames_done") or 0)
+        state = str(job.get("state"))
+        if not self.interactive:
+            if (state, done, total) != self._last:
+                self._last = (state, done, total)
+                print(f"{job['id'][:8]} {state} {done}/{total if total else '?'} frames", file=sys.stderr)
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, unit="frame", desc=job["id"][:8], file=sys.stderr, dynamic_ncols=True
+            )
+        if total and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(state, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _submit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("portrait", type=Path, help="JPEG, PNG or WebP portrait with one face")
+    parser.add_argument("driving", type=Path, nargs="?", default=None, help="driving video (not for orbit)")
+    parser.add_argument("--job-type", default="reenact", choices=["reenact", "orbit"])
+    for flag, dest, kind, help_text in OPTION_FLAGS:
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    consent = parser.add_argument_group("consent attestation (required by the API)")
+    consent.add_argument("--consent-subject", default=None, help="who consented: the person shown")
+    consent.add_argument(
+        "--consent-method",
+        default=None,
+        help="written_release | electronic_signature | recorded_verbal | self",
+    )
+    consent.add_argument("--consent-obtained-at", default=None, help="ISO 8601 with timezone (default: now)")
+    consent.add_argument("--consent-reference", default=None, help="e.g. the release document's id")
+    consent.add_argument("--consent-attested-by", default=None, help="who at your organisation attests this")
+    parser.add_argument("--idempotency-key", default=None, help="repeat-safe submission key")
+    parser.add_argument("--wait", action="store_true", help="wait for the job (progress bar on stderr)")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="download the MP4 here (implies --wait)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    _api_args(parser)
+
+
+def _submit(args: argparse.Namespace, _settings: Settings) -> int:
+    consent = {
+        "consent_subject": args.consent_subject,
+        "consent_method": args.consent_method,
+        "consent_obtained_at": args.consent_obtained_at,
+        "consent_reference": args.consent_reference,
+        "consent_attested_by": args.consent_attested_by,
+    }
+    if args.consent_subject or args.consent_method:
+        if not args.consent_obtained_at:
+            consent["consent_obtained_at"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    options = {dest: getattr(args, dest) for _, dest, _, _ in OPTION_FLAGS}
+    with _client(args) as client:
+        job = client.submit(
+            args.portrait,
+            args.driving,
+            job_type=args.job_type,
+            options=options,
+            consent={k: v for k, v in consent.items() if v is not None},
+            idempotency_key=args.idempotency_key,
+        )
+        if not (args.wait or args.output):
+            if args.json:
+                _print_json(job)
+            else:
+                print(job["id"])
+                print(f"# {job['state']}; follow it with: goha status {job['id']}", file=sys.stderr)
+            return 0
+        print(f"# submitted job {job['id']}", file=sys.stderr)
+        bar = JobProgressBar(enabled=not args.no_progress)
+        try:
+            job = client.wait(job["id"], on_progress=bar, poll_interval_s=args.poll_interval)
+        finally:
+            bar.close()
+        if job["state"] != "succeeded":
+            print(_job_summary(job) if not args.json else json.dumps(job, default=str))
+            error = job.get("error") or {"code": job["state"], "message": f"the job ended {job['state']}"}
+            print(f"error: [{error.get('code')}] {error.get('message')}", file=sys.stderr)
+            return 1
+        download = client.download_result(job["id"], args.output) if args.output else None
+    if args.json:
+        _print_json(
+            {
+                **job,
+                **({"download": {"path": str(download.path), "sha256": download.sha256}} if download else {}),
+            }
+        )
+    else:
+        print(_job_summary(job))
+        if download is not None:
+            print(f"saved     {download.path} ({download.size_bytes} bytes, sha256 {download.sha256[:16]}…)")
+    return 0
+
+
+def _status_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs="?", default=None, help="a job id; without it, your latest jobs")
+    parser.add_argument("--state", default=None, help="list only jobs in this state")
+    parser.add_argument("--limit", type=int, default=20)
+    _api_args(parser)
+
+
+def _status(args: argparse.Namespace, _settings: Settings) -> int:
+    with _client(args) as client:
+        if args.job:
+            job = client.get_job(args.job)
+            if args.json:
+                _print_json(job)
+            else:
+                print(_job_summary(job))
+            return 0
+        page = client.list_jobs(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json(page)
+        return 0
+    items = page.get("items", [])
+    if not items:
+        print("no jobs")
+        return 0
+    print(f"{'JOB':36}  {'STATE':9}  {'TYPE':7}  {'PROGRESS':16}  CREATED")
+    for job in items:
+        print(
+            f"{job['id']:36}  {job['state']:9}  {job.get('job_type', ''):7}  {_progress_text(job):16}  "
+            f"{job.get('created_at', '')}"
+        )
+    if page.get("next_cursor"):
+        print(
+            f"# more: goha status --limit {args.limit} (next cursor {page['next_cursor']})", file=sys.stderr
+        )
+    return 0
+
+
+def _download_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    _api_args(parser)
+
+
+def _download(args: argparse.Namespace, _settings: Settings) -> int:
+    with _client(args) as client:
+        download = client.download_result(args.job, args.output)
+    print(f"saved {download.path} ({download.size_bytes} bytes, sha256 {download.sha256})")
+    return 0
+
+
+def _cancel_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job")
+    _api_args(parser)
+
+
+def _cancel(args: argparse.Namespace, _settings: Settings) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job)
+    if args.json:
+        _print_json(job)
+    else:
+        print(_job_summary(job))
+    return 0
+
+
+def _verify_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path)
+    _api_args(parser)
+
+
+def verify_summary(report: dict[str, Any]) -> str:
+    """Human lines for a /v1/verify answer (also used by the demo)."""
+    watermark = report.get("watermark") or {}
+    manifest = report.get("manifest") or {}
+    lines = [f"verdict    {report.get('message', '')}"]
+    if report.get("status") != "checked":
+        return "\n".join(
+            [*lines, "checked    nothing: no detector in this deployment (not a negative answer)"]
+        )
+    lines.append(
+        f"watermark  {'found' if watermark.get('found') else 'not found'}"
+        f" ({watermark.get('confident_bits', 0)}/32 confident bits)"
+    )
+    if manifest.get("present"):
+        state = "valid" if manifest.get("valid") else "INVALID"
+        trust = "trusted" if manifest.get("trusted") else "untrusted signer"
+        lines.append(f"c2pa       {state}, {trust}, names job {manifest.get('job_id')}")
+    else:
+        lines.append("c2pa       no manifest")
+    if report.get("job_id"):
+        lines.append(
+            f"job        {report['job_id']} ({'your tenant' if report.get('same_tenant') else 'another tenant'})"
+        )
+    for name, value in (report.get("checks") or {}).items():
+        lines.append(f"check      {name}: {value}")
+    return "\n".join(lines)
+
+
+def verify_recognised(report: dict[str, Any]) -> bool:
+    manifest = report.get("manifest") or {}
+    return bool(
+        (report.get("watermark") or {}).get("found") or (manifest.get("present") and manifest.get("valid"))
+    )
+
+
+def _verify(args: argparse.Namespace, _settings: Settings) -> int:
+    with _client(args) as client:
+        report = client.verify(args.video)
+    if args.json:
+        _print_json(report)
+    else:
+        print(verify_summary(report))
+    if report.get("status") != "checked":
+        return VERIFY_NOT_AVAILABLE
+    return VERIFY_RECOGNISED if verify_recognised(report) else VERIFY_NOT_RECOGNISED
+
+
+# -- local stack -------------------------------------------------------------------------------------------
+def _stack_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--var-dir", type=Path, default=None, help="state directory (default: GOHA_VAR_DIR or ./var)"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: models/goha-<profile>.pt")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--triton-threads", type=int, default=None, help="torch threads of the model server")
+
+
+def _up_args(parser: argparse.ArgumentParser) -> None:
+    _stack_args(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
+    parser.add_argument("--tenant", default="demo", help="tenant that gets this session's API key")
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.platform.embedded import EmbeddedStack
+
+    def announce(message: str) -> None:
+        print(f"# {message}", file=sys.stderr, flush=True)
+
+    stack = EmbeddedStack(
+        args.var_dir or settings.var_dir,
+        checkpoint=args.checkpoint,
+        profile=args.profile,
+        host=args.host,
+        port=args.port or None,
+        tenant=args.tenant,
+        triton_threads=args.triton_threads,
+        announce=announce,
+    )
+    # SIGTERM (kill, systemd, a test harness) stops the stack as cleanly as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        stack.start()
+        print(
+            f"GOHA embedded stack is up ({stack.timings['startup_s']:.0f} s). Ctrl-C stops it.\n"
+            f"  API       {stack.url}   (OpenAPI: {stack.url}/docs)\n"
+            f"  API key   {stack.api_key}   (tenant {args.tenant}; revoked when the stack stops)\n"
+            f"  state     {stack.var_dir}\n"
+            f"  logs      {stack.log_dir}/{{triton,gateway,worker}}.log\n"
+            f"In another shell:  . {stack.env_file}   (or: export GOHA_API_URL={stack.url} GOHA_API_KEY=…)",
+            flush=True,
+        )
+        stack.serve_forever()
+    except KeyboardInterrupt:
+        announce("stopping the embedded stack")
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    announce("stopped")
+    return 0
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    from shared.platform import demo
+
+    demo.add_arguments(parser)
+
+
+def _demo(args: argparse.Namespace, _settings: Settings) -> int:
+    from shared.platform import demo
+
+    return demo.run(args)
+
+
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
     ("migrate", "apply database migrations", _migrate_args, _migrate),
     ("tenants", "manage tenants", _tenants_args, _tenants),
     ("keys", "manage API keys", _keys_args, _keys),
+    ("submit", "submit a job (portrait + driving video) and optionally wait for it", _submit_args, _submit),
+    ("status", "show one job, or list your latest jobs", _status_args, _status),
+    ("download", "download a finished job's MP4", _download_args, _download),
+    ("cancel", "cancel a queued or running job", _cancel_args, _cancel),
+    (
+        "verify",
+        "check a video for the platform's watermark, C2PA manifest and provenance",
+        _verify_args,
+        _verify,
+    ),
+    ("up", "run the embedded stack (Triton, gateway, worker) in the foreground until Ctrl-C", _up_args, _up),
+    ("demo", "run the demo job on the embedded stack (make demo)", _demo_args, _demo),
 ]
 
 
@@ -96,9 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args, Settings()))
-    except PlatformError as exc:
+    except PlatformError as exc:  # the API's ApiError included: its code and message, as the API sent them
         print(f"error: [{exc.code}] {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,447 @@
+"""The embedded stack: the whole platform on one machine, with nothing to install beyond ``make install``.
+
+    with EmbeddedStack(var_dir="var") as stack:           # or: goha up
+        client = stack.client()                            # GohaClient with the session's API key
+        ...
+
+Starts, all on 127.0.0.1:
+
+- Triton (the ``tritonserver`` bundled with nvidia-pytriton, via ``services.inference.server.launch_server``)
+  serving the checkpoint (default ``models/goha-<profile>.pt``);
+- the gateway (``python -m services.gateway``, uvicorn) on ``port`` (default: a free one);
+- one Celery worker (``celery -A services.worker.tasks worker``) on Celery's filesystem broker;
+
+with SQLite, the broker folder, local object storage, the provenance key and the C2PA dev chain all
+under ``var_dir``. Migrations run first; a tenant (``demo``) gets a fresh API key for this session,
+revoked again when the stack stops. Every child runs in its own session (process group) and gets
+SIGTERM when this process dies; ``stop`` sends SIGTERM to each group, then SIGKILL after a grace period.
+Logs: ``<var_dir>/logs/{triton,gateway,worker}.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from shared.platform.client import GohaClient
+from shared.platform.errors import PlatformError
+from shared.platform.settings import Settings
+
+LOGGER = logging.getLogger("goha.embedded")
+ROOT = Path(__file__).resolve().parents[2]
+
+EMBEDDED_STACK_FAILED = "embedded_stack_failed"
+CHECKPOINT_MISSING = "checkpoint_missing"
+PORT_IN_USE = "port_in_use"
+SESSION_KEY_LABEL = "embedded-session"
+
+# GOHA_* variables the stack decides itself; a user's values for these would point the children at
+# other servers, so they are replaced (every other GOHA_* knob passes through to the children).
+_OWNED_SETTINGS = (
+    "embedded",
+    "var_dir",
+    "database_url",
+    "broker_url",
+    "result_backend",
+    "broker_folder",
+    "storage_backend",
+    "local_storage_dir",
+    "provenance_key_path",
+    "inference_backend",
+    "triton_url",
+    "triton_access_token",
+    "checkpoint_path",
+    "model_profile",
+    "public_base_url",
+)
+
+
+class EmbeddedStackError(PlatformError):
+    def __init__(self, message: str, *, code: str = EMBEDDED_STACK_FAILED) -> None:
+        super().__init__(code, message, status=500)
+
+
+def _die_with_parent() -> None:
+    """preexec hook: the child gets SIGTERM if the launching process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class EmbeddedStack:
+    """Context manager running Triton + gateway + one worker on embedded defaults (see module doc)."""
+
+    def __init__(
+        self,
+        var_dir: str | os.PathLike[str] = "var",
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        profile: str = "tiny",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tenant: str = "demo",
+        worker_concurrency: int = 1,
+        triton_threads: int | None = None,
+        startup_timeout_s: float = 300.0,
+        stop_grace_s: float = 15.0,
+        env: Mapping[str, str] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self.var_dir = Path(var_dir).resolve()
+        self.profile = profile
+        self.checkpoint = Path(checkpoint).resolve() if checkpoint else ROOT / "models" / f"goha-{profile}.pt"
+        self.host = host
+        self.port = port
+        self.tenant = tenant
+        self.worker_concurrency = worker_concurrency
+        self.triton_threads = triton_threads
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.extra_env = dict(env or {})
+        self.announce = announce or (lambda message: LOGGER.info("%s", message))
+        self.log_dir = self.var_dir / "logs"
+        self.api_key: str | None = None
+        self.api_key_prefix: str | None = None
+        self.triton: Any = None  # services.inference.server.ServerHandle once started
+        self.timings: dict[str, float] = {}
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._exit_stack = contextlib.ExitStack()
+        self._settings: Settings | None = None
+        self._started = False
+
+    # -- public surface ------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise EmbeddedStackError("the stack is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def env_file(self) -> Path:
+        """``source`` it in another shell to point the CLI at this stack (exists while it runs)."""
+        return self.var_dir / "embedded.env"
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def client(self, *, timeout: float = 120.0) -> GohaClient:
+        return GohaClient(self.url, self.api_key, timeout=timeout)
+
+    def pids(self) -> dict[str, int]:
+        """Process-group leaders of the running children (each group holds that part's processes)."""
+        found = {name: process.pid for name, process in self._processes.items()}
+        if self.triton is not None:
+            found["triton"] = int(self.triton.pid)
+        return found
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._started:
+            raise EmbeddedStackError("the stack is already started")
+        if not self.checkpoint.is_file():
+            raise EmbeddedStackError(
+                f"checkpoint {self.checkpoint} does not exist; pass --checkpoint PATH "
+                f"(train one with `python -m shared.training`)",
+                code=CHECKPOINT_MISSING,
+            )
+        if self.port is not None and not _port_free(self.host, self.port):
+            raise EmbeddedStackError(
+                f"port {self.port} on {self.host} is in use; pick another with --port", code=PORT_IN_USE
+            )
+        self._started = True
+        began = time.perf_counter()
+        try:
+            self._prepare_state()
+            self._start_triton()
+            self._start_services()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["startup_s"] = round(time.perf_counter() - began, 2)
+        self._write_env_file()
+
+    def check_alive(self) -> None:
+        """Raise ``EmbeddedStackError`` (with the log's tail) if any part of the stack has exited."""
+        for name, process in self._processes.items():
+            if process.poll() is not None:
+                raise EmbeddedStackError(
+                    f"the {name} exited with code {process.returncode}; {self.log_path(name)}:\n"
+                    f"{log_tail(self.log_path(name))}"
+                )
+        if self.triton is not None and not _alive(int(self.triton.pid)):
+            raise EmbeddedStackError(
+                f"Triton exited; {self.log_path('triton')}:\n{log_tail(self.log_path('triton'))}"
+            )
+
+    def serve_forever(self, poll_s: float = 1.0) -> None:
+        """Block until a part of the stack dies (raises) or the caller is interrupted (Ctrl-C)."""
+        while True:
+            self.check_alive()
+            time.sleep(poll_s)
+
+    def stop(self) -> None:
+        """Stop worker, gateway and Triton (SIGTERM, then SIGKILL per process group); idempotent."""
+        if not self._started:
+            return
+        began = time.perf_counter()
+        # The worker first: it must not lose Triton or the database under a running step.
+        for name in ("worker", "gateway"):
+            process = self._processes.pop(name, None)
+            if process is not None:
+                _stop_group(process, self.stop_grace_s, name)
+        self.env_file.unlink(missing_ok=True)
+        try:
+            self._exit_stack.close()  # Triton: launch_server's own SIGTERM/SIGKILL and workspace cleanup
+        finally:
+            self.triton = None
+            self._revoke_session_key()
+            shutil.rmtree(self.var_dir / "run", ignore_errors=True)
+            self._started = False
+            self.timings["stop_s"] = round(time.perf_counter() - began, 2)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _owned_values(self) -> dict[str, Any]:
+        var = self.var_dir
+        return {
+            "embedded": True,
+            "var_dir": var,
+            "database_url": f"sqlite:///{var / 'goha.sqlite3'}",
+            "broker_url": "filesystem://",
+            "result_backend": f"db+sqlite:///{var / 'celery-results.sqlite3'}",
+            "broker_folder": var / "broker",
+            "storage_backend": "local",
+            "local_storage_dir": var / "storage",
+            "provenance_key_path": var / "provenance.key",
+            "checkpoint_path": self.checkpoint,
+            "model_profile": self.profile,
+            "public_base_url": "",
+        }
+
+    def _prepare_state(self) -> None:
+        from shared.platform import admin
+        from shared.platform.db import Database
+        from shared.platform.migrate import upgrade
+        from shared.platform.provenance import load_signing_key
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = self.var_dir / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        (run_dir / "prometheus").mkdir(parents=True)
+        settings = Settings(**self._owned_values())
+        self._settings = settings
+        upgrade(settings.database_url)
+        # Made here once, so the gateway and the worker never race to create the signing key.
+        load_signing_key(settings)
+        database = Database(settings.database_url)
+        try:
+            try:
+                admin.create_tenant(database, self.tenant)
+            except PlatformError as exc:
+                if exc.code != "tenant_exists":
+                    raise
+            row, key = admin.create_key(database, self.tenant, label=SESSION_KEY_LABEL)
+        finally:
+            database.dispose()
+        self.api_key, self.api_key_prefix = key, row.prefix
+
+    def _start_triton(self) -> None:
+        from services.inference.server import launch_server
+
+        began = time.perf_counter()
+        self.announce(f"starting Triton with {self.checkpoint.name} (profile {self.profile})")
+        self.triton = self._exit_stack.enter_context(
+            launch_server(
+                self.checkpoint,
+                profile=self.profile,
+                threads=self.triton_threads,
+                startup_timeout_s=self.startup_timeout_s,
+                log_path=self.log_path("triton"),
+            )
+        )
+        self.timings["triton_start_s"] = round(time.perf_counter() - began, 2)
+
+    def _child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOHA_") or not _owned(k)}
+        for name, value in self._owned_values().items():
+            env[f"GOHA_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env.update(
+            {
+                "GOHA_INFERENCE_BACKEND": "triton",
+                "GOHA_TRITON_URL": self.triton.grpc_url,
+                "GOHA_TRITON_ACCESS_TOKEN": self.triton.access_token,
+                "PROMETHEUS_MULTIPROC_DIR": str(self.var_dir / "run" / "prometheus"),
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        with open(self.log_path(name), "ab") as log:
+            self._processes[name] = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: Ctrl-C in the terminal reaches only us
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+
+    def _start_services(self) -> None:
+        if self.port is None:
+            from services.inference.server import free_port
+
+            self.port = free_port(self.host)
+        env = self._child_env()
+        self._worker_log_offset = (
+            self.log_path("worker").stat().st_size if self.log_path("worker").exists() else 0
+        )
+        self.announce(f"starting the gateway on {self.url} and one worker")
+        self._spawn(
+            "gateway",
+            [sys.executable, "-m", "services.gateway", "--host", self.host, "--port", str(self.port)],
+            env,
+        )
+        assert self._settings is not None
+        self._spawn(
+            "worker",
+            [
+                sys.executable, "-m", "celery", "-A", "services.worker.tasks", "worker",
+                "--pool", "prefork", "--concurrency", str(self.worker_concurrency),
+                "-Q", self._settings.queue_name, "-n", f"goha-embedded-{os.getpid()}@%h",
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ],
+            env,
+        )  # fmt: skip
+
+    def _worker_ready(self) -> bool:
+        try:
+            with self.log_path("worker").open("rb") as log:
+                log.seek(self._worker_log_offset)
+                return b" ready." in log.read()
+        except OSError:
+            return False
+
+    def _gateway_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait_ready(self) -> None:
+        began = time.perf_counter()
+        deadline = time.monotonic() + self.startup_timeout_s
+        pending = {"gateway": self._gateway_ready, "worker": self._worker_ready}
+        while pending:
+            self.check_alive()
+            for name, probe in list(pending.items()):
+                if probe():
+                    self.timings[f"{name}_ready_s"] = round(time.perf_counter() - began, 2)
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(pending)
+                raise EmbeddedStackError(
+                    f"{names} not ready after {self.startup_timeout_s:.0f} s; logs in {self.log_dir}"
+                )
+            if pending:
+                time.sleep(0.2)
+
+    def _write_env_file(self) -> None:
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"export GOHA_API_URL={self.url}\nexport GOHA_API_KEY={self.api_key}\n")
+
+    def _revoke_session_key(self) -> None:
+        if self.api_key_prefix is None or self._settings is None:
+            return
+        from shared.platform import admin
+        from shared.platform.db import Database
+
+        database = Database(self._settings.database_url)
+        try:
+            admin.revoke_key(database, self.api_key_prefix)
+        except Exception as exc:  # the stack is stopping: a leftover key is worth a warning, not a crash
+            LOGGER.warning("could not revoke the session key %s: %s", self.api_key_prefix, exc)
+        finally:
+            database.dispose()
+        self.api_key_prefix = None
+
+
+def _owned(env_name: str) -> bool:
+    return env_name.removeprefix("GOHA_").lower() in _OWNED_SETTINGS
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_s: float, name: str) -> None:
+    """SIGTERM the child's process group, SIGKILL it after ``grace_s``; reap the leader."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        LOGGER.warning("%s did not stop in %.0f s; killing its process group", name, grace_s)
+    # Also when the leader exited: a prefork child or uvicorn worker may outlive it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
