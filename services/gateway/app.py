@@ -19,7 +19,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from services.gateway.routers import assets, health, jobs, verify
+from services.gateway.routers import assets, health, jobs, verify, web
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.queue import make_celery
@@ -83,7 +83,7 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for router in (jobs.router, assets.router, verify.router, health.router):
+    for router in (jobs.router, assets.router, verify.router, health.router, web.router):
         app.include_router(router)
     # Outermost last: the size cap sees the raw stream before anything buffers it.
     app.add_middleware(RequestContextMiddleware)
