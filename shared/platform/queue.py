@@ -28,13 +28,15 @@ def _filesystem_transport_options(settings: Settings) -> dict[str, Any]:
     root = Path(settings.broker_folder)
     queue_dir = root / "queue"
     processed = root / "processed"
-    for folder in (queue_dir, processed):
+    control = root / "control"  # kombu's default is ./control in the working directory
+    for folder in (queue_dir, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
     return {
         # One folder both ways: producers write where consumers read.
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(processed),
+        "control_folder": str(control),
         "store_processed": False,
         "polling_interval": 0.05,
     }
