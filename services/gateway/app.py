@@ -22,6 +22,7 @@ from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRate
 from services.gateway.routers import assets, health, jobs, verify, web
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
+from shared.platform.logging import configure_logging
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings, get_settings
 from shared.platform.storage import ObjectStorage, make_storage
@@ -55,6 +56,8 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. The keyword arguments let tests and the bench share clients they own."""
     settings = settings or get_settings()
+    # One JSON object per line, uvicorn's lines included (GOHA_LOG_FORMAT=text for a terminal).
+    configure_logging(settings.log_level)
     if settings.auto_migrate:
         from shared.platform.migrate import upgrade
 

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.platform.errors import PAYLOAD_TOO_LARGE
+from shared.platform.logging import bind_request_id, unbind
 from shared.platform.metrics import HTTP_LATENCY, HTTP_REQUESTS, INPUT_REFUSALS
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -133,9 +134,11 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
             await send(message)
 
+        log_token = bind_request_id(request_id)  # every log line of this request carries its id
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            unbind(log_token)
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded labels
             method = scope.get("method", "")

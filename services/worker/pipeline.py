@@ -42,6 +42,8 @@ from shared.media.video import VideoWriter, iter_frame_chunks, probe_video
 from shared.media.watermark import payload_for_job
 from shared.model import cameras
 from shared.platform.jobs import JobState, set_result, transition, update_progress
+from shared.platform.logging import log_context
+from shared.platform.metrics import observe_job_run, record_frames, record_job_failure
 from shared.platform.models import Job
 from shared.platform.provenance import complete_provenance
 from shared.platform.storage import ObjectStorage, output_key
@@ -155,6 +157,16 @@ class ReenactmentPipeline:
                 job = session.get(Job, job_id)
                 return job.state if job is not None else "missing"
         stats = RunStats()
+        with (
+            observe_job_run(inputs.job_type, stats) as observed,
+            log_context(job_id=job_id, tenant_id=inputs.tenant_id),
+        ):
+            observed.outcome = self._run_claimed(inputs, stats)
+        return observed.outcome
+
+    def _run_claimed(self, inputs: JobInputs, stats: RunStats) -> str:
+        """Run a claimed job; returns its final state. Raises only for transient failures (to retry)."""
+        job_id = inputs.job_id
         try:
             with tempfile.TemporaryDirectory(prefix=f"goha-{job_id}-") as tmp:
                 self._execute(inputs, Path(tmp), stats)
@@ -214,6 +226,7 @@ class ReenactmentPipeline:
                 session, job, JobState.FAILED, reason="pipeline error", error_code=code, error_message=message
             )
             session.commit()
+        record_job_failure(code)
         log.info("job failed", extra={"job_id": job_id, "error_code": code})
         return JobState.FAILED.value
 
@@ -281,6 +294,7 @@ class ReenactmentPipeline:
                 with _Timer(stats, "encode_s"):
                     writer.write(marked)
                 stats.frames += len(marked)
+                record_frames(opts.job_type, len(marked))
                 self._progress(inputs.job_id, stats.frames, max(total, stats.frames))
         if stats.frames == 0:
             raise JobFailure("video_no_frames", "the driving video has no decodable frames")

@@ -8,16 +8,19 @@ fails with its code.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import urllib3
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from services.inference.errors import InferenceUnavailable
 from services.worker.context import build_context
 from services.worker.errors import TransientFailure
 from services.worker.pipeline import ReenactmentPipeline
+from shared.platform.logging import configure_logging, job_context
+from shared.platform.metrics import InstrumentedInference, mark_process_dead
 from shared.platform.queue import REENACT_TASK, make_celery
 from shared.platform.settings import get_settings
 
@@ -34,7 +37,9 @@ def get_pipeline() -> ReenactmentPipeline:
     global _pipeline
     with _pipeline_lock:
         if _pipeline is None:
-            _pipeline = ReenactmentPipeline(build_context(get_settings()))
+            context = build_context(get_settings())
+            context.inference = InstrumentedInference.wrap(context.inference)  # latency per Triton model
+            _pipeline = ReenactmentPipeline(context)
         return _pipeline
 
 
@@ -42,6 +47,17 @@ def get_pipeline() -> ReenactmentPipeline:
 def _reset_after_fork(**_: object) -> None:
     global _pipeline
     _pipeline = None
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: object) -> None:
+    """JSON lines instead of Celery's own format; the level is the worker's ``--loglevel``."""
+    configure_logging(loglevel or get_settings().log_level)
+
+
+@worker_process_shutdown.connect
+def _drop_live_metrics(**_: object) -> None:
+    mark_process_dead(os.getpid())  # this child's share of the live gauges (jobs running) stops counting
 
 
 @app.task(
@@ -52,13 +68,14 @@ def _reset_after_fork(**_: object) -> None:
     max_retries=5,
 )
 def reenact(self: Task, job_id: str) -> str:
-    pipeline = get_pipeline()
-    try:
-        return pipeline.run(job_id)
-    except (TransientFailure, InferenceUnavailable, OSError, urllib3.exceptions.HTTPError) as exc:
-        code = getattr(exc, "code", "transient_error")
-        if self.request.retries >= self.max_retries:
-            return pipeline.fail_job(job_id, code, f"gave up after {self.max_retries} retries: {exc}")
-        countdown = min(60.0, 2.0**self.request.retries)
-        log.warning("transient failure, retrying", extra={"job_id": job_id, "error_code": code})
-        raise self.retry(exc=exc, countdown=countdown) from exc
+    with job_context(job_id):  # every log line of the job carries its id
+        pipeline = get_pipeline()
+        try:
+            return pipeline.run(job_id)
+        except (TransientFailure, InferenceUnavailable, OSError, urllib3.exceptions.HTTPError) as exc:
+            code = getattr(exc, "code", "transient_error")
+            if self.request.retries >= self.max_retries:
+                return pipeline.fail_job(job_id, code, f"gave up after {self.max_retries} retries: {exc}")
+            countdown = min(60.0, 2.0**self.request.retries)
+            log.warning("transient failure, retrying", extra={"job_id": job_id, "error_code": code})
+            raise self.retry(exc=exc, countdown=countdown) from exc

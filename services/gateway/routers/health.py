@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.gateway.context import GatewayContext
 from services.gateway.deps import get_context
 from services.gateway.schemas import HealthOut
-from shared.platform.metrics import render_latest
+from shared.platform.metrics import gateway_collectors, render_latest
 from shared.platform.queue import check_broker
 
 router = APIRouter(tags=["operations"])
@@ -48,6 +48,12 @@ def readyz(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics (all worker processes)", response_class=Response)
-def metrics() -> Response:
-    payload, content_type = render_latest()
+def metrics(request: Request, ctx: Annotated[GatewayContext, Depends(get_context)]) -> Response:
+    # Jobs by state and queue depth are computed here, at scrape time, by this app's collectors only.
+    collectors = getattr(request.app.state, "metrics_collectors", None)
+    if collectors is None:
+        collectors = request.app.state.metrics_collectors = gateway_collectors(
+            ctx.db.sessionmaker, ctx.settings
+        )
+    payload, content_type = render_latest(collectors)
     return Response(payload, media_type=content_type)
