@@ -7,7 +7,7 @@ PROFILE ?= tiny
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference demo clean
+.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference bench-e2e demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-gateway: install
 
 bench-inference: install
 	$(PYTHON) -m services.inference.bench --profile $(PROFILE)
+
+bench-e2e: install
+	$(PYTHON) -m services.worker.bench --seconds 10 --fps 25
 
 # The main job end to end on the embedded stack (no servers to install); files land in var/demo/.
 demo: install

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +42,7 @@ from shared.media.c2pa_sign import ProvenanceClaim, SigningChain, sign_video
 from shared.media.errors import MediaError
 from shared.media.guardrails import apply_guardrails
 from shared.media.hashing import sha256_file
-from shared.media.video import VideoWriter, iter_frame_chunks, probe_video
+from shared.media.video import DEFAULT_PRESET, VideoWriter, iter_frame_chunks, probe_video
 from shared.media.watermark import payload_for_job
 from shared.model import cameras
 from shared.platform.jobs import JobState, set_result, transition, update_progress
@@ -58,6 +62,11 @@ class PipelineConfig:
     chunk_frames: int = 16  # frames decoded, fitted and animated together (bounds memory)
     max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job
     output_crf: int = 20
+    output_preset: str = DEFAULT_PRESET
+    watermark_engine: str = "torch"  # "torch": the encoder as 2-D convolutions (verified equal); "onnx"
+    # Chunks queued between the three overlapped stages (prepare | animate | mark + encode); 0 runs them
+    # one after the other in this thread. Memory grows by about (2 * depth + 3) chunks, not with the clip.
+    pipeline_depth: int = 1
 
 
 @dataclass
@@ -89,12 +98,17 @@ class JobInputs:
 
 @dataclass
 class RunStats:
+    """Frame counts and per-stage wall seconds. Stages run overlapped in three threads, so the stage
+    times add up to more than the job's wall time (``total_s``)."""
+
     frames: int = 0
     frames_without_face: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        with self._lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
 class _Timer:
@@ -106,6 +120,114 @@ class _Timer:
 
     def __exit__(self, *_: object) -> None:
         self.stats.add(self.stage, time.perf_counter() - self.start)
+
+
+_END = object()  # end of a stage's stream
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """This thread's torch intra-op thread count for the block (torch keeps it per OS thread).
+
+    The worker's own torch work (I_exp renders, frame conversion, the face fit) is hundreds of small ops:
+    extra threads only add barrier waits, and next to Triton and the watermark on the same cores those
+    waits dominate (I_exp for 16 frames: ~6 ms/frame on one thread vs 60-260 ms/frame on two, measured
+    on the 2-core machine while it was loaded).
+    """
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_overlapped(
+    items: Iterator[T],
+    middle: Callable[[T], U],
+    last: Callable[[U], None],
+    *,
+    depth: int = 1,
+    helper_threads: int = 1,
+) -> None:
+    """``for item in items: last(middle(item))`` as three overlapped stages.
+
+    A thread pulls ``items`` (decode, face fit, I_exp), this thread runs ``middle`` (the animate
+    request: Triton computes in another process while this thread waits on the socket), and a thread
+    runs ``last`` (label, watermark, encode, progress) in order. Bounded queues of ``depth`` items keep
+    memory independent of the clip length. The first exception of any stage stops the others and is
+    re-raised here (a ``JobCancelled`` from the progress update included); ``items`` is closed.
+    """
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    prepared: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    animated: queue.Queue[Any] = queue.Queue(maxsize=depth)
+
+    def put(target: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                target.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(source: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return source.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return _END
+
+    def fail(exc: BaseException) -> None:
+        errors.append(exc)
+        stop.set()
+
+    def produce() -> None:
+        try:
+            with torch_threads(helper_threads):
+                for item in items:
+                    if not put(prepared, item):
+                        return
+            put(prepared, _END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            fail(exc)
+
+    def consume() -> None:
+        try:
+            with torch_threads(helper_threads):
+                while (item := get(animated)) is not _END:
+                    last(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            fail(exc)
+
+    producer = threading.Thread(target=produce, name="goha-prepare", daemon=True)
+    consumer = threading.Thread(target=consume, name="goha-finish", daemon=True)
+    producer.start()
+    consumer.start()
+    try:
+        while (item := get(prepared)) is not _END:
+            if not put(animated, middle(item)):
+                break
+        put(animated, _END)
+        consumer.join()
+    except BaseException as exc:
+        fail(exc)
+    finally:
+        stop.set()
+        producer.join()
+        consumer.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # the driving video's decoder, at once rather than at garbage collection
+    if errors:
+        raise errors[0]
 
 
 def to_model_image(rgb: np.ndarray) -> torch.Tensor:
@@ -283,19 +405,36 @@ class ReenactmentPipeline:
             width=out_size,
             height=out_size,
             crf=ctx.config.output_crf,
+            preset=ctx.config.output_preset,
             audio_source=audio_source,
         ) as writer:
-            for expr_renders, cams in chunks:
+
+            def animate(item: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                expr_renders, cams = item
                 with _Timer(stats, "animate_s"):
-                    output = ctx.inference.animate(planes, expr_renders, cams)
-                with _Timer(stats, "guardrails_s"):
-                    frames = to_uint8_frames(output.frames, out_size)
-                    marked = apply_guardrails(frames, payload, corner=opts.label_corner)  # type: ignore[arg-type]
+                    return ctx.inference.animate(planes, expr_renders, cams).frames
+
+            def finish(frames_out: np.ndarray) -> None:
+                with _Timer(stats, "guardrails_s"), torch_threads(1):
+                    frames = to_uint8_frames(frames_out, out_size)
+                    marked = apply_guardrails(
+                        frames,
+                        payload,
+                        corner=opts.label_corner,  # type: ignore[arg-type]
+                        engine=ctx.config.watermark_engine,
+                    )
                 with _Timer(stats, "encode_s"):
                     writer.write(marked)
                 stats.frames += len(marked)
                 record_frames(opts.job_type, len(marked))
+                # Progress (and the cancellation check) after every written chunk.
                 self._progress(inputs.job_id, stats.frames, max(total, stats.frames))
+
+            if ctx.config.pipeline_depth > 0:
+                run_overlapped(chunks, animate, finish, depth=ctx.config.pipeline_depth)
+            else:
+                for item in chunks:
+                    finish(animate(item))
         if stats.frames == 0:
             raise JobFailure("video_no_frames", "the driving video has no decodable frames")
 
@@ -383,7 +522,8 @@ class ReenactmentPipeline:
 
     def _expression_renders(self, portrait: PortraitAnalysis, betas: torch.Tensor) -> np.ndarray:
         alpha = portrait.alpha.reshape(1, -1).expand(betas.shape[0], -1)
-        return render_expression(self.ctx.face_model, alpha, betas, self.ctx.image_size).numpy()
+        with torch_threads(1):
+            return render_expression(self.ctx.face_model, alpha, betas, self.ctx.image_size).numpy()
 
     def _driving_chunks(
         self, path: Path, portrait: PortraitAnalysis, opts: JobOptions, fps: float, stats: RunStats

@@ -1,0 +1,124 @@
+"""``run_overlapped``, the three-stage frame loop of the worker: order, bounded memory, errors and
+cancellation from any stage, and the input generator closed in every case."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from services.worker.errors import JobCancelled
+from services.worker.pipeline import run_overlapped, torch_threads
+
+
+class Source:
+    """A generator-like source that records how far it was pulled and whether it was closed."""
+
+    def __init__(self, count: int, fail_at: int | None = None) -> None:
+        self.count, self.fail_at = count, fail_at
+        self.pulled = 0
+        self.closed = False
+        self._gen = self._items()
+
+    def _items(self) -> Iterator[int]:
+        try:
+            for index in range(self.count):
+                if index == self.fail_at:
+                    raise ValueError(f"bad chunk {index}")
+                self.pulled += 1
+                yield index
+        finally:
+            self.closed = True
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+def test_every_item_goes_through_in_order_with_bounded_items_in_flight() -> None:
+    source = Source(40)
+    finished: list[int] = []
+    in_flight_peak = 0
+    lock = threading.Lock()
+
+    def middle(item: int) -> int:
+        time.sleep(0.002)
+        return item * 10
+
+    def last(item: int) -> None:
+        nonlocal in_flight_peak
+        time.sleep(0.004)  # the slowest stage: the queues fill up
+        with lock:
+            in_flight_peak = max(in_flight_peak, source.pulled - len(finished))
+        finished.append(item // 10)
+
+    run_overlapped(source, middle, last, depth=1)
+    assert finished == list(range(40))
+    # Pulled but not finished: at most one per queue slot and one in each of the three stages.
+    assert in_flight_peak <= 2 * 1 + 3
+    assert source.closed
+
+
+@pytest.mark.parametrize("stage", ["source", "middle", "last"])
+def test_the_first_error_of_any_stage_is_raised_and_stops_the_others(stage: str) -> None:
+    source = Source(1000, fail_at=5 if stage == "source" else None)
+    finished: list[int] = []
+
+    def middle(item: int) -> int:
+        if stage == "middle" and item == 5:
+            raise RuntimeError("animate failed")
+        return item
+
+    def last(item: int) -> None:
+        if stage == "last" and item == 5:
+            raise OSError("disk full")
+        finished.append(item)
+
+    expected = {"source": ValueError, "middle": RuntimeError, "last": OSError}[stage]
+    with pytest.raises(expected):
+        run_overlapped(source, middle, last, depth=2)
+    assert source.closed
+    assert source.pulled < 20  # stopped early, not drained
+    assert finished == list(range(len(finished))) and len(finished) <= 5
+    assert not [t for t in threading.enumerate() if t.name in ("goha-prepare", "goha-finish")]
+
+
+def test_a_cancellation_seen_after_a_written_chunk_ends_the_loop() -> None:
+    source = Source(100)
+    written: list[int] = []
+
+    def last(item: int) -> None:
+        written.append(item)
+        if len(written) == 3:
+            raise JobCancelled("job-1")
+
+    with pytest.raises(JobCancelled):
+        run_overlapped(source, lambda item: item, last)
+    assert written == [0, 1, 2]
+    assert source.closed
+
+
+def test_helper_threads_use_one_torch_thread_and_the_caller_keeps_its_own() -> None:
+    import torch
+
+    seen: dict[str, int] = {}
+    before = torch.get_num_threads()
+
+    def middle(item: int) -> int:
+        seen["middle"] = torch.get_num_threads()
+        return item
+
+    def last(item: int) -> None:
+        seen["last"] = torch.get_num_threads()
+
+    with torch_threads(2):
+        run_overlapped(iter(range(3)), middle, last)
+        assert seen == {"middle": 2, "last": 1}
+    assert torch.get_num_threads() == before
