@@ -12,6 +12,7 @@ Progress is written after every chunk; a cancellation is noticed there too.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import queue
@@ -207,8 +208,10 @@ def run_overlapped(
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             fail(exc)
 
-    producer = threading.Thread(target=produce, name="goha-prepare", daemon=True)
-    consumer = threading.Thread(target=consume, name="goha-finish", daemon=True)
+    # Each thread runs in a copy of this context, so its log lines carry the job's ids (job_context).
+    producer = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="goha-prepare")
+    consumer = threading.Thread(target=contextvars.copy_context().run, args=(consume,), name="goha-finish")
+    producer.daemon = consumer.daemon = True
     producer.start()
     consumer.start()
     try:

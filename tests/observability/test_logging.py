@@ -177,3 +177,24 @@ def test_gateway_lines_carry_the_request_id(tmp_path: Path, log_stream: io.Strin
     probes = [line for line in lines(log_stream) if line["logger"] == "goha.gateway.probe"]
     assert [line["request_id"] for line in probes] == ["req-from-caller", generated]
     assert current_context() == {}
+
+
+def test_the_pipelines_overlapped_stage_threads_log_with_the_job_id(log_stream: io.StringIO) -> None:
+    from services.worker.pipeline import run_overlapped
+
+    log = logging.getLogger("goha.worker")
+
+    def chunks() -> Iterator[int]:
+        for index in range(3):
+            log.info("prepared", extra={"chunk": index})
+            yield index
+
+    def animate(index: int) -> int:
+        log.info("animated", extra={"chunk": index})
+        return index
+
+    with job_context("job-overlapped", tenant_id="tenant-o"):
+        run_overlapped(chunks(), animate, lambda index: log.info("encoded", extra={"chunk": index}))
+    records = [r for r in lines(log_stream) if "chunk" in r]  # importing the pipeline may log too
+    assert sorted(r["message"] for r in records) == ["animated"] * 3 + ["encoded"] * 3 + ["prepared"] * 3
+    assert {(r["job_id"], r["tenant_id"]) for r in records} == {("job-overlapped", "tenant-o")}
