@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from shared.platform.logging import configure_logging
+
+    configure_logging("INFO")
     run_forever(get_settings(), once=args.once)
     return 0
 
