@@ -425,8 +425,10 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         triton_threads=args.triton_threads,
         announce=announce,
     )
-    # SIGTERM (kill, systemd, a test harness) stops the stack as cleanly as Ctrl-C does.
+    # SIGTERM (kill, systemd, a test harness) stops the stack as cleanly as Ctrl-C does. SIGINT is set
+    # explicitly too: a process started in the background by a shell inherits it ignored.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         stack.start()
         print(

@@ -13,7 +13,9 @@ Starts, all on 127.0.0.1:
 
 with SQLite, the broker folder, local object storage, the provenance key and the C2PA dev chain all
 under ``var_dir``. Migrations run first; a tenant (``demo``) gets a fresh API key for this session,
-revoked again when the stack stops. Every child runs in its own session (process group) and gets
+revoked again when the stack stops. One stack per ``var_dir`` (a lock file says so). Jobs a previous
+session left ``running`` (stopped mid-job: the filesystem broker cannot redeliver an unacknowledged
+message) are handed back to ``queued`` and published again, and ``serve_forever`` runs the reconciler. Every child runs in its own session (process group) and gets
 SIGTERM when this process dies; ``stop`` sends SIGTERM to each group, then SIGKILL after a grace period.
 Logs: ``<var_dir>/logs/{triton,gateway,worker}.log``.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -46,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_STACK_FAILED = "embedded_stack_failed"
 CHECKPOINT_MISSING = "checkpoint_missing"
 PORT_IN_USE = "port_in_use"
+STACK_ALREADY_RUNNING = "stack_already_running"
 SESSION_KEY_LABEL = "embedded-session"
 
 # GOHA_* variables the stack decides itself; a user's values for these would point the children at
@@ -140,6 +144,7 @@ class EmbeddedStack:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._exit_stack = contextlib.ExitStack()
         self._settings: Settings | None = None
+        self._lock_handle: TextIO | None = None
         self._started = False
 
     # -- public surface ------------------------------------------------------------------------------------
@@ -189,8 +194,9 @@ class EmbeddedStack:
             raise EmbeddedStackError(
                 f"port {self.port} on {self.host} is in use; pick another with --port", code=PORT_IN_USE
             )
-        self._started = True
         began = time.perf_counter()
+        self._lock_var_dir()  # before anything touches var_dir: it may belong to a running stack
+        self._started = True
         try:
             self._prepare_state()
             self._start_triton()
@@ -216,9 +222,18 @@ class EmbeddedStack:
             )
 
     def serve_forever(self, poll_s: float = 1.0) -> None:
-        """Block until a part of the stack dies (raises) or the caller is interrupted (Ctrl-C)."""
+        """Block until a part of the stack dies (raises) or the caller is interrupted (Ctrl-C); meanwhile
+        the reconciler re-publishes jobs stuck in ``queued`` every ``reconcile_interval_s``."""
+        assert self._settings is not None
+        next_reconcile = time.monotonic() + self._settings.reconcile_interval_s
         while True:
             self.check_alive()
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self._settings.reconcile_interval_s
+                try:
+                    recover_jobs(self._settings, hand_back_running=False)
+                except Exception as exc:  # the database being busy must not stop the stack
+                    LOGGER.warning("reconciler pass failed: %s", exc)
             time.sleep(poll_s)
 
     def stop(self) -> None:
@@ -238,6 +253,7 @@ class EmbeddedStack:
             self.triton = None
             self._revoke_session_key()
             shutil.rmtree(self.var_dir / "run", ignore_errors=True)
+            self._unlock_var_dir()
             self._started = False
             self.timings["stop_s"] = round(time.perf_counter() - began, 2)
 
@@ -258,6 +274,25 @@ class EmbeddedStack:
             "model_profile": self.profile,
             "public_base_url": "",
         }
+
+    def _lock_var_dir(self) -> None:
+        """Two stacks on one var dir would share the SQLite file and the broker folder: refuse."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.var_dir / "stack.lock", "a+")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise EmbeddedStackError(
+                f"another embedded stack is running on {self.var_dir}; stop it or pass another --var-dir",
+                code=STACK_ALREADY_RUNNING,
+            ) from None
+        self._lock_handle = handle
+
+    def _unlock_var_dir(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing releases the flock
+            self._lock_handle = None
 
     def _prepare_state(self) -> None:
         from shared.platform import admin
@@ -285,6 +320,10 @@ class EmbeddedStack:
         finally:
             database.dispose()
         self.api_key, self.api_key_prefix = key, row.prefix
+        # Published before the worker starts: it finds the messages in the broker folder.
+        recovered = recover_jobs(settings, hand_back_running=True)
+        if recovered:
+            self.announce(f"re-queued {len(recovered)} job(s) left unfinished by an earlier session")
 
     def _start_triton(self) -> None:
         from services.inference.server import launch_server
@@ -412,6 +451,47 @@ class EmbeddedStack:
         finally:
             database.dispose()
         self.api_key_prefix = None
+
+
+def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
+    """Re-publish what an earlier session left behind; returns the job ids published.
+
+    With ``hand_back_running`` (only safe while no worker runs on this var dir, i.e. at start under the
+    lock), jobs still ``running`` go back to ``queued``. Then the reconciler publishes every queued job
+    whose publish failed, was handed back, or is older than ``reconcile_stale_after_s``.
+    """
+    from sqlalchemy import select
+
+    from shared.platform.db import Database
+    from shared.platform.jobs import JobState, transition
+    from shared.platform.models import Job
+    from shared.platform.queue import enqueue_job, make_celery
+    from shared.platform.reconciler import reconcile_once
+
+    database = Database(settings.database_url)
+    try:
+        if hand_back_running:
+            with database.session() as session:
+                for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING.value)):
+                    transition(
+                        session,
+                        job,
+                        JobState.QUEUED,
+                        reason="embedded stack restarted: the previous session stopped mid-job",
+                    )
+        app = make_celery(settings)
+        try:
+            report = reconcile_once(
+                database,
+                lambda job_id: enqueue_job(job_id, app),
+                stale_after_s=settings.reconcile_stale_after_s,
+                max_enqueues=settings.reconcile_max_enqueues,
+            )
+        finally:
+            app.close()
+        return report.requeued
+    finally:
+        database.dispose()
 
 
 def _owned(env_name: str) -> bool:
