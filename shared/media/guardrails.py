@@ -35,7 +35,7 @@ log = logging.getLogger("goha.media")
 # unit of this tolerance is 255 * strength / 2 ~ 0.03 grey levels in the final frame.
 PORT_TOLERANCE = 1e-4
 # Per layer of the encoder (3->32, 32->32, 4->32, 32->3): FFT where it measured faster (see Conv11).
-DEFAULT_CONV_MODES: tuple[str, str, str, str] = ("fft", "fft", "fft", "fft")
+DEFAULT_CONV_MODES: tuple[str, str, str, str] = ("direct", "fft", "direct", "fft")
 
 
 def apply_guardrails(

@@ -122,3 +122,29 @@ def test_helper_threads_use_one_torch_thread_and_the_caller_keeps_its_own() -> N
         run_overlapped(iter(range(3)), middle, last)
         assert seen == {"middle": 2, "last": 1}
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("size", [128, 512])
+def test_frame_conversion_matches_torch_bilinear_resize(size: int) -> None:
+    import numpy as np
+
+    from services.worker.pipeline import to_uint8_frames
+
+    frames = np.tanh(np.random.default_rng(0).normal(size=(3, 3, 128, 128)) * 2).astype(np.float32)
+    tensor = torch_reference(frames, size)
+    got = np.stack(to_uint8_frames(frames, size))
+    assert got.shape == (3, size, size, 3) and got.dtype == np.uint8
+    difference = np.abs(got.astype(np.int16) - tensor.astype(np.int16))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-4  # rounding ties only
+
+
+def torch_reference(frames, size: int):
+    """The previous conversion: torch bilinear (align_corners=False), clamp, round."""
+    import torch
+
+    tensor = torch.from_numpy(frames)
+    if size != frames.shape[-1]:
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=(size, size), mode="bilinear", align_corners=False
+        )
+    return ((tensor.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
