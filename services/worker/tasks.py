@@ -66,6 +66,8 @@ def _drop_live_metrics(**_: object) -> None:
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=5,
+    # Not shared: a shared task would be copied into every Celery app created later in the process.
+    shared=False,
 )
 def reenact(self: Task, job_id: str) -> str:
     with job_context(job_id):  # every log line of the job carries its id
