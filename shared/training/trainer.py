@@ -169,6 +169,18 @@ def _seed_for(config: TrainConfig, rank: int, step: int, salt: int = 0) -> int:
     return (config.seed * 1_000_003 + rank * 7919 + step * 31 + salt) % (2**62)
 
 
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as tensors and ints (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
 # --- batches ---------------------------------------------------------------------------------------
 
 
@@ -318,7 +330,12 @@ class Trainer:
         return self.run_dir / "state.pt"
 
     def _load_init(self, path: str | Path) -> None:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise TrainingError("training.init_missing", f"no checkpoint or state at {path}") from None
+        except Exception as exc:  # torch raises several types for foreign / truncated files
+            raise TrainingError("training.init_unreadable", f"{path}: unreadable ({exc})") from exc
         if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
             self.network.load_state_dict(payload["model"])
             self.step = int(payload["step"])
@@ -339,7 +356,7 @@ class Trainer:
             "d_steps": self.d_steps,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),  # type: ignore[no-untyped-call]
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
@@ -359,8 +376,11 @@ class Trainer:
     def load_state(self, path: Path) -> None:
         if not path.is_file():
             raise TrainingError("training.no_state", f"nothing to resume: {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != STATE_FORMAT:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for foreign / truncated files
+            raise TrainingError("training.bad_state", f"{path}: unreadable training state ({exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise TrainingError("training.bad_state", f"{path} is not a {STATE_FORMAT} file")
         if config_from_dict(state["model_config"]) != self.network.config:
             raise TrainingError("training.state_mismatch", f"{path} was written by a different model config")
@@ -377,7 +397,7 @@ class Trainer:
         self.step = int(state["step"])
         self.d_steps = int(state.get("d_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.say(f"resumed from {path} at step {self.step}")
 

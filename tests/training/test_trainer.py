@@ -62,6 +62,19 @@ def test_resume_continues_identically(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError) as err:
         Trainer(_config(), tmp_path / "empty", data_root=tiny_data, resume=True, progress=False)
     assert err.value.code == "training.no_state"
+    # Stage 2 starts from a stage-1 state and keeps its step counter.
+    stage2 = Trainer(
+        _config(stage=2),
+        tmp_path / "s2",
+        data_root=tiny_data,
+        init_checkpoint=first.state_path,
+        progress=False,
+    )
+    assert stage2.step == 2
+    assert torch.equal(
+        stage2.network.state_dict()["superres.conv_body_first.weight"],
+        first.network.state_dict()["superres.conv_body_first.weight"],
+    )
 
 
 @pytest.mark.slow
