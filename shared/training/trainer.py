@@ -81,7 +81,7 @@ class TrainConfig:
     stage: int = 1
     batch_size: int = 4
     # The notes' Adam: betas (0, 0.99), lr 1e-4 constant. Tiny CPU runs see ~10^3 steps instead of
-    # 7.5·10^5, so the tiny default lr is 3e-4 (documented in docs/training.md).
+    # 7.5·10^5, so the tiny default lr is 2e-4 (documented in docs/training.md).
     lr: float = 1e-4
     betas: tuple[float, float] = (0.0, 0.99)
     grad_clip: float = 1000.0
