@@ -66,6 +66,7 @@ class PipelineConfig:
     output_crf: int = 20
     output_preset: str = DEFAULT_PRESET
     watermark_engine: str = "torch"  # "torch": the encoder as 2-D convolutions (verified equal); "onnx"
+    mark_workers: int = 2  # frames of a chunk labelled + watermarked at once (one torch thread each)
     # Chunks queued between the three overlapped stages (prepare | animate | mark + encode); 0 runs them
     # one after the other in this thread. Memory grows by about (2 * depth + 3) chunks, not with the clip.
     pipeline_depth: int = 1
@@ -431,6 +432,7 @@ class ReenactmentPipeline:
                         payload,
                         corner=opts.label_corner,  # type: ignore[arg-type]
                         engine=ctx.config.watermark_engine,
+                        workers=ctx.config.mark_workers,
                     )
                 with _Timer(stats, "encode_s"):
                     writer.write(marked)

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,14 +47,46 @@ def apply_guardrails(
     label_text: str = DEFAULT_TEXT,
     watermark_config: WatermarkConfig = DEFAULT_CONFIG,
     engine: str = "torch",
+    workers: int = 1,
 ) -> list[np.ndarray]:
-    """Label and watermark a chunk of RGB uint8 frames; returns new frames.
+    """Label and watermark a chunk of RGB uint8 frames; returns new frames, in order.
 
     ``engine``: "torch" (the verified 2-D port of the encoder, default) or "onnx" (ONNX Runtime).
+    ``workers`` > 1 marks that many frames at once on a process-wide pool whose threads each run torch on
+    one intra-op thread: frames are independent, so this scales without the barrier waits of splitting
+    one frame's convolutions over threads.
     """
     style = LabelStyle(corner=corner, text=label_text)
     watermarker = watermarker_for(watermark_config, engine)
-    return [watermarker.embed_frame(draw_label(frame, style=style), payload) for frame in frames_rgb]
+
+    def mark(frame: np.ndarray) -> np.ndarray:
+        return watermarker.embed_frame(draw_label(frame, style=style), payload)
+
+    frames = list(frames_rgb)
+    if workers <= 1 or len(frames) <= 1:
+        return [mark(frame) for frame in frames]
+    return list(_marking_pool(workers).map(mark, frames))
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _marking_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per (process, size): a pool made before a fork has no threads in the child."""
+    key = (os.getpid(), workers)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="goha-mark", initializer=_one_torch_thread
+            )
+        return _pools[key]
 
 
 def watermarker_for(config: WatermarkConfig = DEFAULT_CONFIG, engine: str = "torch") -> RivaGanWatermarker:
@@ -138,35 +171,51 @@ KERNEL = 11
 PAD = KERNEL // 2
 
 
+# FFT sizes with small prime factors only (fast transforms); the tile is the size minus the kernel's 10.
+FFT_SIZES = (48, 60, 64, 80, 96)
+
+
+def fft_tile(height: int, width: int) -> int:
+    """The tile (output square) that covers an image with the fewest frequency bins in total."""
+
+    def bins(size: int) -> int:
+        tile = size - KERNEL + 1
+        return -(-height // tile) * -(-width // tile) * size * (size // 2 + 1)
+
+    return min(FFT_SIZES, key=bins) - KERNEL + 1
+
+
 class Conv11:
     """One 11x11 convolution (stride 1, zero padding 5), computed directly (oneDNN) or by FFT.
 
     FFT mode is overlap-save over tiles: the padded input is cut into ``tile + 10`` px squares that
-    overlap by 10 px, each is transformed (``tile + 10`` = 64: a power of two), multiplied per frequency
-    by the kernel spectra (a batched ``tiles x C_in @ C_in x C_out`` complex product) and transformed
-    back; the first ``tile`` px of each output square are exact (no wrap-around). An 11x11 kernel costs
-    121 MACs per input/output channel pair and pixel directly, but only ~16 per pair and pixel through
-    64-point spectra, and the transforms are shared by all channel pairs: the 32->32 layer drops from
-    ~4.6 GMAC to ~0.3 G complex multiply-adds per frame. Float32 rounding differs from the direct sum by
-    ~1e-6 relative.
+    overlap by 10 px (60 px squares for the 192-px working image), each is transformed, multiplied per
+    frequency by the kernel spectra (a batched ``tiles x C_in @ C_in x C_out`` complex product) and
+    transformed back; the first ``tile`` px of each output square are exact (no wrap-around). An 11x11
+    kernel costs 121 MACs per input/output channel pair and pixel directly, but under one complex
+    multiply-add per pair and pixel through the spectra, and the transforms are shared by all channel
+    pairs: the 32->32 layer drops from ~4.6 GMAC to ~0.25 G complex multiply-adds per frame. Float32
+    rounding differs from the direct sum by ~1e-6 relative.
     """
 
-    def __init__(self, weight: Any, bias: Any, *, mode: str = "fft", tile: int = 54) -> None:
+    def __init__(self, weight: Any, bias: Any, *, mode: str = "fft", tile: int | None = None) -> None:
         if mode not in ("fft", "direct"):
             raise ValueError(f"mode must be 'fft' or 'direct', got {mode!r}")
         self.weight, self.bias, self.mode, self.tile = weight, bias, mode, tile
-        self._spectrum: Any = None  # (S * (S // 2 + 1), C_in, C_out) complex64, built on first use
+        self._spectra: dict[int, Any] = {}  # tile -> (S * (S // 2 + 1), C_in, C_out) complex64
 
-    def spectrum(self) -> Any:
+    def spectrum(self, tile: int) -> Any:
         import torch
 
-        if self._spectrum is None:
-            size = self.tile + KERNEL - 1
+        if tile not in self._spectra:
+            size = tile + KERNEL - 1
             out_channels, in_channels = self.weight.shape[:2]
             # conj: the network's "convolution" is a cross-correlation.
             spectrum = torch.fft.rfft2(self.weight, s=(size, size)).conj()
-            self._spectrum = spectrum.permute(2, 3, 1, 0).reshape(-1, in_channels, out_channels).contiguous()
-        return self._spectrum
+            self._spectra[tile] = (
+                spectrum.permute(2, 3, 1, 0).reshape(-1, in_channels, out_channels).contiguous()
+            )
+        return self._spectra[tile]
 
     def __call__(self, x: Any) -> Any:
         import torch
@@ -175,19 +224,21 @@ class Conv11:
         if self.mode == "direct":
             return conv2d(x, self.weight, self.bias, padding=PAD)
         batch, channels, height, width = x.shape
-        tile, size = self.tile, self.tile + KERNEL - 1
+        tile = self.tile or fft_tile(height, width)
+        size = tile + KERNEL - 1
         rows, cols = -(-height // tile), -(-width // tile)
         padded = pad(x, (PAD, PAD + cols * tile - width, PAD, PAD + rows * tile - height))
         tiles = padded.unfold(2, size, tile).unfold(3, size, tile)  # (B, C, rows, cols, S, S) view
         spectra = torch.fft.rfft2(tiles)  # (B, C, rows, cols, S, S2)
-        bins = spectra.shape[-2] * spectra.shape[-1]
-        spectra = spectra.permute(4, 5, 0, 2, 3, 1).reshape(bins, batch * rows * cols, channels)
-        product = torch.bmm(spectra, self.spectrum())  # (bins, B * rows * cols, C_out)
-        out_channels = product.shape[-1]
-        product = product.reshape(size, size // 2 + 1, batch, rows, cols, out_channels).permute(
-            2, 5, 3, 4, 0, 1
+        half = spectra.shape[-1]
+        # One contiguous copy in (bin, tile, channel) order: a strided bmm operand is copied per bin.
+        spectra = (
+            spectra.permute(4, 5, 0, 2, 3, 1).contiguous().view(size * half, batch * rows * cols, channels)
         )
-        out = torch.fft.irfft2(product, s=(size, size))[..., :tile, :tile]  # (B, O, rows, cols, T, T)
+        product = torch.bmm(spectra, self.spectrum(tile))  # (bins, B * rows * cols, C_out)
+        out_channels = product.shape[-1]
+        product = product.view(size, half, batch, rows, cols, out_channels).permute(2, 5, 3, 4, 0, 1)
+        out = torch.fft.irfft2(product.contiguous(), s=(size, size))[..., :tile, :tile]  # (B, O, r, c, T, T)
         out = out.permute(0, 1, 2, 4, 3, 5).reshape(batch, out_channels, rows * tile, cols * tile)
         return out[:, :, :height, :width] + self.bias.view(1, -1, 1, 1)
 
@@ -238,13 +289,20 @@ class TorchRivaGanEncoder:
         with torch.inference_mode():
             image = torch.from_numpy(np.ascontiguousarray(frame[:, :, 0], dtype=np.float32))
             bits = torch.from_numpy(np.asarray(data, dtype=np.float32)) * 2.0 - 1.0
-            attention = torch.tanh(conv0(image)) * s0 + t0
-            attention = torch.tanh(conv1(attention)) * s1 + t1
+            attention = _tanh_norm(conv0(image), s0, t0)
+            attention = _tanh_norm(conv1(attention), s1, t1)
             weights = torch.softmax(attention, dim=1)
             message = (weights * bits[:, :, None, None]).sum(dim=1, keepdim=True)
-            hidden = torch.tanh(conv2(torch.cat([image, message], dim=1))) * s2 + t2
-            residual = torch.tanh(conv3(hidden)) * self.SCALE
+            hidden = _tanh_norm(conv2(torch.cat([image, message], dim=1)), s2, t2)
+            residual = conv3(hidden).tanh_().mul_(self.SCALE)
             return (image + residual).unsqueeze(2).numpy()
+
+
+def _tanh_norm(x: Any, scale: Any, shift: Any) -> Any:
+    """BN(tanh(x)) in place on a fresh activation: two passes over memory instead of three allocations."""
+    import torch
+
+    return torch.addcmul(shift, x.tanh_(), scale, out=x)
 
 
 class _TorchSession:
