@@ -104,7 +104,7 @@ OPTION_FLAGS = (
     ("--motion-mode", "motion_mode", str, "relative (default) or absolute"),
     ("--expression-scale", "expression_scale", float, "0..3, default 1"),
     ("--smoothing", "smoothing", float, "0..1, default 0.5"),
-    ("--output-size", "output_size", int, "square output side in pixels (default: the model's)"),
+    ("--output-size", "output_size", int, "square output side in pixels (default: the API's, 512)"),
     ("--output-fps", "output_fps", float, "default: the driving clip's rate"),
     ("--frame-limit", "frame_limit", int, "render at most this many frames"),
     ("--label-corner", "label_corner", str, "where the visible AI label goes (bottom-right by default)"),

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of the generated driving clip")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--size", type=int, default=256, help="side of the driving clip in pixels")
-    parser.add_argument("--output-size", type=int, default=None, help="default: the model's output size")
+    parser.add_argument(
+        "--output-size", type=int, default=None, help="output side in pixels (default: the API's, 512)"
+    )
     parser.add_argument("--triton-threads", type=int, default=None, help="torch threads of the model server")
     parser.add_argument("--no-progress", action="store_true")
 
