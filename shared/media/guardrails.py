@@ -273,9 +273,13 @@ class TorchRivaGanEncoder:
             return Conv11(weight, torch.from_numpy(weights[f"{name}.bias"]), mode=mode)
 
         def norm(name: str) -> tuple[Any, Any]:
+            # BN(tanh(x)) = s * tanh(x) + t = 2s * sigmoid(2x) + (t - s): kept as (2s, t - s), see _tanh_norm.
             scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + self.EPSILON)
             shift = weights[f"{name}.bias"] - weights[f"{name}.running_mean"] * scale
-            return torch.from_numpy(scale.reshape(1, -1, 1, 1)), torch.from_numpy(shift.reshape(1, -1, 1, 1))
+            return (
+                torch.from_numpy((2.0 * scale).reshape(1, -1, 1, 1)),
+                torch.from_numpy((shift - scale).reshape(1, -1, 1, 1)),
+            )
 
         self.convs = tuple(conv(name, mode) for name, mode in zip(self.LAYERS, modes, strict=True))
         self.norms = (norm("_attention.2"), norm("_attention.5"), norm("_conv.2"))
@@ -294,15 +298,20 @@ class TorchRivaGanEncoder:
             weights = torch.softmax(attention, dim=1)
             message = (weights * bits[:, :, None, None]).sum(dim=1, keepdim=True)
             hidden = _tanh_norm(conv2(torch.cat([image, message], dim=1)), s2, t2)
-            residual = conv3(hidden).tanh_().mul_(self.SCALE)
+            residual = conv3(hidden).mul_(2.0).sigmoid_().mul_(2.0 * self.SCALE).sub_(self.SCALE)
             return (image + residual).unsqueeze(2).numpy()
 
 
-def _tanh_norm(x: Any, scale: Any, shift: Any) -> Any:
-    """BN(tanh(x)) in place on a fresh activation: two passes over memory instead of three allocations."""
+def _tanh_norm(x: Any, scale2: Any, offset: Any) -> Any:
+    """BN(tanh(x)) in place on a fresh activation, as 2s * sigmoid(2x) + (t - s).
+
+    tanh(x) = 2 sigmoid(2x) - 1 exactly; torch's CPU tanh is ~6x slower than its sigmoid here (3.0 vs
+    0.5 ms per 32 x 192 x 192 activation, measured), and the identity's float32 error (~1e-7 absolute) is
+    far below ``PORT_TOLERANCE``.
+    """
     import torch
 
-    return torch.addcmul(shift, x.tanh_(), scale, out=x)
+    return torch.addcmul(offset, x.mul_(2.0).sigmoid_(), scale2, out=x)
 
 
 class _TorchSession:
