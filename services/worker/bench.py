@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -336,9 +337,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 stats_before = _animate_compute_s(server_statistics(triton))
                 cpu_before = _group_cpu(worker.pid), _group_cpu(triton.pid)
 
-                job_id, started = _submit(client, portrait_png(), driver.read_bytes())
-                body = _wait_job(client, job_id, worker, worker_log, config.timeout_s)
-                e2e_s = time.perf_counter() - started
+                with RssSampler(worker.pid) as rss:
+                    job_id, started = _submit(client, portrait_png(), driver.read_bytes())
+                    body = _wait_job(client, job_id, worker, worker_log, config.timeout_s)
+                    e2e_s = time.perf_counter() - started
 
                 cpu_after = _group_cpu(worker.pid), _group_cpu(triton.pid)
                 stats_after = _animate_compute_s(server_statistics(triton))
@@ -353,7 +355,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             raise RuntimeError(f"job {body['state']}: {body.get('error')}; worker log {worker_log}")
         return _report(
             config, body, e2e_s, worker_peak, triton_peaks, cpu_before, cpu_after, stats_before,
-            stats_after, result_path, var, job_id, checkpoint,
+            stats_after, result_path, var, job_id, checkpoint, rss.summary(),
         )  # fmt: skip
 
 
@@ -371,6 +373,7 @@ def _report(
     var: Path,
     job_id: str,
     checkpoint: Path,
+    rss_timeline: dict[str, float],
 ) -> dict[str, Any]:
     timings = {k: float(v) for k, v in (body.get("timings") or {}).items()}
     frames = int((body.get("progress") or {}).get("frames_done") or 0)
@@ -382,6 +385,7 @@ def _report(
         "overhead_ratio": round((e2e_s - model_s) / e2e_s, 4),
         "fps": round(frames / e2e_s, 3),
         "peak_rss_mb": round(worker_peak, 1),
+        "worker_rss_mb": rss_timeline,
         "triton_peak_rss_mb": triton_peaks,
         "triton_compute_s": {k: round(stats_after.get(k, 0.0) - stats_before.get(k, 0.0), 3) for k in stats_after},
         "cpu_s": {"worker": round(cpu_after[0] - cpu_before[0], 2), "triton": round(cpu_after[1] - cpu_before[1], 2)},
@@ -421,6 +425,48 @@ def triton_memory(server_pid: int) -> dict[str, float]:
         "all_processes": round(sum(peak_rss_mb(pid) for pid in tree), 1),
         "processes": len(tree),
     }
+
+
+class RssSampler:
+    """Samples the resident set of the worker's children (the process running the job) every 0.2 s, to
+    show whether memory grows while a job runs: a leak or a clip-sized buffer would make the second half
+    of the job peak higher than the first."""
+
+    def __init__(self, parent_pid: int, interval_s: float = 0.2) -> None:
+        self.parent_pid, self.interval_s = parent_pid, interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            values = [rss_mb(pid) for pid in descendants(self.parent_pid)]
+            if values:
+                self.samples.append(max(values))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        half = len(self.samples) // 2
+        return {
+            "at_submit": round(self.samples[0], 1),
+            "first_half_max": round(max(self.samples[: half or 1]), 1),
+            "second_half_max": round(max(self.samples[half:]), 1),
+            "at_end": round(self.samples[-1], 1),
+        }
+
+
+def rss_mb(pid: int) -> float:
+    value = proc_status(pid).get("VmRSS", "0 kB").split()[0]
+    return int(value) / 1024.0
 
 
 def _group_cpu(pid: int) -> float:

@@ -42,7 +42,8 @@ class Source:
         self._gen.close()
 
 
-def test_every_item_goes_through_in_order_with_bounded_items_in_flight() -> None:
+@pytest.mark.parametrize("stages", [1, 2])
+def test_every_item_goes_through_in_order_with_bounded_items_in_flight(stages: int) -> None:
     source = Source(40)
     finished: list[int] = []
     in_flight_peak = 0
@@ -52,6 +53,10 @@ def test_every_item_goes_through_in_order_with_bounded_items_in_flight() -> None
         time.sleep(0.002)
         return item * 10
 
+    def relay(item: int) -> int:
+        time.sleep(0.001)
+        return item + 1
+
     def last(item: int) -> None:
         nonlocal in_flight_peak
         time.sleep(0.004)  # the slowest stage: the queues fill up
@@ -59,14 +64,20 @@ def test_every_item_goes_through_in_order_with_bounded_items_in_flight() -> None
             in_flight_peak = max(in_flight_peak, source.pulled - len(finished))
         finished.append(item // 10)
 
-    run_overlapped(source, middle, last, depth=1)
+    after = [relay] * (stages - 1) + [last]
+    run_overlapped(source, middle, *after, depth=1)
     assert finished == list(range(40))
-    # Pulled but not finished: at most one per queue slot and one in each of the three stages.
-    assert in_flight_peak <= 2 * 1 + 3
+    # Pulled but not finished: one per queue slot and one in each stage (source, middle, after...).
+    assert in_flight_peak <= (stages + 1) * 1 + stages + 2
     assert source.closed
 
 
-@pytest.mark.parametrize("stage", ["source", "middle", "last"])
+def test_without_a_stage_after_middle_it_refuses() -> None:
+    with pytest.raises(ValueError):
+        run_overlapped(iter(range(3)), lambda item: item)
+
+
+@pytest.mark.parametrize("stage", ["source", "middle", "mark", "write"])
 def test_the_first_error_of_any_stage_is_raised_and_stops_the_others(stage: str) -> None:
     source = Source(1000, fail_at=5 if stage == "source" else None)
     finished: list[int] = []
@@ -76,18 +87,23 @@ def test_the_first_error_of_any_stage_is_raised_and_stops_the_others(stage: str)
             raise RuntimeError("animate failed")
         return item
 
-    def last(item: int) -> None:
-        if stage == "last" and item == 5:
+    def mark(item: int) -> int:
+        if stage == "mark" and item == 5:
+            raise KeyError("watermark failed")
+        return item
+
+    def write(item: int) -> None:
+        if stage == "write" and item == 5:
             raise OSError("disk full")
         finished.append(item)
 
-    expected = {"source": ValueError, "middle": RuntimeError, "last": OSError}[stage]
+    expected = {"source": ValueError, "middle": RuntimeError, "mark": KeyError, "write": OSError}[stage]
     with pytest.raises(expected):
-        run_overlapped(source, middle, last, depth=2)
+        run_overlapped(source, middle, mark, write, depth=2)
     assert source.closed
-    assert source.pulled < 20  # stopped early, not drained
+    assert source.pulled < 25  # stopped early, not drained
     assert finished == list(range(len(finished))) and len(finished) <= 5
-    assert not [t for t in threading.enumerate() if t.name in ("goha-prepare", "goha-finish")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("goha-prepare", "goha-finish"))]
 
 
 def test_a_cancellation_seen_after_a_written_chunk_ends_the_loop() -> None:
@@ -100,7 +116,7 @@ def test_a_cancellation_seen_after_a_written_chunk_ends_the_loop() -> None:
             raise JobCancelled("job-1")
 
     with pytest.raises(JobCancelled):
-        run_overlapped(source, lambda item: item, last)
+        run_overlapped(source, lambda item: item, lambda item: item, last)
     assert written == [0, 1, 2]
     assert source.closed
 
