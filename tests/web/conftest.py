@@ -90,7 +90,7 @@ def running_stack(settings: Settings) -> Iterator[WebStack]:
     with (
         ServerThread(app, port),
         start_worker(
-            worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"
+            worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=120, loglevel="WARNING"
         ),
     ):
         yield WebStack(f"http://127.0.0.1:{port}", key, settings)
