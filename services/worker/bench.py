@@ -23,6 +23,8 @@ The LAST stdout line is JSON::
 - ``overhead_ratio`` = (e2e_s - model_s) / e2e_s: the share of the job's time that is *not* the model.
 - ``peak_rss_mb``: peak resident set (VmHWM) of the worker process that ran the job; Triton's
   processes are reported separately (``triton_peak_rss_mb``), as is CPU time per process group.
+  ``worker_rss_mb`` samples the worker's RSS every 0.2 s during the job (at submit, max of each half,
+  at the end): memory that grew with the clip would make the second half peak higher.
 - ``stages_s``: the worker's per-stage wall times (``RunStats.timings``). When stages overlap
   (the pipelined worker) they add up to more than the job's wall time.
 - ``watermark``: the result's watermark read back (``detect_video``), checked against the job's payload.
