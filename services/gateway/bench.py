@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import httpx
 
 from shared.platform import admin, testing
 from shared.platform.db import Database
+from shared.platform.processes import stop_process_group
 
 CONSENT = {
     "consent_subject": "Bench Subject",
@@ -69,13 +69,7 @@ def _process(command: list[str], env: dict[str, str], log_path: Path) -> Iterato
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process_group(process, grace_s=15, name=log_path.stem)
 
 
 def _wait_ready(

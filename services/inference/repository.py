@@ -196,7 +196,8 @@ def launch_repository_server(
     import pytriton
     from pytriton.utils.distribution import get_libs_path
 
-    from services.inference.server import _stop_process, env_with_libpython, free_port, wait_until_ready
+    from services.inference.server import env_with_libpython, free_port, wait_until_ready
+    from shared.platform.processes import stop_process_group
 
     dist = pathlib.Path(pytriton.__file__).parent / "tritonserver"
     root = pathlib.Path(tempfile.mkdtemp(prefix="goha-triton-repo-"))
@@ -247,7 +248,8 @@ def launch_repository_server(
         if process.poll() is None:
             # tritonserver shuts down cleanly on SIGINT (unloads models, ends the stubs).
             process.send_signal(signal.SIGINT)
-        _stop_process(process, 20.0)
+        # Then SIGTERM to tritonserver alone (it ends its stubs itself) and SIGKILL of whatever survives.
+        stop_process_group(process, 20.0, name="tritonserver", leader_only=True)
         log_handle.close()
         for segment in pathlib.Path("/dev/shm").glob(f"gohatr{os.getpid()}-*"):
             with contextlib.suppress(OSError):

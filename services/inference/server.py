@@ -54,6 +54,7 @@ from services.inference.contract import (
     TensorSpec,
 )
 from services.inference.errors import InferenceServerStartError
+from shared.platform.processes import stop_process_group
 
 if TYPE_CHECKING:
     import numpy as np
@@ -393,22 +394,6 @@ def wait_until_ready(
     raise InferenceServerStartError(f"Triton at {http_url} not ready after {timeout_s:.0f} s")
 
 
-def _stop_process(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            LOGGER.warning(
-                "Triton server %d did not stop in %.0f s; killing its process group", process.pid, grace_s
-            )
-    # tritonserver and the backend stubs share the server's session: make sure none survives.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
-
-
 def _remove_backend_shm(pid: int) -> None:
     """The Python backend names its segments after the PyTriton process; a killed server leaves them."""
     shm_dir = pathlib.Path("/dev/shm")
@@ -512,7 +497,9 @@ def launch_server(
             ) from None
         yield handle
     finally:
-        _stop_process(process, stop_grace_s)
+        # SIGTERM to the PyTriton leader only: it stops tritonserver and the proxies in order. Then
+        # the SIGKILL of the session makes sure no tritonserver or backend stub survives it.
+        stop_process_group(process, stop_grace_s, name="Triton server", leader_only=True)
         log_handle.close()
         _remove_backend_shm(process.pid)
         shutil.rmtree(root, ignore_errors=True)

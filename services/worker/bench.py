@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shared.platform.processes import stop_process_group
 
 LOGGER = logging.getLogger("services.worker.bench")
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,13 +211,7 @@ def _process(command: list[str], env: dict[str, str], log_path: Path) -> Iterato
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process_group(process, grace_s=30, name=log_path.stem)
 
 
 def _wait_for(

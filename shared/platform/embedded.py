@@ -41,6 +41,7 @@ import httpx
 
 from shared.platform.client import GohaClient
 from shared.platform.errors import PlatformError
+from shared.platform.processes import stop_process_group
 from shared.platform.settings import Settings
 
 LOGGER = logging.getLogger("goha.embedded")
@@ -245,7 +246,7 @@ class EmbeddedStack:
         for name in ("worker", "gateway"):
             process = self._processes.pop(name, None)
             if process is not None:
-                _stop_group(process, self.stop_grace_s, name)
+                stop_process_group(process, self.stop_grace_s, name=name)
         self.env_file.unlink(missing_ok=True)
         try:
             self._exit_stack.close()  # Triton: launch_server's own SIGTERM/SIGKILL and workspace cleanup
@@ -510,18 +511,3 @@ def _alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"
     return True
-
-
-def _stop_group(process: subprocess.Popen[bytes], grace_s: float, name: str) -> None:
-    """SIGTERM the child's process group, SIGKILL it after ``grace_s``; reap the leader."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        LOGGER.warning("%s did not stop in %.0f s; killing its process group", name, grace_s)
-    # Also when the leader exited: a prefork child or uvicorn worker may outlive it.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)

@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -35,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shared.platform.processes import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,7 @@ class SeaweedS3:
 
     def stop(self, grace_s: float = 1.0) -> None:
         """SIGTERM, then SIGKILL: weed's filer can hang on shutdown flushing to a volume that has stopped."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, grace_s, name="seaweedfs")
 
 
 def start_seaweedfs(

@@ -26,6 +26,7 @@ from services.gateway.app import create_app
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.models import Job, ProvenanceRecord
+from shared.platform.processes import stop_process_group
 from shared.platform.provenance import signature_valid
 from shared.platform.settings import Settings
 from shared.platform.storage import make_storage
@@ -124,11 +125,7 @@ def worker_process(e2e_settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
         start_new_session=True,
     )
     yield process
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_process_group(process, grace_s=30, name="celery worker")
     log.close()
 
 
