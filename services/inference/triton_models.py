@@ -10,11 +10,15 @@ Configuration (``parameters`` of config.pbtxt; environment variables override):
 =====================  ==========================  ==============================================
 parameter              environment                 meaning
 =====================  ==========================  ==============================================
-checkpoint             GOHA_CHECKPOINT             checkpoint path inside the container
-profile                GOHA_PROFILE                expected profile ("" = whatever it holds)
+checkpoint             GOHA_CHECKPOINT_PATH        checkpoint path inside the container
+profile                GOHA_MODEL_PROFILE          expected profile ("" = whatever it holds)
 dtype                  GOHA_SERVING_DTYPE          float16 (GPU) or float32
 max_frames_per_forward GOHA_MAX_FRAMES_PER_FORWARD frames per network call (memory bound)
 =====================  ==========================  ==============================================
+
+The checkpoint and profile variables are the names of ``Settings.checkpoint_path`` and
+``Settings.model_profile`` (shared/platform/settings.py), so one environment means the same checkpoint
+and profile to the worker and to Triton.
 
 The device follows the instance group: KIND_GPU instance ``i`` runs on ``cuda:i``.
 """
@@ -50,8 +54,8 @@ from services.inference.errors import InferenceError, InferenceInputError
 LOGGER = logging.getLogger(__name__)
 
 _ENV_BY_PARAMETER = {
-    "checkpoint": "GOHA_CHECKPOINT",
-    "profile": "GOHA_PROFILE",
+    "checkpoint": "GOHA_CHECKPOINT_PATH",
+    "profile": "GOHA_MODEL_PROFILE",
     "dtype": "GOHA_SERVING_DTYPE",
     "max_frames_per_forward": "GOHA_MAX_FRAMES_PER_FORWARD",
 }
@@ -117,7 +121,7 @@ class _GOHAModel:
         params = model_parameters(self.model_config)
         checkpoint = params.get("checkpoint")
         if not checkpoint:
-            raise ValueError(f"{self.spec_name}: set the 'checkpoint' parameter or GOHA_CHECKPOINT")
+            raise ValueError(f"{self.spec_name}: set the 'checkpoint' parameter or GOHA_CHECKPOINT_PATH")
         kind = args.get("model_instance_kind", "CPU")
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
         configure_determinism()
@@ -233,7 +237,7 @@ class InfoModel:
         params = model_parameters(self.model_config)
         checkpoint = params.get("checkpoint")
         if not checkpoint:
-            raise ValueError(f"{INFO_MODEL}: set the 'checkpoint' parameter or GOHA_CHECKPOINT")
+            raise ValueError(f"{INFO_MODEL}: set the 'checkpoint' parameter or GOHA_CHECKPOINT_PATH")
         version, profile = read_checkpoint_info(checkpoint)
         if params.get("profile") and params["profile"] != profile:
             raise ValueError(
