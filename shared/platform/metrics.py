@@ -84,7 +84,9 @@ JOB_FRAMES_PER_SECOND = Histogram(
 FRAMES_RENDERED = Counter(
     "goha_frames_rendered_total", "Output frames encoded (counted per chunk, so rate() is live)", ["job_type"]
 )
-JOB_FAILURES = Counter("goha_job_failures_total", "Jobs the worker moved to failed, by error code", ["code"])
+JOB_FAILURES = Counter(
+    "goha_job_failures_total", "Jobs moved to failed (worker, reconciler), by error code", ["code"]
+)
 WORKER_STAGE = Histogram(
     "goha_worker_stage_seconds",
     "Time one job run spent in a pipeline stage (summed over its chunks)",

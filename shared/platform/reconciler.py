@@ -3,7 +3,8 @@
 A job is stuck when it is queued and either its publish failed (``enqueued_at`` is NULL) or its last
 publish is older than ``reconcile_stale_after_s``. Re-publishing a job that *is* still in the queue
 is harmless: the worker claims jobs with a compare-and-swap, so only one delivery runs it. A job
-published ``reconcile_max_enqueues`` times without ever starting fails with ``queue_timeout``.
+published ``reconcile_max_enqueues`` times without ever starting fails with ``queue_timeout`` (counted in
+``goha_job_failures_total{code="queue_timeout"}``).
 
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) so several reconcilers can run; the
 stamp is committed *before* publishing, like every enqueue.
@@ -25,7 +26,7 @@ from sqlalchemy import or_, select
 from shared.platform.db import Database
 from shared.platform.errors import IllegalTransition
 from shared.platform.jobs import JobState, transition
-from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_REENQUEUED
+from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_REENQUEUED, record_job_failure
 from shared.platform.models import Job, utcnow
 from shared.platform.repository import audit, mark_enqueue_failed
 from shared.platform.settings import Settings, get_settings
@@ -87,6 +88,10 @@ def reconcile_once(
             audit(
                 session, actor="reconciler", action="job.fail_unstarted", details={"job_ids": report.failed}
             )
+    # Counted once the failed transitions are committed (like the worker's fail_job): a rolled-back
+    # pass fails nothing, and the failure-ratio alert must see jobs that never started too.
+    for _ in report.failed:
+        record_job_failure(QUEUE_TIMEOUT)
     for job_id in to_publish:  # after commit, like every enqueue
         try:
             enqueue(job_id)

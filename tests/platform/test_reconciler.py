@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
+from prometheus_client import REGISTRY
 
 from shared.platform.db import Database
 from shared.platform.jobs import JobState, transition
@@ -93,6 +94,26 @@ def test_stuck_jobs_are_republished_and_hopeless_ones_fail(
         db, lambda job_id: enqueue_job(job_id, celery_app), stale_after_s=300, max_enqueues=3
     )
     assert again.requeued == [] and again.failed == []
+
+
+def _queue_timeout_failures() -> float:
+    return REGISTRY.get_sample_value("goha_job_failures_total", {"code": QUEUE_TIMEOUT}) or 0.0
+
+
+def test_queue_timeout_failures_are_counted_once(db: Database, celery_app: Celery) -> None:
+    hopeless = [_make(db, enqueued_ago_s=3600, enqueue_count=3) for _ in range(2)]
+    stale = _make(db, enqueued_ago_s=3600)  # re-published, not failed: not a failure
+    before = _queue_timeout_failures()
+
+    report = reconcile_once(
+        db, lambda job_id: enqueue_job(job_id, celery_app), stale_after_s=300, max_enqueues=3
+    )
+
+    assert sorted(report.failed) == sorted(hopeless) and report.requeued == [stale]
+    assert _queue_timeout_failures() == before + 2
+    # The failed jobs are no longer queued: a second pass neither fails nor counts them again.
+    reconcile_once(db, lambda job_id: enqueue_job(job_id, celery_app), stale_after_s=300, max_enqueues=3)
+    assert _queue_timeout_failures() == before + 2
 
 
 def test_broker_down_leaves_the_job_for_the_next_pass(db: Database, goha_queue_name: str) -> None:
