@@ -128,6 +128,9 @@ def rasterize(
     return torch.stack(planes).view(b, NUM_PLANES, f, resolution, resolution)
 
 
+OUTPUT_INIT_GAIN = 0.1  # scale of T_p's output layers at initialisation
+
+
 class AppearanceUpsampler(nn.Module):
     """Rasterised features (B, 3, F, r, r) → T_p (B, 3, C, r·2^k, r·2^k), one branch per plane."""
 
@@ -148,6 +151,14 @@ class AppearanceUpsampler(nn.Module):
             layers.append(nn.Conv2d(hidden, plane_channels, 3, padding=1))
             self.add_module(f"up_{name}", nn.Sequential(*layers))
             self.add_module(f"skip_{name}", nn.Conv2d(in_channels, plane_channels, 1))
+            # T_p is switched on mid-training (official-code-notes.md §7: from 240k of 695k steps)
+            # into planes the decoder already reads; at full default scale it lands as a random
+            # offset the decoder must first unlearn. Small output layers start it near zero while
+            # keeping gradients flowing to every upsampler layer.
+            for output_layer in (layers[-1], getattr(self, f"skip_{name}")):
+                with torch.no_grad():
+                    output_layer.weight.mul_(OUTPUT_INIT_GAIN)
+                    output_layer.bias.zero_()
 
     def forward(self, rasterised: Tensor) -> Tensor:
         planes = []

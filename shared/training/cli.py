@@ -125,8 +125,16 @@ def _ablation(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         eval_pairs=args.eval_pairs,
         face_metrics=not args.no_face_metrics,
+        jobs=args.jobs,
     )
-    print(json.dumps({v: r["metrics"].get("reenact_lowres_psnr") for v, r in result["rows"].items()}))
+    print(
+        json.dumps(
+            {
+                v: {k: r["metrics"].get(k) for k in ("recon_lowres_psnr", "reenact_lowres_psnr")}
+                for v, r in result["rows"].items()
+            }
+        )
+    )
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -206,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--batch-size", type=int, default=4)
     abl.add_argument("--eval-pairs", type=int)
     abl.add_argument("--no-face-metrics", action="store_true")
+    abl.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="variants trained in parallel processes (threads split between them)",
+    )
     abl.set_defaults(func=_ablation)
 
     ben = sub.add_parser("bench", help="training it/s + evaluation PSNRs; JSON last line")
