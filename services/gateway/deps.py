@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway.context import GatewayContext
+from services.gateway.ratelimit import RateDecision
 from shared.platform import repository
 from shared.platform.errors import RATE_LIMITED, UNAUTHENTICATED, PlatformError
+from shared.platform.logging import bind_context
 from shared.platform.models import utcnow
 
 LAST_USED_RESOLUTION = dt.timedelta(minutes=5)
@@ -60,15 +63,8 @@ class RateLimited(PlatformError):
         self.retry_after_s = retry_after_s
 
 
-def principal(
-    request: Request,
-    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    header_key: str | None = Depends(_api_key_header),
-    ctx: GatewayContext = Depends(get_context),
-) -> Principal:
-    raw_key = bearer.credentials if bearer is not None else header_key
-    if not raw_key:
-        raise PlatformError(UNAUTHENTICATED, "missing API key (Authorization: Bearer <key>)", status=401)
+def _authenticate(ctx: GatewayContext, raw_key: str) -> tuple[Principal, RateDecision]:
+    """The blocking part (database, Redis): run on a worker thread."""
     with ctx.db.session() as session:
         row = repository.authenticate(session, raw_key)
         if row is None:
@@ -78,11 +74,33 @@ def principal(
         now = utcnow()
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
             row.last_used_at = now  # coarse on purpose: one write per key every few minutes, not per request
+    return who, ctx.rate_limiter.hit(who.api_key_id, limit)
+
+
+async def principal(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    header_key: str | None = Depends(_api_key_header),
+    ctx: GatewayContext = Depends(get_context),
+) -> Principal:
+    raw_key = bearer.credentials if bearer is not None else header_key
+    if not raw_key:
+        raise PlatformError(UNAUTHENTICATED, "missing API key (Authorization: Bearer <key>)", status=401)
+    who, decision = await run_in_threadpool(_authenticate, ctx, raw_key)
     request.state.principal = who
-    decision = ctx.rate_limiter.hit(who.api_key_id, limit)
+    # async on purpose: bound in the request's own task, so every later line of the request (the
+    # endpoint's thread, error handlers, the access log) carries the tenant. A value bound on a worker
+    # thread would die with that thread's context copy. The middleware's unbind ends it with the request.
+    bind_context(tenant_id=who.tenant_id)
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s, decision.limit)
     return who
+
+
+async def job_log_context(job_id: str) -> str:
+    """Route dependency: the ``{job_id}`` of the path on every log line of the request."""
+    bind_context(job_id=job_id[:64])  # ids are 36 characters; a client's junk stays bounded
+    return job_id
 
 
 def audit_action(action: str):  # type: ignore[no-untyped-def]

@@ -50,6 +50,7 @@ from shared.platform.errors import (
 )
 from shared.platform.inputs import MediaInfo, MediaKind, inspect_media
 from shared.platform.jobs import JobState, JobType, transition
+from shared.platform.logging import log_context
 from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from shared.platform.models import Asset, Job, utcnow
 from shared.platform.queue import enqueue_job
@@ -399,13 +400,14 @@ def submit_job(
 
 def publish(ctx: GatewayContext, job_id: str) -> None:
     """Enqueue after commit; if the broker is unreachable the job stays queued for the reconciler."""
-    try:
-        enqueue_job(job_id, ctx.celery)
-    except Exception as exc:
-        ENQUEUE_FAILURES.inc()
-        log.warning("could not enqueue job %s (the reconciler will retry): %s", job_id, exc)
-        with ctx.db.session() as session:
-            repository.mark_enqueue_failed(session, job_id)
+    with log_context(job_id=job_id):  # a new job: its id was not in the request's context yet
+        try:
+            enqueue_job(job_id, ctx.celery)
+        except Exception as exc:
+            ENQUEUE_FAILURES.inc()
+            log.warning("could not enqueue job %s (the reconciler will retry): %s", job_id, exc)
+            with ctx.db.session() as session:
+                repository.mark_enqueue_failed(session, job_id)
 
 
 def _audit(

@@ -10,7 +10,9 @@ A line looks like::
      "job_id": "0f3c...", "tenant_id": "...", "frames": 16}
 
 The context lives in a ``contextvars.ContextVar``: it follows the code into ``await`` and into the
-threads Starlette runs sync endpoints on, and never leaks from one request or task to the next.
+threads Starlette runs sync endpoints on, and never leaks from one request or task to the next. In
+the gateway a request's lines carry ``request_id`` (middleware), ``tenant_id`` once the API key is
+authenticated, and ``job_id`` on the ``/v1/jobs/{job_id}`` routes (``services/gateway/deps.py``).
 Fields passed with ``extra=`` win over the context. ``GOHA_LOG_FORMAT=text`` switches to a plain
 one-line text format for people reading a terminal (the context fields are appended as ``key=value``).
 """
@@ -71,9 +73,18 @@ def job_context(job_id: str, *, tenant_id: str | None = None) -> Iterator[None]:
         yield
 
 
+def bind_context(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
+    """Bind ``fields`` (``None`` values ignored) until ``unbind(token)`` or the end of the current context.
+
+    For code that cannot wrap a ``with`` block around what follows: ASGI middleware, and FastAPI
+    dependencies, which bind for the rest of the request (the request's task context ends with it).
+    """
+    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
 def bind_request_id(request_id: str) -> contextvars.Token[Mapping[str, Any]]:
     """For ASGI middleware that cannot wrap a ``with`` block around the app: pair with ``unbind``."""
-    return _context.set({**_context.get(), "request_id": request_id})
+    return bind_context(request_id=request_id)
 
 
 def unbind(token: contextvars.Token[Mapping[str, Any]]) -> None:

@@ -11,7 +11,14 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from services.gateway import service
 from services.gateway.context import GatewayContext
-from services.gateway.deps import Principal, audit_action, get_context, principal, request_meta
+from services.gateway.deps import (
+    Principal,
+    audit_action,
+    get_context,
+    job_log_context,
+    principal,
+    request_meta,
+)
 from services.gateway.schemas import ErrorEnvelope, JobList, JobOut, ProvenanceOut, ResultUrl
 from shared.platform import repository
 from shared.platform.errors import (
@@ -30,6 +37,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429)}
 Ctx = Annotated[GatewayContext, Depends(get_context)]
 Who = Annotated[Principal, Depends(principal)]
+# The {job_id} of the path, also bound to the request's log context.
+JobId = Annotated[str, Depends(job_log_context)]
 
 
 def _owned_job(ctx: GatewayContext, who: Principal, job_id: str) -> Job:
@@ -148,7 +157,7 @@ def list_jobs(
 @router.get(
     "/{job_id}", response_model=JobOut, responses=ERRORS, summary="Job state, progress, timings, error"
 )
-def get_job(job_id: str, ctx: Ctx, who: Who) -> JobOut:
+def get_job(job_id: JobId, ctx: Ctx, who: Who) -> JobOut:
     return service.job_to_out(_owned_job(ctx, who, job_id), ctx.base_url)
 
 
@@ -159,7 +168,7 @@ def get_job(job_id: str, ctx: Ctx, who: Who) -> JobOut:
     summary="Cancel a queued or running job",
     dependencies=[audit_action("job.cancel")],
 )
-def cancel_job(job_id: str, request: Request, ctx: Ctx, who: Who) -> JobOut:
+def cancel_job(job_id: JobId, request: Request, ctx: Ctx, who: Who) -> JobOut:
     job = service.cancel_job(ctx, who, job_id, request_meta(request))
     return service.job_to_out(job, ctx.base_url)
 
@@ -179,7 +188,7 @@ def cancel_job(job_id: str, request: Request, ctx: Ctx, who: Who) -> JobOut:
     response_model=None,
 )
 def get_result(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     ctx: Ctx,
     who: Who,
@@ -240,7 +249,7 @@ def _stream(ctx: GatewayContext, job: Job) -> StreamingResponse:
     summary="The signed provenance record",
     dependencies=[audit_action("job.provenance")],
 )
-def get_provenance(job_id: str, ctx: Ctx, who: Who) -> ProvenanceOut:
+def get_provenance(job_id: JobId, ctx: Ctx, who: Who) -> ProvenanceOut:
     job = _owned_job(ctx, who, job_id)
     with ctx.db.session() as session:
         record = repository.get_provenance(session, job.id)
