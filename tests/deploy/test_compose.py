@@ -287,6 +287,11 @@ def test_read_only_services_write_only_to_tmpfs(compose: dict[str, Any]) -> None
             assert any(env[key].startswith(root.rstrip("/") + "/") for root in writable), (name, key)
 
 
+def test_worker_caps_glibc_malloc_arenas(compose: dict[str, Any]) -> None:
+    # Per-thread arenas inflate the worker's RSS (docs/worker.md); read at start, so it must be in its env.
+    assert df.compose_environment(compose["services"]["worker"]).get("MALLOC_ARENA_MAX") == "2"
+
+
 def test_triton_service_reserves_a_gpu_and_mounts_the_checkpoint(compose: dict[str, Any]) -> None:
     triton = compose["services"]["triton"]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]

@@ -404,6 +404,12 @@ def test_worker_grace_period_lets_a_job_finish(k8s: list[df.Resource]) -> None:
     assert df.pod_spec(worker)["terminationGracePeriodSeconds"] >= 600  # type: ignore[index]
 
 
+def test_worker_caps_glibc_malloc_arenas(k8s: list[df.Resource]) -> None:
+    worker = main_container(by_kind(k8s, "Deployment")["goha-worker"])
+    assert worker["name"] == "worker"
+    assert df.container_env(worker, df.config_maps(k8s)).get("MALLOC_ARENA_MAX") == "2"
+
+
 # --- agreement with docker-compose.yml --------------------------------------------------------------------
 
 
