@@ -79,10 +79,17 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from shared.training.evaluate import evaluate_real, evaluate_synthetic, to_markdown
+    from shared.training.evaluate import PretrainedMetrics, evaluate_real, evaluate_synthetic, to_markdown
 
+    # Weight files are checked before the (slower) evaluation starts.
+    pretrained = PretrainedMetrics.from_paths(
+        lpips_backbone=args.lpips_backbone_weights,
+        lpips_lin=args.lpips_lin_weights,
+        lpips_net=args.lpips_net,
+        fid_weights=args.fid_weights,
+    )
     if args.real:
-        report = evaluate_real(args.checkpoint, args.real, max_items=args.max_pairs)
+        report = evaluate_real(args.checkpoint, args.real, max_items=args.max_pairs, pretrained=pretrained)
         title = "Evaluation on a real-data folder"
     else:
         report = evaluate_synthetic(
@@ -91,6 +98,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             split=args.split,
             max_pairs=args.max_pairs,
             face_metrics=not args.no_face_metrics,
+            pretrained=pretrained,
         )
         title = f"Evaluation on synthetic {args.split} identities"
     out = Path(args.out)
@@ -195,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-face-metrics", action="store_true", help="skip AKD / CSIM / AED / APD (dlib)")
     ev.add_argument("--out", default="runs/eval")
     ev.add_argument("--name", default="evaluation")
+    ev.add_argument(
+        "--lpips-backbone-weights",
+        help="LPIPS backbone: torchvision ImageNet alexnet (or vgg16 with --lpips-net vgg) state dict",
+    )
+    ev.add_argument(
+        "--lpips-lin-weights", help="LPIPS lin layers: the lpips package's v0.1 alex.pth / vgg.pth"
+    )
+    ev.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex")
+    ev.add_argument(
+        "--fid-weights", help="FID Inception-v3: pytorch-fid pt_inception-2015-12-05-6726825d.pth"
+    )
     ev.set_defaults(func=_evaluate)
 
     pre = sub.add_parser("preprocess", help="build a real-data folder from images / videos (face stack)")

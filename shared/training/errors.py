@@ -15,3 +15,8 @@ class TrainingError(ValueError):
 
 class DataError(TrainingError):
     """A dataset folder, shard or sample is missing or malformed."""
+
+
+class WeightsError(TrainingError):
+    """A pretrained-weights file (LPIPS backbone / lin layers, FID Inception) is missing, unreadable
+    or does not match the network written here (a key is absent or has another shape)."""
