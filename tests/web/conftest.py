@@ -21,14 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from celery.contrib.testing.worker import start_worker
 
 from services.gateway.app import create_app
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings
-from shared.platform.testing import free_ports, make_video_file, register_reference_task
+from shared.platform.testing import embedded_worker, free_ports, make_video_file, register_reference_task
 from tests.web.cdp import Browser, chromium_path, launch
 
 
@@ -87,12 +86,9 @@ def running_stack(settings: Settings) -> Iterator[WebStack]:
     worker_app = make_celery(settings)
     register_reference_task(worker_app, settings)
     port = free_ports(1)[0]
-    with (
-        ServerThread(app, port),
-        start_worker(
-            worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=120, loglevel="WARNING"
-        ),
-    ):
+    # Not Celery's start_worker: tests/gateway's session worker is still running in a full session, and
+    # start_worker's worker would share its event loop and task registry (see embedded_worker).
+    with ServerThread(app, port), embedded_worker(worker_app, stop_timeout_s=120):
         yield WebStack(f"http://127.0.0.1:{port}", key, settings)
 
 

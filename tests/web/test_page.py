@@ -146,11 +146,6 @@ def test_api_errors_and_key_handling(browser: Browser, web_stack: WebStack, medi
     assert_page_clean(browser, refused_requests=True)
 
 
-@pytest.mark.skip(
-    reason="flaky in the full suite: the Redis-backed reference worker thread sometimes never consumes "
-    "(job stays queued, then the thread will not stop); presigned S3 playback of results is covered by "
-    "tests/cli (redirect against SeaweedFS) and tests/gateway; to be fixed next session"
-)
 def test_result_plays_from_a_presigned_url(
     browser: Browser, s3_web_stack: WebStack, media: dict[str, Path]
 ) -> None:
