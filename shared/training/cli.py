@@ -53,6 +53,9 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         vgg_weights=args.vgg_weights,
+        lpips_backbone_weights=args.lpips_backbone_weights,
+        lpips_lin_weights=args.lpips_lin_weights,
+        lpips_net=args.lpips_net,
         threads=args.threads,
     )
     trainer = Trainer(
@@ -191,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--vgg-weights", help="torchvision-layout VGG-19 ImageNet state dict (local file)")
+    train.add_argument(
+        "--lpips-backbone-weights",
+        help="torchvision AlexNet / VGG-16 ImageNet state dict (stage-1 LPIPS loss)",
+    )
+    train.add_argument("--lpips-lin-weights", help="lpips v0.1 lin-layer weights (alex.pth / vgg.pth)")
+    train.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.training.errors import TrainingError
+from shared.training.errors import TrainingError, WeightsError
+from shared.training.lpips import LPIPS, lpips_at_least
 
 # torchvision's vgg19 "features" layout: numbers are conv widths, "M" a 2×2 max-pool.
 _VGG19_LAYOUT: tuple[int | str, ...] = (
@@ -183,6 +184,49 @@ class PerceptualLoss(nn.Module):
         names = list(VGG_LAYER_WEIGHTS)
         fp, ft = self.vgg(pred, names), self.vgg(target.detach(), names)
         return sum(VGG_LAYER_WEIGHTS[n] * (fp[n] - ft[n]).abs().mean() for n in names)  # type: ignore[return-value]
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS (frozen, from user-supplied weights) as a training loss: the mean distance of the batch.
+    Renders smaller than ``min_size`` are upsampled first, as for the VGG loss."""
+
+    def __init__(self, model: LPIPS, *, min_size: int = 64) -> None:
+        super().__init__()
+        self.model = model.requires_grad_(False).eval()
+        self.min_size = min_size
+        self.description = (
+            f"LPIPS-{model.net_name} perceptual loss (backbone {model.sources.get('backbone')}, "
+            f"lin {model.sources.get('lin')})"
+        )
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return lpips_at_least(self.model, pred, target.detach(), self.min_size).mean()
+
+
+def perceptual_loss_for_stage(
+    stage: int,
+    *,
+    vgg_weights: str | os.PathLike[str] | None = None,
+    lpips_backbone_weights: str | os.PathLike[str] | None = None,
+    lpips_lin_weights: str | os.PathLike[str] | None = None,
+    lpips_net: str = "alex",
+) -> PerceptualLoss | LPIPSLoss:
+    """The perceptual term of a stage (official-code-notes.md §7: LPIPS-AlexNet in stage 1, the
+    VGG-19 loss in stage 2). Each stage uses what the user supplied, preferring its own choice:
+    stage 1 LPIPS > VGG-19 > substitute, stage 2 VGG-19 > LPIPS > substitute."""
+    if bool(lpips_backbone_weights) != bool(lpips_lin_weights):
+        raise WeightsError(
+            "training.lpips_weights_incomplete",
+            "LPIPS needs both the backbone weights and the lin-layer weights",
+        )
+    lpips = (
+        LPIPSLoss(LPIPS.from_files(lpips_backbone_weights, lpips_lin_weights, lpips_net))  # type: ignore[arg-type]
+        if lpips_backbone_weights
+        else None
+    )
+    if lpips is not None and (stage == 1 or not vgg_weights):
+        return lpips
+    return PerceptualLoss(vgg_weights)
 
 
 def blackout(image: Tensor, keep: Tensor) -> Tensor:

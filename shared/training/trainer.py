@@ -57,8 +57,8 @@ from shared.model.gan_losses import R1Config, d_logistic_loss, g_nonsaturating_l
 from shared.model.network import GOHABatch, GOHANetwork
 from shared.training.errors import TrainingError
 from shared.training.losses import (
-    PerceptualLoss,
     neutral_expression_loss,
+    perceptual_loss_for_stage,
     reconstruction_loss,
     resize_image,
     tv_density_loss,
@@ -101,6 +101,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     vgg_weights: str | None = None
+    lpips_backbone_weights: str | None = None  # LPIPS (stage 1's perceptual loss in the notes)
+    lpips_lin_weights: str | None = None
+    lpips_net: str = "alex"
     threads: int = 2
 
     @classmethod
@@ -273,7 +276,13 @@ class Trainer:
         self.step = 0
         if init_checkpoint is not None:
             self._load_init(init_checkpoint)
-        self.perceptual = PerceptualLoss(config.vgg_weights)
+        self.perceptual = perceptual_loss_for_stage(
+            config.stage,
+            vgg_weights=config.vgg_weights,
+            lpips_backbone_weights=config.lpips_backbone_weights,
+            lpips_lin_weights=config.lpips_lin_weights,
+            lpips_net=config.lpips_net,
+        )
         self.say(self.perceptual.description)
         self.discriminator: StyleGAN2Discriminator | None = None
         self.d_optimizer: torch.optim.Optimizer | None = None

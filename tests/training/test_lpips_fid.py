@@ -339,3 +339,39 @@ def test_cli_wires_the_weight_options(tmp_path: Path, alex_files: tuple[Path, Pa
     assert proc.returncode == 2, proc.stderr
     error = json.loads(proc.stderr.strip().splitlines()[-1])
     assert error["error"] == "weights.missing" and "VGG-16" in error["message"]
+
+
+def test_stage1_trains_with_the_lpips_loss_and_stage2_prefers_vgg(
+    tiny_data: Path, tmp_path: Path, alex_files: tuple[Path, Path]
+) -> None:
+    from shared.training.losses import LPIPSLoss, PerceptualLoss, perceptual_loss_for_stage
+    from shared.training.trainer import TrainConfig, Trainer
+
+    backbone, lin = alex_files
+    config = TrainConfig.for_profile(
+        "tiny",
+        batch_size=1,
+        lr=1e-3,
+        expression_from=10**6,
+        sample_every=0,
+        checkpoint_every=0,
+        lpips_backbone_weights=str(backbone),
+        lpips_lin_weights=str(lin),
+    )
+    log = tmp_path / "train.log"
+    trainer = Trainer(config, tmp_path / "run", data_root=tiny_data, progress=False, log=log.open("w"))
+    assert isinstance(trainer.perceptual, LPIPSLoss)
+    samples = trainer._samples(0)
+    losses = []
+    for _ in range(6):
+        torch.manual_seed(0)
+        losses.append(trainer.stage1_step(samples).losses["total"])
+    assert min(losses[1:]) < 0.9 * losses[0], losses  # Adam at lr 1e-3 overshoots now and then
+    assert all(p.grad is None for p in trainer.perceptual.parameters())  # frozen metric
+    # Stage 2 follows the notes (VGG-19) when both are given, LPIPS when only it is.
+    assert isinstance(
+        perceptual_loss_for_stage(2, lpips_backbone_weights=backbone, lpips_lin_weights=lin), LPIPSLoss
+    )
+    with pytest.raises(WeightsError):
+        perceptual_loss_for_stage(1, lpips_backbone_weights=backbone)
+    assert isinstance(perceptual_loss_for_stage(1), PerceptualLoss)
