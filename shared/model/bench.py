@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from shared.model import cameras as cams
 from shared.model.config import ModelConfig, get_profile
+from shared.model.cpu_memory import retain_freed_memory
 from shared.model.network import GOHABatch, GOHANetwork
 
 DEFAULT_REPEATS = {"tiny": 3, "paper": 1}
@@ -144,6 +145,18 @@ def run(
     }
 
 
+def peak_rss_mb() -> float | None:
+    """The process's peak resident size (Linux VmHWM), the memory price of batching frames."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="tiny")
@@ -156,8 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", default=None, help="trained checkpoint to time instead of random weights"
     )
+    # On by default, as in a serving process: without it, glibc returns every large activation to
+    # the OS on free and the next one is paid for in page faults (cpu_memory.py; the paper SR
+    # spent half its CPU time in the kernel). Off measures the allocator's default behaviour.
+    parser.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cpu_memory.retain_freed_memory() before timing (default: on)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = retain_freed_memory() if args.keep_freed_memory else False
     if args.checkpoint:
         from shared.model.checkpoint import load_checkpoint
 
@@ -170,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else DEFAULT_WARMUP.get(network.config.profile, 1)
     result = run(network, frames=args.frames, repeats=repeats, warmup=warmup)
     result["model_version"] = network.version_label
+    result["retain_freed_memory"] = retained
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)
     return 0
 

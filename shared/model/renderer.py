@@ -48,11 +48,15 @@ class FullyConnectedLayer(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
-    def forward(self, x: Tensor, out_features: int | None = None) -> Tensor:
+    def effective(self, out_features: int | None = None) -> tuple[Tensor, Tensor]:
+        """The weight and bias the layer applies (gains included), optionally the first outputs only."""
         weight, bias = self.weight, self.bias
         if out_features is not None:  # only the first outputs are needed (e.g. σ + RGB at inference)
             weight, bias = weight[:out_features], bias[:out_features]
-        return F.linear(x, weight * self.weight_gain, bias * self.bias_gain)
+        return weight * self.weight_gain, bias * self.bias_gain
+
+    def forward(self, x: Tensor, out_features: int | None = None) -> Tensor:
+        return F.linear(x, *self.effective(out_features))
 
 
 class TriPlaneDecoder(nn.Module):
@@ -73,7 +77,11 @@ class TriPlaneDecoder(nn.Module):
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]."""
-        hidden = self.net[1](self.net[0](plane_features))
+        return self.from_first_layer(self.net[0](plane_features), feature_channels)
+
+    def from_first_layer(self, first: Tensor, feature_channels: int | None = None) -> Tensor:
+        """The decoder after its first layer: ``first`` = net[0](features) (..., hidden)."""
+        hidden = self.net[1](first)
         n_out = None if feature_channels is None else 1 + feature_channels
         out = self.net[2](hidden, n_out)
         sigma, features = out[..., :1], out[..., 1:]
@@ -325,8 +333,19 @@ class VolumeRenderer(nn.Module):
     # -- tri-planes --
 
     def planes_field(self, planes: Tensor, feature_channels: int | None = None) -> Field:
-        table = PlaneTable(planes, self.box_warp)
         decoder = self.decoder
+        if not torch.is_grad_enabled():
+            # Inference: the decoder's first layer is linear, so it is applied once per texel
+            # (3·R² per plane set) instead of once per sample (millions per render) and the table
+            # gathers its outputs. Same function up to float rounding (see PlaneTable). Training
+            # keeps the plain order, whose backward is the tested one.
+            table = PlaneTable(planes, self.box_warp, linear=decoder.net[0].effective())
+
+            def folded(points: Tensor, batch_ids: Tensor) -> Tensor:
+                return decoder.from_first_layer(table.sample(points, batch_ids), feature_channels)
+
+            return folded
+        table = PlaneTable(planes, self.box_warp)
 
         def field(points: Tensor, batch_ids: Tensor) -> Tensor:
             return decoder(table.sample(points, batch_ids), feature_channels)

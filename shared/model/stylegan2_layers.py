@@ -187,6 +187,13 @@ class NormStyleCode(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+def inference_inplace() -> bool:
+    """Whether layers may update their own fresh intermediate tensors in place: only without
+    autograd (in-place updates would overwrite values the backward pass needs). Same values
+    either way; in place saves a pass and an allocation per op on the SR's largest tensors."""
+    return not torch.is_grad_enabled()
+
+
 def resample2x(x: Tensor, mode: SampleMode) -> Tensor:
     if mode is None:
         return x
@@ -231,16 +238,22 @@ class ModulatedConv2d(nn.Module):
         )
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        out, demod = self.modulated(x, style)
+        return out if demod is None else out * demod[:, :, None, None]
+
+    def modulated(self, x: Tensor, style: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The conv of the style-scaled input and the demodulation factor (B, out) still to be
+        applied to it (None without demodulation), so callers can fuse it into their epilogue."""
         scale = self.modulation(style)  # (B, in)
         weight = self.weight[0]  # (out, in, k, k)
         # Scaling channels commutes with bilinear resampling; scaling first is cheaper when upsampling.
         x = resample2x(x * scale[:, :, None, None], self.sample_mode)
         out = F.conv2d(x, weight, padding=self.kernel_size // 2)
-        if self.demodulate:
-            # ||W * s||^2 over (in, k, k) for every output channel = s^2 @ sum_k(W^2)^T.
-            energy = scale.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t()  # (B, out)
-            out = out * torch.rsqrt(energy + self.eps)[:, :, None, None]
-        return out
+        if not self.demodulate:
+            return out, None
+        # ||W * s||^2 over (in, k, k) for every output channel = s^2 @ sum_k(W^2)^T.
+        energy = scale.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t()  # (B, out)
+        return out, torch.rsqrt(energy + self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -277,9 +290,19 @@ class StyleConv(nn.Module):
     def forward(self, x: Tensor, style: Tensor, noise: Tensor) -> Tensor:
         # The sqrt(2) gain sits before the activation in the "clean" layout (the CUDA version fused
         # it into the activation); keeping it here keeps released weights meaningful.
-        out = self.modulated_conv(x, style) * LEAKY_GAIN
-        out = out + self.weight * noise + self.bias
-        return F.leaky_relu(out, LEAKY_SLOPE)
+        out, demod = self.modulated_conv.modulated(x, style)
+        if demod is None:
+            demod = out.new_ones(out.shape[:2])
+        gain = (demod * LEAKY_GAIN)[:, :, None, None]
+        # Noise and bias do not depend on the conv: (1 or B, C, H, W), not B frames' worth.
+        offset = torch.addcmul(self.bias, noise, self.weight)
+        if inference_inplace():
+            # out * gain + offset, then the activation, both in place: two passes over the largest
+            # tensors of the SR instead of five, no new allocations, and out keeps its memory format.
+            torch.addcmul(offset, out, gain, out=out)
+            return F.leaky_relu_(out, LEAKY_SLOPE)
+        # Scaled output first, so the sum keeps the conv output's memory format (channels_last).
+        return F.leaky_relu(out * gain + offset, LEAKY_SLOPE)
 
 
 class ToRGB(nn.Module):
@@ -320,10 +343,12 @@ class UNetResBlock(nn.Module):
         self.sample_mode: SampleMode = "downsample" if mode == "down" else "upsample"
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.leaky_relu(self.conv1(x), LEAKY_SLOPE)
+        inplace = inference_inplace()
+        out = F.leaky_relu(self.conv1(x), LEAKY_SLOPE, inplace=inplace)
         out = resample2x(out, self.sample_mode)
-        out = F.leaky_relu(self.conv2(out), LEAKY_SLOPE)
-        return out + self.skip(resample2x(x, self.sample_mode))
+        out = F.leaky_relu(self.conv2(out), LEAKY_SLOPE, inplace=inplace)
+        skip = self.skip(resample2x(x, self.sample_mode))
+        return out.add_(skip) if inplace else out + skip
 
 
 def stylegan_channels(channel_multiplier: float, narrow: float) -> dict[int, int]:

@@ -129,6 +129,24 @@ def test_rgb_only_and_empty_ray_skipping_match_the_full_render() -> None:
     assert rgb_only.features.shape[1] == 3 and full.features.shape[1] == renderer.config.feature_channels
 
 
+def test_inference_folds_the_first_decoder_layer_into_the_planes_without_changing_the_render() -> None:
+    """No-grad renders gather the decoder's first-layer outputs from a projected table; the image
+    must equal the plain (training) order: sample, then decode."""
+    torch.manual_seed(0)
+    renderer = make_renderer(feature_channels=6)
+    with torch.no_grad():
+        renderer.decoder.net[0].bias.normal_()  # a non-zero bias exercises the border texels
+    planes = torch.randn(2, 3, 4, 16, 16)
+    cameras = torch.stack([cams.spherical_camera(0.3, 0.1), cams.spherical_camera(-0.2, -0.1)])
+    with torch.no_grad():
+        folded = renderer(planes, cameras, 20, deterministic=True, skip_empty=False)
+    with torch.enable_grad():
+        plain = renderer(planes, cameras, 20, deterministic=True, skip_empty=False)
+    torch.testing.assert_close(folded.features, plain.features.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded.depth, plain.depth.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded.opacity, plain.opacity.detach(), atol=1e-5, rtol=1e-5)
+
+
 def test_equalised_learning_rate_scales_weights_at_run_time() -> None:
     layer = FullyConnectedLayer(16, 4, lr_multiplier=0.5)
     x = torch.randn(3, 16)

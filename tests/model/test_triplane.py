@@ -4,6 +4,7 @@ import torch
 
 from shared.model.triplane import (
     PLANE_AXES,
+    PlaneTable,
     cell_centres,
     project_to_planes,
     sample_planes,
@@ -21,6 +22,17 @@ def test_fast_sampler_equals_grid_sample_inside_and_outside_the_box() -> None:
         fast = sample_planes(planes, points, box_warp=box, chunk=1000)
         reference = sample_planes_grid_sample(planes, points, box_warp=box).mean(dim=1)
         torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_table_with_a_linear_layer_samples_that_layer_of_the_mean() -> None:
+    gen = torch.Generator().manual_seed(2)
+    planes = torch.randn(2, 3, 5, 16, 16, generator=gen)
+    points = (torch.rand(3000, 3, generator=gen) - 0.5) * 1.5  # inside, on and beyond the border
+    batch = torch.randint(0, 2, (3000,), generator=gen)
+    weight, bias = torch.randn(7, 5, generator=gen), torch.randn(7, generator=gen)
+    plain = PlaneTable(planes, 1.2).sample(points, batch)
+    folded = PlaneTable(planes, 1.2, linear=(weight, bias)).sample(points, batch)
+    torch.testing.assert_close(folded, plain @ weight.t() + bias, atol=1e-5, rtol=1e-5)
 
 
 def test_sampler_gradients_match_grid_sample() -> None:
