@@ -1,4 +1,5 @@
-"""The one-command ablation (paper Table 4 form), sequential and with one process per variant."""
+"""The one-command ablation (paper Table 4 form), sequential and with one process per variant;
+the training bench's DDP timing."""
 
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def test_appearance_output_starts_small_but_every_layer_learns() -> None:
     upsampler(torch.randn(2, 3, 8, 6, 6)).square().mean().backward()
     for name, parameter in upsampler.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().max() > 0, name
+
+
+@pytest.mark.timeout(600)
+def test_bench_times_ddp_training_from_the_rank0_log(tiny_data: Path, tmp_path: Path) -> None:
+    from shared.training.bench import ddp_it_per_s
+
+    rate = ddp_it_per_s(tiny_data, tmp_path / "ddp", profile="tiny", steps=2, seed=0)
+    assert 0 < rate < 1000
+    rows = (tmp_path / "ddp" / "log_stage1.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header + 2 warm-up + 2 timed steps, rank 0 only
