@@ -9,6 +9,13 @@ checks the database: every accepted job exists once, ran once, and succeeded.
     python -m services.gateway.bench [--jobs 200] [--gateway-workers 2]
 
 The LAST stdout line is JSON: {"submit_p50_ms", "submit_p99_ms", "poll_p99_ms", "jobs_lost", ...}.
+
+Connection reuse: the client's pool drops an idle connection after ``CLIENT_KEEPALIVE_S`` and uvicorn
+closes one after ``SERVER_KEEPALIVE_S``, well past it. With both at 5 s (httpx's and uvicorn's defaults)
+a request sent on a connection idle for just under 5 s raced the server's close and failed with "Server
+disconnected without sending a response" (the client starts its idle clock when it has read the response,
+later than the server, and on a loaded machine much later). That is a client/server timeout mismatch, not
+lost work, so the bench keeps the server's timeout the longer one, as a proxy in front of it would.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ CONSENT = {
     "consent_obtained_at": "2026-01-01T00:00:00Z",
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
+CLIENT_KEEPALIVE_S = 5.0  # httpx's default, stated: it must stay below SERVER_KEEPALIVE_S
+SERVER_KEEPALIVE_S = 60
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Measurements:
     poll_ms: list[float] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     submit_errors: list[str] = field(default_factory=list)
+    poll_errors: list[str] = field(default_factory=list)
     final_states: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,7 +101,9 @@ async def _load(base_url: str, key: str, jobs: int, poll_interval_s: float, time
     portraits = [testing.make_image_bytes((128, 128), "PNG", seed=i) for i in range(20)]  # some shared assets
     driving = testing.make_video_bytes(".mp4", frames=8, fps=8, size=(64, 64))
     headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=jobs, max_keepalive_connections=jobs)
+    limits = httpx.Limits(
+        max_connections=jobs, max_keepalive_connections=jobs, keepalive_expiry=CLIENT_KEEPALIVE_S
+    )
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=120.0) as client:
 
         async def submit(index: int) -> None:
@@ -118,7 +130,12 @@ async def _load(base_url: str, key: str, jobs: int, poll_interval_s: float, time
         async def poll(job_id: str) -> None:
             while True:
                 start = time.perf_counter()
-                response = await client.get(f"/v1/jobs/{job_id}")
+                try:
+                    response = await client.get(f"/v1/jobs/{job_id}")
+                except httpx.HTTPError as exc:  # recorded, so the report still says what happened
+                    results.poll_errors.append(repr(exc))
+                    results.final_states[job_id] = "poll_error"
+                    return
                 results.poll_ms.append((time.perf_counter() - start) * 1000)
                 state = (
                     response.json()["state"]
@@ -201,7 +218,9 @@ def run_bench(
         gateway_cmd = [
             sys.executable, "-m", "uvicorn", "services.gateway.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(gateway_workers),
-            "--log-level", "warning", "--no-access-log", "--backlog", str(max(2048, jobs * 2)),
+            # info: the supervisor's "Child process [...] died" (a worker replaced) is an info line
+            "--log-level", "info", "--no-access-log", "--backlog", str(max(2048, jobs * 2)),
+            "--timeout-keep-alive", str(SERVER_KEEPALIVE_S),
         ]  # fmt: skip
         worker_cmd = [sys.executable, "-m", "shared.platform.testing", "worker"]
         with (
@@ -211,6 +230,7 @@ def run_bench(
             _wait_ready(base_url, gateway, root / "gateway.log")
             results = asyncio.run(_load(base_url, key, jobs, poll_interval_s, timeout_s))
             metrics_text = httpx.get(f"{base_url}/metrics", timeout=10).text
+        gateway_log = (root / "gateway.log").read_text(errors="replace")
         stored, claims = _database_counts(database_url, tenant.id)
         with contextlib.suppress(Exception):
             import redis
@@ -220,6 +240,8 @@ def run_bench(
     succeeded = sum(1 for state in results.final_states.values() if state == "succeeded")
     accepted = set(results.accepted)
     lost = len(accepted) - succeeded + len(results.submit_errors)
+    errors = results.submit_errors + results.poll_errors
+    server_events = [line for line in gateway_log.splitlines() if '"uvicorn.access"' not in line]
     duplicated = (stored - len(accepted)) + sum(count - 1 for count in claims.values() if count > 1)
     submitted_metric = sum(
         float(line.rsplit(" ", 1)[1])
@@ -236,13 +258,17 @@ def run_bench(
         "accepted": len(accepted),
         "succeeded": succeeded,
         "submit_errors": len(results.submit_errors),
+        "poll_errors": len(results.poll_errors),
         "jobs_in_db": stored,
         "metrics_jobs_submitted": submitted_metric,  # summed over all uvicorn worker processes
         "submit_mean_ms": round(statistics.fmean(results.submit_ms), 1) if results.submit_ms else None,
         "polls": len(results.poll_ms),
         "gateway_workers": gateway_workers,
+        # uvicorn's supervisor replaces a worker that died or missed its health check: its connections drop
+        "gateway_worker_restarts": sum(" died" in line for line in server_events),
         "wall_s": round(time.perf_counter() - started, 1),
-        "first_errors": results.submit_errors[:3],
+        "first_errors": errors[:3],
+        "gateway_log_tail": "\n".join(server_events[-30:]) if errors else "",
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -244,6 +245,16 @@ def get_provenance(session: Session, job_id: str) -> ProvenanceRecord | None:
 def find_provenance_by_payload(session: Session, payload: int) -> list[ProvenanceRecord]:
     return list(
         session.scalars(select(ProvenanceRecord).where(ProvenanceRecord.watermark_payload == payload))
+    )
+
+
+def find_provenance_by_payloads(session: Session, payloads: Iterable[int]) -> list[ProvenanceRecord]:
+    """Records whose watermark payload is any of ``payloads`` (one indexed ``IN`` query; a handful of values)."""
+    wanted = sorted(set(payloads))
+    if not wanted:
+        return []
+    return list(
+        session.scalars(select(ProvenanceRecord).where(ProvenanceRecord.watermark_payload.in_(wanted)))
     )
 
 

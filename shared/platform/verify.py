@@ -4,6 +4,11 @@ A ``Verifier`` reads one video file and reports what it found (watermark payload
 it never touches the database. ``verify_upload`` then maps the payload to a job through the stored
 provenance records and checks the record's signature and output hash.
 
+A watermark read from a re-encoded video can have a bit or two wrong even when it is clearly present
+(the detector's ``matches`` tolerates ``32 - threshold`` differing bits). Stored payloads are looked up by
+exact value (indexed), so the detector also names the readings worth looking up: its own, then the same
+with its least reliable bits flipped (``likely_payloads``), most likely first.
+
 Which verifier runs: one given to ``register_verifier`` (e.g. by the worker package), else the
 media layer's ``shared.media.verify.verify_video`` when it can be imported, else none — and the
 endpoint answers ``status: "not_available"`` rather than pretending to have looked.
@@ -13,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -46,11 +52,49 @@ class DetectorReport:
     raw: dict[str, Any] = field(default_factory=dict)
     # Payload comparison supplied by the detector (tolerates a few flipped bits); None -> exact match.
     payload_matcher: Callable[[int], bool] | None = field(default=None, repr=False, compare=False)
+    # Payloads to look up, most likely first (see ``likely_payloads``); empty -> ``watermark_payload`` only.
+    watermark_candidates: tuple[int, ...] = ()
 
     def matches(self, payload: int) -> bool:
         if self.payload_matcher is not None:
             return self.payload_matcher(payload)
         return self.watermark_payload == payload
+
+    def readings(self) -> tuple[int, ...]:
+        """The payloads to look up for the watermark, most likely first."""
+        if self.watermark_candidates:
+            return self.watermark_candidates
+        return () if self.watermark_payload is None else (self.watermark_payload,)
+
+
+PAYLOAD_BITS = 32
+# At most this many of the least reliable bits are flipped: 2**4 = 16 lookups. Every extra reading is one
+# more chance that an unrelated watermark lands on a stored payload (N stored payloads: ~16 * N / 2**32),
+# so the set stays small; a bit error in a reliable bit is left unmatched (no job named) rather than guessed.
+MAX_FLIPPED_BITS = 4
+
+
+def likely_payloads(payload: int, mean_logits: Sequence[float], max_flipped_bits: int) -> tuple[int, ...]:
+    """``payload`` first, then its variants with any subset of its ``max_flipped_bits`` least reliable bits
+    flipped, the least costly flips first.
+
+    ``mean_logits[i]`` is the detector's mean logit for bit ``i`` (most significant first; > 0 means 1). A
+    bit's margin is its mean logit in the direction of the bit read (negative: the mean points the other
+    way); a variant costs the summed margins of the bits it flips.
+    """
+    if max_flipped_bits <= 0 or len(mean_logits) != PAYLOAD_BITS:
+        return (payload,)
+    margins = []
+    for index, logit in enumerate(mean_logits):
+        read_one = (payload >> (PAYLOAD_BITS - 1 - index)) & 1
+        margins.append((float(logit) if read_one else -float(logit), index))
+    weakest = sorted(margins)[:max_flipped_bits]
+    variants = []
+    for size in range(1, len(weakest) + 1):
+        for flipped in combinations(weakest, size):
+            mask = sum(1 << (PAYLOAD_BITS - 1 - index) for _, index in flipped)
+            variants.append((sum(margin for margin, _ in flipped), payload ^ mask))
+    return (payload, *(value for _, value in sorted(variants)))
 
 
 class Verifier(Protocol):
@@ -81,6 +125,13 @@ class MediaVerifier:
         report = self._verify_video(path, trust_anchors=self._trust_anchors)
         watermark, manifest = report.watermark, report.manifest
         claim = manifest.claim or {}
+        candidates: tuple[int, ...] = ()
+        if watermark.payload is not None:
+            # The detector's matcher accepts up to 32 - threshold differing bits; flip no more than that.
+            tolerated = PAYLOAD_BITS - int(watermark.threshold)
+            candidates = likely_payloads(
+                watermark.payload, watermark.mean_logits, min(MAX_FLIPPED_BITS, tolerated)
+            )
         return DetectorReport(
             watermark_found=bool(watermark.found),
             watermark_payload=watermark.payload,
@@ -93,6 +144,7 @@ class MediaVerifier:
             detector=self.name,
             raw=report.to_dict(),
             payload_matcher=watermark.matches,
+            watermark_candidates=candidates,
         )
 
 
@@ -172,7 +224,15 @@ def verify_upload(
     }
     candidates: list[ProvenanceRecord] = []
     if report.watermark_found and report.watermark_payload is not None:
-        candidates = repository.find_provenance_by_payload(session, report.watermark_payload)
+        # One indexed lookup for every plausible reading; the most likely reading's record comes first.
+        readings = report.readings()
+        rank: dict[int | None, int] = {}
+        for order, payload in enumerate(readings):
+            rank.setdefault(payload, order)
+        candidates = sorted(
+            repository.find_provenance_by_payloads(session, readings),
+            key=lambda r: (rank.get(r.watermark_payload, len(rank)), r.created_at, r.id),
+        )
     if not candidates and report.manifest_valid and report.manifest_payload is not None:
         candidates = repository.find_provenance_by_payload(session, report.manifest_payload)
     record = next(
@@ -201,9 +261,15 @@ def verify_upload(
         else None,
     }
     found_by = "watermark" if report.watermark_found else "C2PA manifest"
+    message = f"the {found_by} names job {record.job_id}"
+    read, stored = report.watermark_payload, record.watermark_payload
+    if report.watermark_found and read is not None and stored is not None:
+        differing = bin(read ^ stored).count("1")
+        if differing:
+            message += f" ({differing} of {PAYLOAD_BITS} watermark bits read differently)"
     return VerifyOutcome(
         status="checked",
-        message=f"the {found_by} names job {record.job_id}",
+        message=message,
         detector=report.detector,
         watermark=watermark,
         manifest=manifest,
