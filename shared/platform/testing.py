@@ -501,11 +501,16 @@ def embedded_worker(
     - logging: ``start_worker`` calls ``app.log.setup()``, which fires Celery's ``setup_logging``
       signal; its receivers (``services.worker.tasks`` has one) reconfigure the test process's root
       logger. Nothing here touches logging.
+    - joining results: building a worker sets Celery's process-wide "a task join would block" flag (the
+      solo pool's), after which ``AsyncResult.get()`` anywhere in the process raises "Never call
+      result.get() within a task!" (e.g. a test's ``task.apply(...).get()``). Like ``start_worker``, the
+      flag is put back as it was.
 
     Raises :class:`EmbeddedWorkerError`, with the worker thread's stack, when the worker is not
     consuming after ``start_timeout_s`` or has not stopped ``stop_timeout_s`` after the block (a
     shutdown is warm: a task in progress finishes first).
     """
+    from celery._state import _set_task_join_will_block, task_join_will_block
     from celery.worker import WorkController
     from kombu.asynchronous import set_event_loop
     from kombu.utils.url import maybe_sanitize_url
@@ -529,6 +534,7 @@ def embedded_worker(
     where = f"queue {queue!r} on {maybe_sanitize_url(str(app.conf.broker_url))}"
     app.finalize()
     set_event_loop(None)  # the Hub bootstep (run in __init__) adopts a current loop: build a new one
+    join_will_block = task_join_will_block()  # the Pool bootstep (also in __init__) sets it process-wide
     try:
         worker = ThreadWorker(
             app=app,
@@ -544,6 +550,7 @@ def embedded_worker(
         )
     finally:
         set_event_loop(None)  # ...and leave this worker's hub to this worker alone
+        _set_task_join_will_block(join_will_block)
 
     def run() -> None:
         app.set_current()  # thread-local: the solo pool looks tasks up on current_app

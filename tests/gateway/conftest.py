@@ -1,6 +1,11 @@
 """Gateway test rig: real PostgreSQL, Redis and SeaweedFS S3; a Celery worker thread running the
 reference ``goha.reenact`` task; two gateway instances on the same state — one whose queue has that
-worker, one whose queue has none (for jobs that must stay queued)."""
+worker, one whose queue has none (for jobs that must stay queued).
+
+Worker threads come from ``shared.platform.testing.embedded_worker``, not Celery's ``start_worker``: the
+session worker here stays up while other packages (tests/web, tests/observability) start their own, and
+``start_worker`` shares kombu's current event loop, the default app, the process-wide stop flag and
+logging set-up with every other worker in the process (docs/web.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
@@ -23,7 +27,12 @@ from shared.platform.db import Database
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage, make_storage
-from shared.platform.testing import make_image_bytes, make_video_bytes, register_reference_task
+from shared.platform.testing import (
+    embedded_worker,
+    make_image_bytes,
+    make_video_bytes,
+    register_reference_task,
+)
 
 CONSENT = {
     "consent_subject": "Jane Doe",
@@ -110,9 +119,7 @@ def idle_client(gw_settings: Settings, db: Database, storage: ObjectStorage) -> 
 
 @pytest.fixture(scope="session")
 def worker(celery_app: Celery) -> Iterator[None]:
-    with start_worker(
-        celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"
-    ):
+    with embedded_worker(celery_app, stop_timeout_s=60):
         yield
 
 

@@ -1,14 +1,16 @@
 """Embedded mode: SQLite + Celery filesystem transport + local storage, nothing to install.
-Also: a broker outage at submit time, healed by the reconciler."""
+Also: a broker outage at submit time, healed by the reconciler; and the embedded worker thread the
+rig runs leaves results joinable in the test process."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery.contrib.testing.worker import start_worker
+from celery import Celery
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
@@ -18,7 +20,7 @@ from shared.platform.models import Job
 from shared.platform.queue import enqueue_job, make_celery
 from shared.platform.reconciler import reconcile_once
 from shared.platform.settings import Settings
-from shared.platform.testing import register_reference_task
+from shared.platform.testing import embedded_worker, register_reference_task
 from tests.gateway.conftest import TenantKey, submit, wait_for_state
 
 
@@ -40,9 +42,7 @@ def test_embedded_round_trip_streams_the_result(
     settings, client, tenant = embedded
     worker_app = make_celery(settings)
     register_reference_task(worker_app, settings)
-    with start_worker(
-        worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"
-    ):
+    with embedded_worker(worker_app, stop_timeout_s=60):
         job = submit(client, tenant, portrait=portrait_png, driving=driving_mp4).json()
         done = wait_for_state(client, tenant, job["id"], {"succeeded", "failed"})
     assert done["state"] == "succeeded", done
@@ -81,7 +81,26 @@ def test_broker_down_at_submit_then_reconciled(
     report = reconcile_once(db, lambda j: enqueue_job(j, app), stale_after_s=300, max_enqueues=5)
     assert report.requeued == [job_id]
     register_reference_task(app, healed)
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"):
+    with embedded_worker(app, stop_timeout_s=60):
         with TestClient(create_app(healed, db=db)) as client:
             assert wait_for_state(client, who, job_id, {"succeeded", "failed"})["state"] == "succeeded"
     db.dispose()
+
+
+def test_results_can_be_joined_while_an_embedded_worker_runs(
+    goha_redis_url: str, goha_queue_name: str
+) -> None:
+    """Building a Celery worker sets a process-wide "a join would block" flag (the solo pool's); left set,
+    every later ``.get()`` in the test process raised "Never call result.get() within a task!" (seen in
+    tests/observability once this package's session worker came from ``embedded_worker``)."""
+    queue = f"{goha_queue_name}-join-{secrets.token_hex(3)}"
+    app = Celery(f"join-{queue}", broker=goha_redis_url)
+    app.conf.update(task_default_queue=queue, task_ignore_result=True, worker_hijack_root_logger=False)
+
+    @app.task(name="goha.test.answer", shared=False)
+    def answer() -> int:
+        return 42
+
+    with embedded_worker(app, stop_timeout_s=30):
+        assert answer.apply().get() == 42  # what tests/observability does with the worker's task
+    assert answer.apply().get() == 42
