@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -121,6 +122,12 @@ def run(
             warmup,
         )
         log(f"full forward x{frames}: {full.wall_ms / frames:.1f} ms/frame ({full.cpu_ms / frames:.1f} CPU)")
+        # Where animate's low-res time goes: E_e + plane head, then the render of T_src + T_e.
+        expression = best_of(lambda: network.expression_planes(x["renders"]), repeats, 0)
+        planes = avatar.planes.expand(frames, -1, -1, -1, -1) + network.expression_planes(x["renders"])
+        render = best_of(
+            lambda: network.render(planes, x["cameras"], deterministic=True, rgb_only=True), repeats, 0
+        )
 
     def per_frame(t: Timing, cpu: bool = False) -> float:
         return (t.cpu_ms if cpu else t.wall_ms) / frames
@@ -139,9 +146,33 @@ def run(
         "full_forward_cpu_ms_per_frame": round(per_frame(full, True), 2),
         "cached_speedup_cpu": round(per_frame(full, True) / per_frame(animate, True), 3),
         "animate_lowres_cpu_ms_per_frame": round(per_frame(lowres, True), 2),
+        "expression_cpu_ms_per_frame": round(per_frame(expression, True), 2),
+        "render_cpu_ms_per_frame": round(per_frame(render, True), 2),
         "superres_cpu_ms_per_frame": round(sr_cpu, 2),
         # The same ratio with the SR (identical work on both paths) left out of both sides.
         "cached_speedup_lowres_cpu": round((per_frame(full, True) - sr_cpu) / per_frame(lowres, True), 3),
+    }
+
+
+def superres_error(network: GOHANetwork, frames: int) -> dict[str, float]:
+    """Error of the opt-in SR autocast against float32 on the benchmark's own low-res frames."""
+    x = portrait_inputs(network.config, frames)
+    with torch.inference_mode():
+        avatar = network.reconstruct(x["portrait"], x["mask"], x["camera"])
+        low = network.animate(avatar, x["renders"], x["cameras"], superres=False).low_res
+        approx = network.super_resolve(low, deterministic=True)
+        dtype, network.superres_autocast = network.superres_autocast, None
+        try:
+            exact = network.super_resolve(low, deterministic=True)
+        finally:
+            network.superres_autocast = dtype
+    err = (approx.float() - exact.float()).clamp(-2, 2)
+    mse = float(err.square().mean())
+    return {
+        "superres_max_abs_error": round(float(err.abs().max()), 5),
+        "superres_mean_abs_error": round(float(err.abs().mean()), 6),
+        # Peak-to-peak 2 ([-1, 1] images).
+        "superres_psnr_db": round(10 * math.log10(4 / mse), 2) if mse > 0 else float("inf"),
     }
 
 
@@ -178,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="cpu_memory.retain_freed_memory() before timing (default: on)",
     )
+    parser.add_argument(
+        "--superres-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: the opt-in SR autocast (an approximation; its error is reported)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     retained = retain_freed_memory() if args.keep_freed_memory else False
@@ -189,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         network = GOHANetwork(get_profile(args.profile))
     network.eval()
+    if args.superres_dtype != "float32":
+        network.superres_autocast = getattr(torch, args.superres_dtype)
     repeats = args.repeats or DEFAULT_REPEATS.get(network.config.profile, 1)
     warmup = args.warmup if args.warmup is not None else DEFAULT_WARMUP.get(network.config.profile, 1)
     result = run(network, frames=args.frames, repeats=repeats, warmup=warmup)
     result["model_version"] = network.version_label
+    result["superres_dtype"] = args.superres_dtype
+    if network.superres_autocast is not None:
+        result.update(superres_error(network, args.frames))
     result["retain_freed_memory"] = retained
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)

@@ -81,8 +81,17 @@ class TriPlaneDecoder(nn.Module):
 
     def from_first_layer(self, first: Tensor, feature_channels: int | None = None) -> Tensor:
         """The decoder after its first layer: ``first`` = net[0](features) (..., hidden)."""
-        hidden = self.net[1](first)
         n_out = None if feature_channels is None else 1 + feature_channels
+        hidden = self.net[1](first)
+        if not torch.is_grad_enabled():
+            # Inference: compute the output channel-major, (1 + F', N), so the feature rows are
+            # contiguous and mapped in place; the caller's concatenation of chunks absorbs the
+            # transpose (measured 2x faster than (N, 1 + F') with strided in-place updates).
+            weight, bias = self.net[2].effective(n_out)
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            out = torch.addmm(bias[:, None], weight, flat.t())
+            out[1:].sigmoid_().mul_(1 + 2 * 0.001).sub_(0.001)
+            return out.t().reshape(*hidden.shape[:-1], out.shape[0])
         out = self.net[2](hidden, n_out)
         sigma, features = out[..., :1], out[..., 1:]
         return torch.cat([sigma, torch.sigmoid(features) * (1 + 2 * 0.001) - 0.001], dim=-1)

@@ -293,3 +293,19 @@ def test_half_precision_network_matches_float32() -> None:
         half = network.animate(avatar.to(torch.bfloat16), batch.expression_render, batch.target_camera)  # type: ignore[arg-type]
     assert half.low_res.dtype == torch.bfloat16 and half.depth.dtype == torch.float32
     torch.testing.assert_close(half.low_res.float(), reference.low_res, atol=3e-2, rtol=0)
+
+
+def test_opt_in_superres_autocast_is_close_to_float32_and_off_by_default() -> None:
+    network = make_network()
+    assert network.superres_autocast is None  # exact by default
+    batch = make_batch(network.config, batch=2)
+    with torch.no_grad():
+        avatar = network.reconstruct(batch.source_image, batch.source_mask, batch.source_camera)
+        exact = network.animate(avatar, batch.expression_render, batch.target_camera)
+        network.superres_autocast = torch.bfloat16
+        approx = network.animate(avatar, batch.expression_render, batch.target_camera)
+    assert exact.frames is not None and approx.frames is not None
+    assert approx.frames.dtype == torch.float32  # the network's dtype, whatever the SR ran in
+    torch.testing.assert_close(approx.low_res, exact.low_res)  # only the SR is approximated
+    assert not torch.equal(approx.frames, exact.frames)
+    torch.testing.assert_close(approx.frames, exact.frames, atol=5e-2, rtol=0)
