@@ -50,4 +50,4 @@ RUN pip install --no-deps --no-build-isolation -e /app \
 USER 10001:10001
 EXPOSE 8080 9200
 ENTRYPOINT ["/app/deploy/docker/entrypoint.sh"]
-CMD ["uvicorn", "--factory", "services.gateway.app:create_app", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["uvicorn", "--factory", "services.gateway.app:create_app", "--host", "0.0.0.0", "--port", "8080", "--timeout-keep-alive", "75"]
