@@ -537,6 +537,19 @@ class Trainer:
         while self.config.max_steps is None or self.step < self.config.max_steps:
             yield self.step
 
+    def _past_deadline(self, deadline: float) -> bool:
+        """Whether to stop for ``max_minutes``. Under DDP every rank must stop at the same step (a
+        rank that leaves early strands the others in their next all-reduce), so the ranks agree:
+        any rank past its deadline stops all of them."""
+        if deadline == math.inf:
+            return False
+        past = time.perf_counter() >= deadline
+        if self.dist.world_size == 1:
+            return past
+        flag = torch.tensor([int(past)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def fit(self) -> dict[str, Any]:
         config = self.config
         start = time.perf_counter()
@@ -567,7 +580,7 @@ class Trainer:
         stopped_by = "max_steps"
         try:
             for _ in self._steps():
-                if time.perf_counter() >= deadline:
+                if self._past_deadline(deadline):
                     stopped_by = "max_minutes"
                     break
                 result = self.train_step()

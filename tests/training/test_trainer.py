@@ -107,3 +107,27 @@ def test_ddp_two_cpu_processes_on_gloo(tiny_data: Path, tmp_path: Path) -> None:
     assert summary["world_size"] == 2 and summary["final_step"] == 2
     rows = (tmp_path / "log_stage1.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + 2 steps, written by rank 0 only
+
+
+def _deadline_rank(rank: int, init_file: str, results: str) -> None:
+    import time
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        fake = SimpleNamespace(dist=SimpleNamespace(world_size=2))
+        # Rank 0 is past its deadline, rank 1 is not: both must stop at this step.
+        deadline = 0.0 if rank == 0 else time.perf_counter() + 3600
+        stop = Trainer._past_deadline(fake, deadline)  # type: ignore[arg-type]
+        Path(results, f"rank{rank}").write_text(str(stop))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_on_the_max_minutes_stop(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_deadline_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
