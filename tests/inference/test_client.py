@@ -96,15 +96,29 @@ def test_launch_failure_reports_the_server_log_and_cleans_up(tmp_path: pathlib.P
 
 @pytest.mark.slow
 def test_in_process_float16_serving_matches_float32(inprocess, inputs, reference) -> None:  # noqa: ANN001
+    """fp16 serving = fp16 tensors on the wire (portrait, mask, renders, planes, frames; cameras stay
+    fp32) around the same fp32 computation on CPU. Compared with the fp32 engine fed the same
+    fp16-rounded inputs, only the output rounding may differ. (Against unrounded inputs the exact
+    nearest-neighbour rasterisation may move a near-tied cell of T_p, a discontinuity, not an error.)"""
     from services.inference.engine import InProcessInference
+
+    def fp16(a: np.ndarray) -> np.ndarray:
+        return a.astype(np.float16).astype(np.float32)
 
     half = InProcessInference(inprocess.network, model_version=inprocess.model_version(), dtype="float16")
     planes = half.reconstruct(inputs.portraits[:1], inputs.masks[:1], inputs.cameras[:1])
     assert planes.dtype == np.float16 and half.planes_dtype == np.float16
-    np.testing.assert_allclose(planes.astype(np.float32), reference.planes[:1], atol=2e-3, rtol=1e-2)
+    expected = inprocess.reconstruct(fp16(inputs.portraits[:1]), fp16(inputs.masks[:1]), inputs.cameras[:1])
+    np.testing.assert_allclose(planes.astype(np.float32), expected, atol=1e-4, rtol=1e-3)
+    # Most of the planes match the unrounded reference too.
+    close = np.isclose(planes.astype(np.float32), reference.planes[:1], atol=2e-3, rtol=1e-2)
+    assert close.mean() > 0.995, close.mean()
     low_res, frames = half.animate(planes[0], inputs.expr_renders[:1], inputs.frame_cameras[:1])
     assert frames.dtype == np.float16
-    np.testing.assert_allclose(frames.astype(np.float32), reference.frames[:1], atol=1e-2, rtol=0)
+    _, expected_frames = inprocess.animate(
+        planes[0].astype(np.float32), fp16(inputs.expr_renders[:1]), inputs.frame_cameras[:1]
+    )
+    np.testing.assert_allclose(frames.astype(np.float32), expected_frames, atol=2e-3, rtol=0)
 
 
 def test_open_backend_picks_triton_or_in_process(tiny_checkpoint) -> None:  # noqa: ANN001
