@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -88,12 +88,17 @@ class Consent:
 
     subject: str
     method: str  # written_release | electronic_signature | recorded_verbal | self
-    obtained_at: dt.datetime | str | None = None  # None: now
+    # Default: when this attestation was created. Fixed once, so resubmitting the same Consent with
+    # the same Idempotency-Key sends the same body (a per-call "now" changed it across a second
+    # boundary and the gateway refused the retry as a different request).
+    obtained_at: dt.datetime | str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).replace(microsecond=0)
+    )
     reference: str | None = None
     attested_by: str | None = None
 
     def to_form(self) -> dict[str, str]:
-        obtained = self.obtained_at or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        obtained = self.obtained_at
         if isinstance(obtained, dt.datetime):
             if obtained.tzinfo is None:
                 raise ValueError("consent obtained_at needs a timezone")

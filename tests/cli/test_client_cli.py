@@ -189,3 +189,13 @@ def test_download_follows_the_presigned_redirect_without_the_key(
     gateway_host = gateway.url.removeprefix("http://")
     assert sent[0] == (gateway_host, True)
     assert sent[1][0] == goha_s3_settings["s3_endpoint"] and sent[1][1] is False, sent
+
+
+def test_consent_default_time_is_fixed_once_so_retries_send_the_same_body() -> None:
+    import time
+
+    consent = Consent(subject="Eileen Collins", method="written_release")
+    first = consent.to_form()
+    time.sleep(1.05)  # a per-call "now" (second resolution) would differ here
+    assert consent.to_form() == first
+    assert first["consent_obtained_at"].endswith("+00:00")
