@@ -58,6 +58,11 @@ LPIPS_NOT_GIVEN = "pretrained weights not available: pass --lpips-backbone-weigh
 FID_NOT_GIVEN = "pretrained weights not available: pass --fid-weights"
 
 
+def _means_by_suffix(acc: _Accumulator, suffix: str) -> dict[str, float]:
+    """{task: mean} of the accumulated values named ``<task><suffix>``."""
+    return {name.removesuffix(suffix): acc.mean(name) for name in sorted(acc.values) if name.endswith(suffix)}
+
+
 @dataclass
 class PretrainedMetrics:
     """The optional networks of LPIPS and FID, loaded from local files (None: not computed)."""
@@ -97,22 +102,14 @@ class PretrainedMetrics:
             fields["lpips"] = {
                 "net": self.lpips.net_name,
                 **{f"{k}_weights": v for k, v in self.lpips.sources.items()},
-                **{
-                    name.removesuffix("_lpips"): acc.mean(name)
-                    for name in sorted(acc.values)
-                    if name.endswith("_lpips")
-                },
+                **_means_by_suffix(acc, "_lpips"),
             }
         if self.inception is None:
             fields["not_computed"]["fid"] = FID_NOT_GIVEN
         else:
             fields["fid"] = {
                 "weights": self.inception.source,
-                **{
-                    name.removesuffix("_fid"): acc.mean(name)
-                    for name in sorted(acc.values)
-                    if name.endswith("_fid")
-                },
+                **_means_by_suffix(acc, "_fid"),
                 "samples": features.counts(),
             }
         return fields

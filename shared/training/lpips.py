@@ -86,7 +86,22 @@ def match_state(
     module.load_state_dict({k: state[prefix + k].float() for k in wanted}, strict=False)
 
 
-class AlexNetFeatures(nn.Module):
+class _TappedFeatures(nn.Module):
+    """A torchvision ``features`` trunk returning the activations at the layer indices ``taps``."""
+
+    features: nn.Sequential
+    taps: list[int]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out: list[Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+class AlexNetFeatures(_TappedFeatures):
     """torchvision ``alexnet().features`` (up to relu5); taps after each ReLU."""
 
     channels = (64, 192, 384, 256, 256)
@@ -107,16 +122,8 @@ class AlexNetFeatures(nn.Module):
         self.features = nn.Sequential(*layers)
         self.taps = [i for i, m in enumerate(self.features) if isinstance(m, nn.ReLU)]
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        out: list[Tensor] = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
 
-
-class VGG16Features(nn.Module):
+class VGG16Features(_TappedFeatures):
     """torchvision ``vgg16().features`` up to relu5_3; taps after relu1_2, 2_2, 3_3, 4_3, 5_3."""
 
     channels = (64, 128, 256, 512, 512)
@@ -137,14 +144,6 @@ class VGG16Features(nn.Module):
                 in_ch = item
         self.taps.append(len(layers) - 1)
         self.features = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        out: list[Tensor] = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
 
 
 class LinLayer(nn.Module):
