@@ -42,7 +42,7 @@ from shared.face.render import render_expression
 from shared.face.smoothing import OneEuroConfig, SmoothingConfig
 from shared.media.c2pa_sign import ProvenanceClaim, SigningChain, sign_video
 from shared.media.errors import MediaError
-from shared.media.guardrails import apply_guardrails
+from shared.media.guardrails import Guardrails
 from shared.media.hashing import sha256_file
 from shared.media.video import DEFAULT_PRESET, VideoWriter, iter_frame_chunks, probe_video
 from shared.media.watermark import payload_for_job
@@ -440,16 +440,17 @@ class ReenactmentPipeline:
                 with _Timer(stats, "animate_s"):
                     return ctx.inference.animate(planes, expr_renders, cams).frames
 
+            # One marker for the whole video: the watermark's correction carries over from chunk to chunk.
+            guardrails = Guardrails(
+                payload,
+                corner=opts.label_corner,  # type: ignore[arg-type]
+                engine=ctx.config.watermark_engine,
+                workers=ctx.config.mark_workers,
+            )
+
             def mark(frames_out: np.ndarray) -> list[np.ndarray]:
                 with _Timer(stats, "guardrails_s"), torch_threads(1):
-                    frames = to_uint8_frames(frames_out, out_size)
-                    return apply_guardrails(
-                        frames,
-                        payload,
-                        corner=opts.label_corner,  # type: ignore[arg-type]
-                        engine=ctx.config.watermark_engine,
-                        workers=ctx.config.mark_workers,
-                    )
+                    return guardrails(to_uint8_frames(frames_out, out_size))
 
             def write(marked: list[np.ndarray]) -> None:
                 with _Timer(stats, "encode_s"):
@@ -466,6 +467,7 @@ class ReenactmentPipeline:
             else:
                 for item in chunks:
                     write(mark(animate(item)))
+            stats.add("watermark_refine_s", guardrails.refine_s)  # part of guardrails_s
         if stats.frames == 0:
             raise JobFailure("video_no_frames", "the driving video has no decodable frames")
 

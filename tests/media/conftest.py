@@ -112,6 +112,31 @@ def astronaut_motion_frames(count: int, size: int = 512) -> list[np.ndarray]:
     return frames
 
 
+def dark_head_frames(
+    count: int, size: int = 512, tone: tuple[float, float, float] = (150, 105, 62)
+) -> list[np.ndarray]:
+    """What the tiny model renders: a blurry, flat head on a black background (70 % of the pixels below
+    20), drawn at 128 px and upsampled, drifting by a pixel or two. RivaGAN writes some bits of some
+    payloads weakly on such frames (docs/media.md)."""
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    colour = np.asarray(tone, dtype=np.float32)
+    frames = []
+    for index in range(count):
+        cx, cy = 64 + 1.5 * np.sin(index / 3), 62 + np.cos(index / 4)
+        small = np.zeros((128, 128, 3), np.float32)
+        head = ((xx - cx) / 30) ** 2 + ((yy - cy) / 44) ** 2 <= 1
+        shade = 0.75 + 0.35 * (1 - (yy - cy + 44) / 88)  # lit from above
+        small[head] = colour * shade[head][:, None]
+        for dx in (-11, 11):
+            small[((xx - cx - dx) / 6) ** 2 + ((yy - cy + 6) / 3) ** 2 <= 1] *= 0.55  # eyes
+        small[((xx - cx) / 9) ** 2 + ((yy - cy - 22) / 3) ** 2 <= 1] *= 0.6  # mouth
+        small = cv2.GaussianBlur(small, (0, 0), 3.0)
+        frames.append(
+            np.clip(cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+        )
+    return frames
+
+
 @dataclass(frozen=True)
 class MarkedClip:
     path: Path  # labelled + watermarked, H.264 CRF 20, with the source clip's audio
