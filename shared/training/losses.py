@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.training.errors import TrainingError, WeightsError
-from shared.training.lpips import LPIPS, lpips_at_least
+from shared.training.lpips import LPIPS, load_state_file, lpips_at_least, match_state
 
 # torchvision's vgg19 "features" layout: numbers are conv widths, "M" a 2×2 max-pool.
 _VGG19_LAYOUT: tuple[int | str, ...] = (
@@ -56,6 +55,13 @@ def _vgg_layer_names() -> dict[str, int]:
     return names
 
 
+_VGG_ERROR_CODES = {
+    "weights.missing": "training.vgg_weights_missing",
+    "weights.unreadable": "training.vgg_weights_unreadable",
+    "weights.mismatch": "training.vgg_weights_mismatch",
+}
+
+
 class VGG19Features(nn.Module):
     """VGG-19 convolutional trunk (no classifier), truncated after the last layer needed."""
 
@@ -76,20 +82,14 @@ class VGG19Features(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def load_imagenet(self, path: str | os.PathLike[str]) -> None:
-        """Load a torchvision ``vgg19`` state dict (``features.N.weight`` keys) from a local file."""
-        if not Path(path).is_file():
-            raise TrainingError("training.vgg_weights_missing", f"no VGG-19 weights at {path}")
+        """Load a torchvision ``vgg19`` state dict (``features.N.weight`` keys) from a local file.
+
+        Errors keep their documented ``training.vgg_weights_*`` codes (missing / unreadable /
+        mismatch, the last one also for a key with another shape)."""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for foreign files
-            raise TrainingError("training.vgg_weights_unreadable", f"{path}: {exc}") from exc
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        own = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-        wanted = self.features.state_dict()
-        missing = [k for k in wanted if k not in own]
-        if missing:
-            raise TrainingError("training.vgg_weights_mismatch", f"{path}: missing VGG-19 keys {missing[:4]}")
-        self.features.load_state_dict({k: own[k] for k in wanted})
+            match_state(self.features, load_state_file(path, "VGG-19"), path, "VGG-19", prefix="features.")
+        except WeightsError as exc:
+            raise TrainingError(_VGG_ERROR_CODES[exc.code], str(exc)) from exc
 
     def forward(self, image: Tensor, layers: list[str]) -> dict[str, Tensor]:
         """``image`` in [-1, 1]; returns the ReLU activations of the named layers."""

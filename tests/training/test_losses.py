@@ -46,6 +46,30 @@ def test_vgg_perceptual_loads_torchvision_layout_weights(tmp_path) -> None:
     assert err.value.code == "training.vgg_weights_missing"
 
 
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        ("not a torch file", "training.vgg_weights_unreadable"),
+        ({"classifier.0.weight": torch.zeros(1)}, "training.vgg_weights_mismatch"),
+        ("wrong shape", "training.vgg_weights_mismatch"),
+    ],
+)
+def test_vgg_weights_errors_keep_their_codes(tmp_path, content, code) -> None:
+    path = tmp_path / "vgg19.pth"
+    if content == "not a torch file":
+        path.write_bytes(b"<html>a download error page</html>")
+    elif content == "wrong shape":
+        state = {f"features.{k}": v for k, v in VGG19Features().features.state_dict().items()}
+        state["features.0.weight"] = torch.zeros(32, 3, 3, 3)  # a narrower first layer
+        torch.save(state, path)
+    else:
+        torch.save(content, path)
+    with pytest.raises(TrainingError) as err:
+        VGG19Features().load_imagenet(path)
+    assert err.value.code == code
+    assert str(path) in str(err.value)
+
+
 def test_tv_loss_zero_for_constant_density_positive_for_varying() -> None:
     planes = torch.zeros(1, 3, 4, 8, 8)
     g = torch.Generator().manual_seed(0)
