@@ -54,6 +54,7 @@ from services.inference.contract import (
     TensorSpec,
 )
 from services.inference.errors import InferenceServerStartError
+from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_freed_memory
 from shared.platform.processes import stop_process_group
 
 if TYPE_CHECKING:
@@ -295,7 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-token-file", type=pathlib.Path, default=None)
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process exits")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--retain-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=is_truthy(os.environ.get(RETAIN_ENV)),
+        help=f"CPU only: glibc keeps freed memory for reuse (faster network calls, resident size stays "
+        f"at the peak); default from {RETAIN_ENV}",
+    )
     return parser
+
+
+def _apply_memory_policy(requested: bool, device: str) -> None:
+    """`retain_freed_memory` before the engine loads, where the network runs on CPU.
+
+    On a GPU the activations live in CUDA's caching allocator, so the policy would only pin host memory.
+    """
+    if not requested:
+        return
+    if device.split(":")[0] != "cpu":
+        LOGGER.info("--retain-freed-memory ignored: device %s is not the CPU", device)
+        return
+    if retain_freed_memory():
+        LOGGER.info("retain freed memory: in effect (resident size stays at the peak of the largest call)")
+    else:
+        LOGGER.info("retain freed memory: not available (not glibc); default allocator")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -312,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.parent_pid is not None:
         _watch_parent(args.parent_pid, stop_event)
 
+    _apply_memory_policy(args.retain_freed_memory, args.device)
     from services.inference.engine import InProcessInference, configure_determinism
 
     configure_determinism(args.threads)

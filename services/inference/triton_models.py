@@ -14,6 +14,9 @@ checkpoint             GOHA_CHECKPOINT_PATH        checkpoint path inside the co
 profile                GOHA_MODEL_PROFILE          expected profile ("" = whatever it holds)
 dtype                  GOHA_SERVING_DTYPE          float16 (GPU) or float32
 max_frames_per_forward GOHA_MAX_FRAMES_PER_FORWARD frames per network call (memory bound)
+retain_freed_memory    GOHA_RETAIN_FREED_MEMORY    KIND_CPU only: "true"/"1"/"yes" keeps freed
+                                                   memory in the process (faster calls, resident
+                                                   size stays at the peak; shared/model/cpu_memory.py)
 =====================  ==========================  ==============================================
 
 The checkpoint and profile variables are the names of ``Settings.checkpoint_path`` and
@@ -50,6 +53,7 @@ from services.inference.contract import (
     numpy_dtype,
 )
 from services.inference.errors import InferenceError, InferenceInputError
+from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_freed_memory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ _ENV_BY_PARAMETER = {
     "profile": "GOHA_MODEL_PROFILE",
     "dtype": "GOHA_SERVING_DTYPE",
     "max_frames_per_forward": "GOHA_MAX_FRAMES_PER_FORWARD",
+    "retain_freed_memory": RETAIN_ENV,
 }
 
 
@@ -124,6 +129,13 @@ class _GOHAModel:
             raise ValueError(f"{self.spec_name}: set the 'checkpoint' parameter or GOHA_CHECKPOINT_PATH")
         kind = args.get("model_instance_kind", "CPU")
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+        if device == "cpu" and is_truthy(params.get("retain_freed_memory")):
+            # Each model instance is its own stub process, so this touches only this instance.
+            LOGGER.info(
+                "%s: retain freed memory %s",
+                self.spec_name,
+                "in effect" if retain_freed_memory() else "not available (not glibc)",
+            )
         configure_determinism()
         self.engine = InProcessInference.from_checkpoint(
             checkpoint,

@@ -12,6 +12,11 @@ mmap) and never to trim the heap top, so a process settles at its peak footprint
 It is process-wide, so it is an explicit call for processes that run the network on CPU (the
 benchmark, serving workers), not a side effect of importing the model. Cost: the resident size
 stays at the peak of the largest call instead of dropping between calls.
+
+Serving opts in with ``GOHA_RETAIN_FREED_MEMORY`` (`RETAIN_ENV`): the worker's in-process backend
+through ``Settings.retain_freed_memory``, the PyTriton server's ``--retain-freed-memory`` and the
+Triton python-backend models' ``retain_freed_memory`` parameter, each only where the network runs
+on CPU (on a GPU the activations live in the CUDA caching allocator, not in malloc).
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ M_MMAP_MAX = -4
 _NEVER = -1
 
 _retained = False
+
+RETAIN_ENV = "GOHA_RETAIN_FREED_MEMORY"
+# The strings pydantic reads as True for a bool setting, so the env variable means the same to the
+# worker (Settings) and to the servers that parse it themselves (CLI default, Triton parameter).
+_TRUTHY = frozenset({"1", "true", "t", "yes", "y", "on"})
+
+
+def is_truthy(value: str | None) -> bool:
+    """Whether an environment value or a config.pbtxt string parameter says yes ("1", "true", "yes"...)."""
+    return value is not None and value.strip().lower() in _TRUTHY
 
 
 def retain_freed_memory() -> bool:

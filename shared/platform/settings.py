@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     inference_backend: Literal["in_process", "triton"] = "in_process"  # embedded default: no server needed
     triton_access_token: SecretStr | None = None  # PyTriton's token for the shared-memory API
     morphable_model: str | None = None  # None: the shipped procedural head; else a BFM_model_front.mat path
+    # CPU in-process backend only: glibc keeps freed activations for reuse (far fewer page faults, much
+    # faster network calls) but the resident size then stays at the largest call's peak.
+    retain_freed_memory: bool = False
 
     # -- worker ----------------------------------------------------------------------------------------
     worker_chunk_frames: int = 16  # driving frames decoded, fitted and animated together (bounds memory)

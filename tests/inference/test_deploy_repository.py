@@ -28,7 +28,11 @@ def test_container_models_match_in_process(tmp_path, tiny_checkpoint, inputs, re
         tmp_path / "model_repository",
         contract_for_profile("tiny", "float32"),
         RepositoryOptions(
-            instance_kind="KIND_CPU", checkpoint=str(tiny_checkpoint.path), profile="tiny", dtype="float32"
+            instance_kind="KIND_CPU",
+            checkpoint=str(tiny_checkpoint.path),
+            profile="tiny",
+            dtype="float32",
+            retain_freed_memory=True,  # the CPU serving option; outputs must not change
         ),
         copy_model_code_from=DEPLOY_REPOSITORY,
     )

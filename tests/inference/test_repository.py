@@ -69,6 +69,8 @@ def test_gpu_deployment_settings(configs: dict) -> None:
         assert config.parameters["dtype"].string_value == "float16"
         assert config.parameters["checkpoint"].string_value.startswith("/")
         assert config.parameters["profile"].string_value == "paper"
+        # Only KIND_CPU instances would apply it; the GPU repository states the default.
+        assert config.parameters["retain_freed_memory"].string_value == "false"
     # Reconstruct batches portraits dynamically; animate carries one avatar and N frames per request.
     assert configs[RECONSTRUCT_MODEL].max_batch_size > 0
     assert configs[RECONSTRUCT_MODEL].HasField("dynamic_batching")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from services.inference.triton_models import model_parameters
+from shared.model.cpu_memory import is_truthy
 from shared.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.inference.conftest import TinyCheckpoint
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # What Triton hands the Python backend for the committed config.pbtxt (parameters as string_value).
 MODEL_CONFIG = {
@@ -29,6 +40,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "GOHA_PROFILE",
         "GOHA_SERVING_DTYPE",
         "GOHA_MAX_FRAMES_PER_FORWARD",
+        "GOHA_RETAIN_FREED_MEMORY",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GOHA_VAR_DIR", str(tmp_path / "var"))
@@ -68,3 +80,63 @@ def test_triton_only_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     params = model_parameters(MODEL_CONFIG)
     assert params["dtype"] == "float16"
     assert params["max_frames_per_forward"] == "2"
+
+
+@pytest.mark.parametrize(("env_value", "retained"), [("1", True), ("yes", True), ("false", False)])
+def test_retain_freed_memory_env_overrides_the_parameter(
+    monkeypatch: pytest.MonkeyPatch, env_value: str, retained: bool
+) -> None:
+    config = {"parameters": {**MODEL_CONFIG["parameters"], "retain_freed_memory": {"string_value": "false"}}}
+    assert is_truthy(model_parameters(config)["retain_freed_memory"]) is False
+    config["parameters"]["retain_freed_memory"] = {"string_value": "true"}
+    assert is_truthy(model_parameters(config)["retain_freed_memory"]) is True
+    monkeypatch.setenv("GOHA_RETAIN_FREED_MEMORY", env_value)
+    assert is_truthy(model_parameters(config)["retain_freed_memory"]) is retained
+    # The worker reads the same variable, through Settings, with the same meaning.
+    assert Settings().retain_freed_memory is retained
+
+
+# What one model instance's stub process does at load: initialize, then allocate and free 64 MB
+# buffers. The policy is process-wide and irreversible, hence a fresh interpreter per case.
+INITIALIZE = """
+import json, resource, sys
+from google.protobuf import json_format
+from services.inference.repository import RepositoryOptions, contract_for_profile, model_config_proto
+from services.inference.triton_models import AnimateModel
+checkpoint, retain, kind = sys.argv[1], sys.argv[2] == "on", sys.argv[3]
+options = RepositoryOptions(
+    instance_kind="KIND_CPU", checkpoint=checkpoint, profile="tiny", dtype="float32",
+    retain_freed_memory=retain,
+)
+spec = contract_for_profile("tiny", "float32").animate
+config = json_format.MessageToDict(model_config_proto(spec, options), preserving_proto_field_name=True)
+AnimateModel().initialize({"model_config": json.dumps(config), "model_instance_kind": kind})
+for _ in range(5):
+    bytearray(64 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    bytearray(64 << 20)
+print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def faults_after_initialize(checkpoint: Path, retain: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOHA_")}
+    out = subprocess.run(
+        [sys.executable, "-c", INITIALIZE, str(checkpoint), retain, "CPU"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["faults"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_cpu_instance_applies_the_parameter(tiny_checkpoint: TinyCheckpoint) -> None:
+    default, retained = (faults_after_initialize(tiny_checkpoint.path, mode) for mode in ("off", "on"))
+    assert default > 20 * 10_000  # the parameter's default ("false"): each 64 MB buffer a fresh mmap
+    assert retained < default // 4

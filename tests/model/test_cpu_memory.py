@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from shared.model.cpu_memory import is_truthy
+
 # Allocates and frees a 64 MB tensor repeatedly and reports the minor page faults it cost.
 PROBE = """
 import json, resource, sys
@@ -41,3 +43,22 @@ def test_retained_memory_is_reused_instead_of_faulted_in_again() -> None:
     # Retained: served from the settled heap (the odd refault remains: the kernel may reclaim
     # idle pages of the heap, e.g. DAMON on these machines).
     assert int(retained["faults"]) < int(default["faults"]) // 4
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        (" Yes ", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("", False),
+        (None, False),
+        ("2", False),
+    ],
+)
+def test_is_truthy_reads_env_and_parameter_strings(value: str | None, expected: bool) -> None:
+    assert is_truthy(value) is expected

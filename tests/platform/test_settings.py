@@ -45,3 +45,13 @@ def test_environment_overrides_with_goha_prefix(monkeypatch: pytest.MonkeyPatch)
 def test_invalid_backend_is_refused() -> None:
     with pytest.raises(ValueError):
         Settings(storage_backend="ftp")  # type: ignore[arg-type]
+
+
+def test_retain_freed_memory_is_opt_in_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GOHA_RETAIN_FREED_MEMORY", raising=False)
+    assert Settings(var_dir=tmp_path).retain_freed_memory is False
+    for value, expected in (("true", True), ("1", True), ("yes", True), ("0", False), ("false", False)):
+        monkeypatch.setenv("GOHA_RETAIN_FREED_MEMORY", value)
+        assert Settings(var_dir=tmp_path).retain_freed_memory is expected, value
