@@ -7,21 +7,23 @@ fails it on the others.
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class InferenceError(Exception):
-    """Base of every error raised by an inference backend."""
+from shared.errors import CodedError
+
+
+class InferenceError(CodedError):
+    """Base of every error raised by an inference backend: ``InferenceError(message, *, code=None)``.
+
+    ``code`` defaults to the class's own, so each subclass names its failure without repeating it.
+    """
 
     code: str = "inference_error"
     retryable: bool = False
+    str_template: ClassVar[str] = "[{code}] {message}"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.message}"
+        super().__init__(code if code is not None else type(self).code, message)
 
 
 class InferenceInputError(InferenceError, ValueError):

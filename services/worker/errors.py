@@ -8,12 +8,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class JobFailure(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+from shared.errors import CodedError
+
+
+class JobFailure(CodedError):
+    """``JobFailure(code, message)``; ``str()`` is ``"code: message"``."""
+
+    str_template: ClassVar[str] = "{code}: {message}"
 
 
 class TransientFailure(JobFailure):

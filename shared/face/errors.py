@@ -9,33 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.errors import CodedError
 
-class FaceError(Exception):
-    """Base of all face-analysis errors."""
+
+class FaceError(CodedError):
+    """Base of all face-analysis errors: ``FaceError(code, message, details=None)``."""
 
     code: str = "face_error"
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details: dict[str, Any] = dict(details or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details}
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Celery and multiprocessing pickle exceptions; rebuild without re-running __init__ signatures.
-        return (_rebuild_face_error, (type(self), self.code, self.message, self.details))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
-
-
-def _rebuild_face_error(cls: type[FaceError], code: str, message: str, details: dict[str, Any]) -> FaceError:
-    error = cls.__new__(cls)
-    FaceError.__init__(error, code, message, details)
-    return error
 
 
 class _CodedFaceError(FaceError):

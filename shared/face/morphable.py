@@ -21,23 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from shared.errors import CodedError
+
 PROCEDURAL_ASSET = Path(__file__).resolve().parent / "assets" / "procedural_head.npz"
 NUM_LANDMARKS = 68
 
 
-class MorphableModelError(ValueError):
+class MorphableModelError(CodedError, ValueError):
     """A morphable model file or a coefficient tensor is unusable.
 
     ``code`` is machine readable (e.g. ``"bfm_missing_key"``), ``str(error)`` is for humans.
     """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Picklable across Celery/multiprocessing despite the (code, message) signature.
-        return (type(self), (self.code, str(self)))
 
 
 @dataclass(frozen=True, eq=False)

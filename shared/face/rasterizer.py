@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from shared.errors import CodedError
 from shared.model import cameras as cam
 
 _FACE_BITS = 31
@@ -25,16 +26,8 @@ _FACE_MASK = (1 << _FACE_BITS) - 1
 _EMPTY = torch.iinfo(torch.int64).max
 
 
-class RasterizerError(ValueError):
+class RasterizerError(CodedError, ValueError):
     """Bad rasteriser input; ``code`` is machine readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Picklable across Celery/multiprocessing despite the (code, message) signature.
-        return (type(self), (self.code, str(self)))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from shared.errors import CodedError
 from shared.face.morphable import MorphableModel, vertex_normals
 from shared.face.rasterizer import Fragments, MeshRasterizer
 from shared.model import cameras as cam
@@ -32,16 +33,8 @@ SHAPE_ALBEDO = 0.72
 _DEFAULT_RASTERIZER = MeshRasterizer()
 
 
-class RenderError(ValueError):
+class RenderError(CodedError, ValueError):
     """Bad render request; ``code`` is machine readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Picklable across Celery/multiprocessing despite the (code, message) signature.
-        return (type(self), (self.code, str(self)))
 
 
 def shade(

@@ -7,7 +7,9 @@ decision (path, sizes, codec names).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
+
+from shared.errors import CodedError
 
 # The codes this package raises. Callers may match on them; keep them stable.
 VIDEO_UNREADABLE = "video_unreadable"  # not a container/stream FFmpeg can open or decode
@@ -24,32 +26,7 @@ C2PA_SIGNING_FAILED = "c2pa_signing_failed"
 C2PA_CERTIFICATE_INVALID = "c2pa_certificate_invalid"
 
 
-class MediaError(Exception):
-    """Base of all media-layer errors: ``MediaError(code, message)``."""
+class MediaError(CodedError):
+    """Base of all media-layer errors: ``MediaError(code, message, details=None)``."""
 
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details: dict[str, Any] = dict(details or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details}
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Celery pickles exceptions raised in tasks; rebuild with all three fields intact.
-        return (_rebuild_media_error, (type(self), self.code, self.message, self.details))
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.message}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
-
-
-def _rebuild_media_error(
-    cls: type[MediaError], code: str, message: str, details: dict[str, Any]
-) -> MediaError:
-    error = cls.__new__(cls)
-    MediaError.__init__(error, code, message, details)
-    return error
+    str_template: ClassVar[str] = "[{code}] {message}"

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class ModelError(ValueError):
+from shared.errors import CodedError
+
+
+class ModelError(CodedError, ValueError):
     """Base class. ``code`` is stable and machine-readable (e.g. ``model.bad_input``)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.message}"
+    str_template: ClassVar[str] = "[{code}] {message}"
 
 
 class ModelInputError(ModelError):

@@ -6,7 +6,9 @@ gateway answers with; the gateway renders every one as ``{"error": {"code": ...,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from shared.errors import CodedError
 
 # -- codes (stable: clients match on them) -------------------------------------------------------------
 UNAUTHENTICATED = "unauthenticated"
@@ -38,41 +40,19 @@ STORAGE_KEY_INVALID = "storage_key_invalid"
 OBJECT_NOT_FOUND = "object_not_found"
 
 
-class PlatformError(Exception):
+class PlatformError(CodedError):
     """Base of platform errors: ``PlatformError(code, message, status=400, details=None)``."""
 
     status: int = 400
+    str_template: ClassVar[str] = "[{code}] {message}"
+    omit_empty_details: ClassVar[bool] = True  # the gateway's error body has no empty "details"
 
     def __init__(
         self, code: str, message: str, *, status: int | None = None, details: dict[str, Any] | None = None
     ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, details)
         if status is not None:
             self.status = status
-        self.details: dict[str, Any] = dict(details or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return body
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.message}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Celery pickles exceptions raised in tasks: keep every field across the round trip.
-        return (_rebuild, (type(self), self.code, self.message, self.status, self.details))
-
-
-def _rebuild(
-    cls: type[PlatformError], code: str, message: str, status: int, details: dict[str, Any]
-) -> PlatformError:
-    error = cls.__new__(cls)
-    PlatformError.__init__(error, code, message, status=status, details=details)
-    return error
 
 
 class InputRejected(PlatformError):
@@ -105,15 +85,9 @@ class IllegalTransition(Conflict):
         self.current = current
         self.requested = requested
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (IllegalTransition, (self.job_id, self.current, self.requested))
-
 
 class ConfigurationError(PlatformError):
     status = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(CONFIGURATION_ERROR, message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ConfigurationError, (self.message,))

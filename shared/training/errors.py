@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+from shared.errors import CodedError
 
-class TrainingError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
-    def __reduce__(self) -> tuple[object, ...]:
-        # Picklable across processes (DDP spawn, multiprocessing) despite the (code, message) signature.
-        return (type(self), (self.code, str(self)))
+class TrainingError(CodedError, ValueError):
+    """``TrainingError(code, message)``; pickles across processes (DDP spawn, multiprocessing)."""
 
 
 class DataError(TrainingError):
