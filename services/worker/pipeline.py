@@ -32,8 +32,8 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from services.inference.backend import InferenceBackend
-from services.inference.errors import InferenceInputError, InferenceServerError, InferenceUnavailable
-from services.worker.errors import JobCancelled, JobFailure
+from services.inference.errors import InferenceInputError, InferenceServerError
+from services.worker.errors import TRANSIENT_ERRORS, JobCancelled, JobFailure
 from services.worker.options import DEFAULT_ORBIT_FPS, DEFAULT_ORBIT_FRAMES, DEFAULT_OUTPUT_SIZE, JobOptions
 from shared.face.errors import FaceError
 from shared.face.morphable import MorphableModel
@@ -47,6 +47,7 @@ from shared.media.hashing import sha256_file
 from shared.media.video import DEFAULT_PRESET, VideoWriter, iter_frame_chunks, probe_video
 from shared.media.watermark import payload_for_job
 from shared.model import cameras
+from shared.platform.errors import PlatformError
 from shared.platform.jobs import JobState, set_result, transition, update_progress
 from shared.platform.logging import log_context
 from shared.platform.metrics import observe_job_run, record_frames, record_job_failure
@@ -321,18 +322,13 @@ class ReenactmentPipeline:
         except JobCancelled:
             log.info("job cancelled", extra={"job_id": job_id})
             return JobState.CANCELLED.value
-        except FaceError as exc:
-            return self.fail_job(job_id, exc.code, exc.message)
-        except MediaError as exc:
-            return self.fail_job(job_id, exc.code, exc.message)
-        except JobFailure as exc:
-            if type(exc) is not JobFailure:
-                raise  # TransientFailure: the task retries it
+        except TRANSIENT_ERRORS:
+            raise  # retried by the task with backoff; the job stays running, its inputs kept
+        except (FaceError, MediaError, JobFailure, PlatformError) as exc:
+            # PlatformError: e.g. object_not_found when an input was deleted while the job was queued.
             return self.fail_job(job_id, exc.code, exc.message)
         except (InferenceInputError, InferenceServerError) as exc:
             return self.fail_job(job_id, exc.code, str(exc))
-        except (InferenceUnavailable, ConnectionError, OSError):
-            raise  # transient: retried by the task with backoff
         except Exception as exc:  # a bug must not leave the job running forever
             log.exception("job crashed", extra={"job_id": job_id})
             return self.fail_job(job_id, "internal_error", f"{type(exc).__name__}: {exc}")

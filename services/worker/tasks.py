@@ -11,13 +11,11 @@ import logging
 import os
 import threading
 
-import urllib3
 from celery import Task
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from services.inference.errors import InferenceUnavailable
 from services.worker.context import build_context
-from services.worker.errors import TransientFailure
+from services.worker.errors import TRANSIENT_ERRORS
 from services.worker.pipeline import ReenactmentPipeline
 from shared.platform.logging import configure_logging, job_context
 from shared.platform.metrics import InstrumentedInference, mark_process_dead
@@ -74,7 +72,7 @@ def reenact(self: Task, job_id: str) -> str:
         pipeline = get_pipeline()
         try:
             return pipeline.run(job_id)
-        except (TransientFailure, InferenceUnavailable, OSError, urllib3.exceptions.HTTPError) as exc:
+        except TRANSIENT_ERRORS as exc:
             code = getattr(exc, "code", "transient_error")
             if self.request.retries >= self.max_retries:
                 return pipeline.fail_job(job_id, code, f"gave up after {self.max_retries} retries: {exc}")

@@ -3,18 +3,23 @@ inference): output video, audio, watermark, C2PA manifest, provenance, failures 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
 import pytest
+import urllib3
 
 from services.inference.engine import InProcessInference
+from services.inference.server import free_port
 from services.worker.context import signing_chain, watermark_secret
+from services.worker.errors import TRANSIENT_ERRORS
 from services.worker.pipeline import PipelineConfig, PipelineContext, ReenactmentPipeline
 from shared.face.morphable import load_procedural_model
 from shared.media.verify import verify_video
 from shared.platform.models import Job, ProvenanceRecord
 from shared.platform.provenance import load_signing_key, signature_valid
+from shared.platform.storage import S3Storage
 from tests.worker.clips import write_audio_only, write_clip
 from tests.worker.conftest import make_submitter
 
@@ -111,3 +116,38 @@ def test_bad_driving_videos_fail_with_their_codes(
         # Inputs are kept for the user to inspect or resubmit.
         assert local_storage.exists(job.portrait_asset.storage_key)
         assert local_storage.exists(job.driving_asset.storage_key)
+
+
+def test_storage_outage_is_retried_not_failed(
+    pipeline, embedded_settings, embedded_db, local_storage
+) -> None:
+    """S3 down mid-job (minio gives up with urllib3's MaxRetryError, not an OSError) must leave the job
+    running for the task's retry, not fail it as an internal error; the redelivery then completes it."""
+    submit = make_submitter(embedded_settings, embedded_db, local_storage)
+    job_id = submit(None, job_type="orbit", options={"frame_limit": 4, "output_fps": 4})
+    dead_s3 = S3Storage(f"127.0.0.1:{free_port()}", "key", "secret", "goha")  # nothing listens there
+    outage = ReenactmentPipeline(dataclasses.replace(pipeline.ctx, storage=dead_s3))
+
+    with pytest.raises(TRANSIENT_ERRORS) as raised:
+        outage.run(job_id)
+    assert isinstance(raised.value, urllib3.exceptions.HTTPError)
+    with embedded_db.session() as session:
+        job = session.get(Job, job_id)
+        assert job.state == "running" and job.error_code is None
+
+    assert pipeline.run(job_id) == "succeeded"
+
+
+def test_an_input_deleted_while_queued_fails_with_its_code(
+    pipeline, embedded_settings, embedded_db, local_storage
+) -> None:
+    submit = make_submitter(embedded_settings, embedded_db, local_storage)
+    job_id = submit(None, job_type="orbit", options={"frame_limit": 4, "output_fps": 4})
+    with embedded_db.session() as session:
+        local_storage.delete(session.get(Job, job_id).portrait_asset.storage_key)
+
+    assert pipeline.run(job_id) == "failed"
+    with embedded_db.session() as session:
+        job = session.get(Job, job_id)
+        assert job.error_code == "object_not_found"
+        assert "not found" in job.error_message
