@@ -7,18 +7,14 @@ re-allocating 64 MB buffers (fresh mmaps without the policy, the kept heap with 
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
-import subprocess
 import sys
 
 import pytest
 
 from services.inference.server import build_parser
 from shared.model.cpu_memory import RETAIN_ENV
-
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.memory_probe import DEFAULT_ALLOCATOR_FAULTS, faults_after
 
 
 def parse(*argv: str) -> bool:
@@ -47,37 +43,20 @@ def test_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 SCRIPT = """
-import json, resource, sys
+import sys
 from services.inference.server import _apply_memory_policy, build_parser
 args = build_parser().parse_args(["--checkpoint", "goha.ckpt", "--device", sys.argv[1]])
 _apply_memory_policy(args.retain_freed_memory, args.device)
-for _ in range(5):
-    bytearray(64 << 20)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    bytearray(64 << 20)
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
 
 def faults_after_startup(device: str) -> int:
-    env = {**os.environ, RETAIN_ENV: "yes"}
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, device],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["faults"])
+    return faults_after(SCRIPT, device, env={**os.environ, RETAIN_ENV: "yes"}, timeout=120)[0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_policy_applies_on_cpu_only() -> None:
     # cuda:0 is never touched: the policy is skipped before any device is used.
     gpu, cpu = faults_after_startup("cuda:0"), faults_after_startup("cpu")
-    assert gpu > 20 * 10_000  # default glibc: each 64 MB buffer is a fresh mmap
+    assert gpu > DEFAULT_ALLOCATOR_FAULTS  # default glibc: each 64 MB buffer is a fresh mmap
     assert cpu < gpu // 4

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,11 +12,11 @@ import pytest
 from services.inference.triton_models import model_parameters
 from shared.model.cpu_memory import is_truthy
 from shared.platform.settings import Settings
+from tests.memory_probe import DEFAULT_ALLOCATOR_FAULTS, faults_after
 
 if TYPE_CHECKING:
     from tests.inference.conftest import TinyCheckpoint
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # What Triton hands the Python backend for the committed config.pbtxt (parameters as string_value).
 MODEL_CONFIG = {
@@ -96,10 +94,10 @@ def test_retain_freed_memory_env_overrides_the_parameter(
     assert Settings().retain_freed_memory is retained
 
 
-# What one model instance's stub process does at load: initialize, then allocate and free 64 MB
-# buffers. The policy is process-wide and irreversible, hence a fresh interpreter per case.
+# What one model instance's stub process does at load (then the probe allocates and frees 64 MB
+# buffers). The policy is process-wide and irreversible, hence a fresh interpreter per case.
 INITIALIZE = """
-import json, resource, sys
+import json, sys
 from google.protobuf import json_format
 from services.inference.repository import RepositoryOptions, contract_for_profile, model_config_proto
 from services.inference.triton_models import AnimateModel
@@ -111,32 +109,18 @@ options = RepositoryOptions(
 spec = contract_for_profile("tiny", "float32").animate
 config = json_format.MessageToDict(model_config_proto(spec, options), preserving_proto_field_name=True)
 AnimateModel().initialize({"model_config": json.dumps(config), "model_instance_kind": kind})
-for _ in range(5):
-    bytearray(64 << 20)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    bytearray(64 << 20)
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
 
 def faults_after_initialize(checkpoint: Path, retain: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOHA_")}
-    out = subprocess.run(
-        [sys.executable, "-c", INITIALIZE, str(checkpoint), retain, "CPU"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_ROOT,
-        timeout=180,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["faults"])
+    return faults_after(INITIALIZE, str(checkpoint), retain, "CPU", env=env)[0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_cpu_instance_applies_the_parameter(tiny_checkpoint: TinyCheckpoint) -> None:
     default, retained = (faults_after_initialize(tiny_checkpoint.path, mode) for mode in ("off", "on"))
-    assert default > 20 * 10_000  # the parameter's default ("false"): each 64 MB buffer a fresh mmap
+    assert (
+        default > DEFAULT_ALLOCATOR_FAULTS
+    )  # the parameter's default ("false"): each 64 MB buffer a fresh mmap
     assert retained < default // 4

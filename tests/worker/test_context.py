@@ -7,29 +7,21 @@ interpreter and then measures what the policy changes: the page faults of freein
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.memory_probe import DEFAULT_ALLOCATOR_FAULTS, faults_after
 
 SCRIPT = """
-import json, logging, resource
+import logging
 logging.basicConfig(level=logging.INFO)
 from services.worker.context import make_inference
 from shared.platform.settings import Settings
 backend = make_inference(Settings())
 assert backend.model_version()
-for _ in range(5):
-    bytearray(64 << 20)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    bytearray(64 << 20)
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
 
@@ -43,17 +35,7 @@ def build_backend(checkpoint: Path, var_dir: Path, retain: str | None) -> tuple[
     )
     if retain is not None:
         env["GOHA_RETAIN_FREED_MEMORY"] = retain
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT_ROOT,
-        timeout=180,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["faults"]), out.stderr
+    return faults_after(SCRIPT, env=env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
@@ -61,7 +43,7 @@ def test_in_process_backend_applies_the_setting(tiny_checkpoint: Path, tmp_path:
     default_faults, default_log = build_backend(tiny_checkpoint, tmp_path / "a", None)
     retained_faults, retained_log = build_backend(tiny_checkpoint, tmp_path / "b", "true")
     # Off by default: every 64 MB buffer is a fresh mmap (~16k faults each).
-    assert default_faults > 20 * 10_000
+    assert default_faults > DEFAULT_ALLOCATOR_FAULTS
     assert "retain freed memory" not in default_log
     # On: the worker process keeps freed memory (the odd refault remains if the kernel reclaims
     # idle heap pages), and says so in its log.
