@@ -54,7 +54,7 @@ from services.inference.contract import (
     TensorSpec,
 )
 from services.inference.errors import InferenceServerStartError
-from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_freed_memory
+from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_for_serving
 from shared.platform.processes import stop_process_group
 
 if TYPE_CHECKING:
@@ -306,22 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_memory_policy(requested: bool, device: str) -> None:
-    """`retain_freed_memory` before the engine loads, where the network runs on CPU.
-
-    On a GPU the activations live in CUDA's caching allocator, so the policy would only pin host memory.
-    """
-    if not requested:
-        return
-    if device.split(":")[0] != "cpu":
-        LOGGER.info("--retain-freed-memory ignored: device %s is not the CPU", device)
-        return
-    if retain_freed_memory():
-        LOGGER.info("retain freed memory: in effect (resident size stays at the peak of the largest call)")
-    else:
-        LOGGER.info("retain freed memory: not available (not glibc); default allocator")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _reexec_with_libpython(argv)
@@ -336,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.parent_pid is not None:
         _watch_parent(args.parent_pid, stop_event)
 
-    _apply_memory_policy(args.retain_freed_memory, args.device)
+    retain_for_serving(args.retain_freed_memory, args.device)
     from services.inference.engine import InProcessInference, configure_determinism
 
     configure_determinism(args.threads)

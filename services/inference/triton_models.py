@@ -53,7 +53,7 @@ from services.inference.contract import (
     numpy_dtype,
 )
 from services.inference.errors import InferenceError, InferenceInputError
-from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_freed_memory
+from shared.model.cpu_memory import RETAIN_ENV, is_truthy, retain_for_serving
 
 LOGGER = logging.getLogger(__name__)
 
@@ -129,13 +129,8 @@ class _GOHAModel:
             raise ValueError(f"{self.spec_name}: set the 'checkpoint' parameter or GOHA_CHECKPOINT_PATH")
         kind = args.get("model_instance_kind", "CPU")
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
-        if device == "cpu" and is_truthy(params.get("retain_freed_memory")):
-            # Each model instance is its own stub process, so this touches only this instance.
-            LOGGER.info(
-                "%s: retain freed memory %s",
-                self.spec_name,
-                "in effect" if retain_freed_memory() else "not available (not glibc)",
-            )
+        # Each model instance is its own stub process, so this touches only this instance.
+        retain_for_serving(is_truthy(params.get("retain_freed_memory")), device)
         configure_determinism()
         self.engine = InProcessInference.from_checkpoint(
             checkpoint,

@@ -35,17 +35,11 @@ def make_inference(settings: Settings) -> InferenceBackend:
         return InferenceClient(settings.triton_url, access_token=token)
     from services.inference.engine import InProcessInference
 
-    if settings.retain_freed_memory:
-        # Before the checkpoint loads, so its tensors come from the heap kept from then on. The
-        # in-process backend runs the network on CPU, where the policy pays off (shared/model/cpu_memory.py).
-        from shared.model.cpu_memory import retain_freed_memory
+    # Before the checkpoint loads, so its tensors come from the heap kept from then on; the
+    # in-process backend runs the network on CPU.
+    from shared.model.cpu_memory import retain_for_serving
 
-        retained = retain_freed_memory()
-        log.info(
-            "retain freed memory: %s",
-            "in effect" if retained else "not available (not glibc); default allocator",
-            extra={"retain_freed_memory": retained},
-        )
+    retain_for_serving(settings.retain_freed_memory, "cpu")
     return InProcessInference.from_checkpoint(default_checkpoint(settings), profile=settings.model_profile)
 
 

@@ -22,6 +22,7 @@ on CPU (on a GPU the activations live in the CUDA caching allocator, not in mall
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 
 # mallopt(3) parameter numbers (glibc malloc.h).
@@ -32,6 +33,8 @@ M_MMAP_MAX = -4
 _NEVER = -1
 
 _retained = False
+
+LOGGER = logging.getLogger(__name__)
 
 RETAIN_ENV = "GOHA_RETAIN_FREED_MEMORY"
 # The strings pydantic reads as True for a bool setting, so the env variable means the same to the
@@ -68,3 +71,24 @@ def retain_freed_memory() -> bool:
         return False
     _retained = True
     return True
+
+
+def retain_for_serving(requested: bool, device: str) -> bool:
+    """The serving opt-in (``GOHA_RETAIN_FREED_MEMORY``): `retain_freed_memory` where the network runs
+    on CPU, before the engine loads, with one log line saying whether it took effect.
+
+    On a GPU the activations live in CUDA's caching allocator, so the policy would only pin host memory.
+    """
+    if not requested:
+        return False
+    if device.split(":")[0] != "cpu":
+        LOGGER.info("retain freed memory: ignored, device %s is not the CPU", device)
+        return False
+    retained = retain_freed_memory()
+    LOGGER.info(
+        "retain freed memory: %s",
+        "in effect (resident size stays at the peak of the largest call)"
+        if retained
+        else "not available (not glibc); default allocator",
+    )
+    return retained

@@ -44,9 +44,10 @@ def test_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 SCRIPT = """
 import sys
-from services.inference.server import _apply_memory_policy, build_parser
+from services.inference.server import build_parser
+from shared.model.cpu_memory import retain_for_serving
 args = build_parser().parse_args(["--checkpoint", "goha.ckpt", "--device", sys.argv[1]])
-_apply_memory_policy(args.retain_freed_memory, args.device)
+retain_for_serving(args.retain_freed_memory, args.device)
 """
 
 
