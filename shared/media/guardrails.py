@@ -345,6 +345,37 @@ class Conv11:
         return out[:, :, :height, :width] + self.bias.view(1, -1, 1, 1)
 
 
+# -- the RivaGAN networks' layers, shared by the encoder and decoder ports ----------------------------------
+# Both ONNX graphs (encoder and decoder) name their layers alike: four 11x11 convolutions, in order of
+# use, and the three BatchNorms that follow the first three.
+RIVAGAN_CONVS = ("_attention.0", "_attention.3", "_conv.0", "_conv.3")
+RIVAGAN_NORMS = ("_attention.2", "_attention.5", "_conv.2")
+BATCH_NORM_EPSILON = 1e-5  # the graphs' BatchNormalization epsilon
+
+
+def _conv11_layers(weights: dict[str, np.ndarray], modes: tuple[str, ...]) -> tuple[Conv11, ...]:
+    """The four 11x11 convolutions, the ONNX kernels' time axis (length 1) dropped."""
+    import torch
+
+    return tuple(
+        Conv11(
+            torch.from_numpy(weights[f"{name}.weight"][:, :, 0]).contiguous(),
+            torch.from_numpy(weights[f"{name}.bias"]),
+            mode=mode,
+        )
+        for name, mode in zip(RIVAGAN_CONVS, modes, strict=True)
+    )
+
+
+def _folded_norm(weights: dict[str, np.ndarray], name: str) -> tuple[Any, Any]:
+    """Inference BatchNorm ``name`` as one per-channel (scale, shift), shaped (1, C, 1, 1)."""
+    import torch
+
+    scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + BATCH_NORM_EPSILON)
+    shift = weights[f"{name}.bias"] - weights[f"{name}.running_mean"] * scale
+    return torch.from_numpy(scale.reshape(1, -1, 1, 1)), torch.from_numpy(shift.reshape(1, -1, 1, 1))
+
+
 class TorchRivaGanEncoder:
     """``rivagan_encoder.onnx`` (opset 10) as 2-D ops. The graph, read from the file:
 
@@ -360,31 +391,18 @@ class TorchRivaGanEncoder:
     """
 
     SCALE = 0.016
-    EPSILON = 1e-5
-    LAYERS = ("_attention.0", "_attention.3", "_conv.0", "_conv.3")
 
     def __init__(
         self, weights: dict[str, np.ndarray], modes: tuple[str, str, str, str] | None = None
     ) -> None:
-        import torch
-
-        modes = modes or DEFAULT_CONV_MODES
-
-        def conv(name: str, mode: str) -> Conv11:
-            weight = torch.from_numpy(weights[f"{name}.weight"][:, :, 0]).contiguous()  # drop time axis
-            return Conv11(weight, torch.from_numpy(weights[f"{name}.bias"]), mode=mode)
+        self.convs = _conv11_layers(weights, modes or DEFAULT_CONV_MODES)
 
         def norm(name: str) -> tuple[Any, Any]:
             # BN(tanh(x)) = s * tanh(x) + t = 2s * sigmoid(2x) + (t - s): kept as (2s, t - s), see _tanh_norm.
-            scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + self.EPSILON)
-            shift = weights[f"{name}.bias"] - weights[f"{name}.running_mean"] * scale
-            return (
-                torch.from_numpy((2.0 * scale).reshape(1, -1, 1, 1)),
-                torch.from_numpy((shift - scale).reshape(1, -1, 1, 1)),
-            )
+            scale, shift = _folded_norm(weights, name)
+            return 2.0 * scale, shift - scale
 
-        self.convs = tuple(conv(name, mode) for name, mode in zip(self.LAYERS, modes, strict=True))
-        self.norms = (norm("_attention.2"), norm("_attention.5"), norm("_conv.2"))
+        self.norms = tuple(norm(name) for name in RIVAGAN_NORMS)
 
     def __call__(self, frame: np.ndarray, data: np.ndarray) -> np.ndarray:
         """frame (B, 3, 1, H, W) in [-1, 1], data (B, 32) of 0/1 -> marked frame, same shape."""
@@ -485,27 +503,11 @@ class TorchRivaGanDecoder:
     through it.
     """
 
-    LAYERS = ("_attention.0", "_attention.3", "_conv.0", "_conv.3")
-    EPSILON = 1e-5
-
     def __init__(
         self, weights: dict[str, np.ndarray], modes: tuple[str, str, str, str] | None = None
     ) -> None:
-        import torch
-
-        modes = modes or DECODER_CONV_MODES
-
-        def conv(name: str, mode: str) -> Conv11:
-            weight = torch.from_numpy(weights[f"{name}.weight"][:, :, 0]).contiguous()
-            return Conv11(weight, torch.from_numpy(weights[f"{name}.bias"]), mode=mode)
-
-        def norm(name: str) -> tuple[Any, Any]:
-            scale = weights[f"{name}.weight"] / np.sqrt(weights[f"{name}.running_var"] + self.EPSILON)
-            shift = weights[f"{name}.bias"] - weights[f"{name}.running_mean"] * scale
-            return torch.from_numpy(scale.reshape(1, -1, 1, 1)), torch.from_numpy(shift.reshape(1, -1, 1, 1))
-
-        self.convs = tuple(conv(name, mode) for name, mode in zip(self.LAYERS, modes, strict=True))
-        self.norms = (norm("_attention.2"), norm("_attention.5"), norm("_conv.2"))
+        self.convs = _conv11_layers(weights, modes or DECODER_CONV_MODES)
+        self.norms = tuple(_folded_norm(weights, name) for name in RIVAGAN_NORMS)
 
     def __call__(self, image: Any) -> Any:
         """image: (B, 3, H, W) torch tensor -> (B, 32) logits."""
