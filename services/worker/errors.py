@@ -42,3 +42,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     urllib3.exceptions.HTTPError,
 )
+
+
+def transient_code(error: BaseException) -> str:
+    """The code a job fails with once ``error`` (one of ``TRANSIENT_ERRORS``) outlasted the retries."""
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return code
+    if isinstance(error, urllib3.exceptions.HTTPError):
+        return "storage_unavailable"  # only the S3 client raises urllib3's errors in a job
+    return "transient_error"

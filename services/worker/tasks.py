@@ -1,8 +1,8 @@
 """The Celery app of the worker: ``celery -A services.worker.tasks worker``.
 
 One task, ``goha.reenact(job_id)``, late-acknowledged so a killed worker's job is redelivered.
-Transient inference/storage failures are retried with exponential backoff; past the budget the job
-fails with its code.
+Transient inference/storage failures are retried with exponential backoff; past the budget
+(``Settings.worker_retries``, ``worker_retry_max_delay_s``) the job fails with its code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from celery import Task
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from services.worker.context import build_context
-from services.worker.errors import TRANSIENT_ERRORS
+from services.worker.errors import TRANSIENT_ERRORS, transient_code
 from services.worker.pipeline import ReenactmentPipeline
 from shared.platform.logging import configure_logging, job_context
 from shared.platform.metrics import InstrumentedInference, mark_process_dead
@@ -63,7 +63,7 @@ def _drop_live_metrics(**_: object) -> None:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    max_retries=5,
+    max_retries=None,  # the budget is the settings', checked in the task body
     # Not shared: a shared task would be copied into every Celery app created later in the process.
     shared=False,
 )
@@ -73,9 +73,19 @@ def reenact(self: Task, job_id: str) -> str:
         try:
             return pipeline.run(job_id)
         except TRANSIENT_ERRORS as exc:
-            code = getattr(exc, "code", "transient_error")
-            if self.request.retries >= self.max_retries:
-                return pipeline.fail_job(job_id, code, f"gave up after {self.max_retries} retries: {exc}")
-            countdown = min(60.0, 2.0**self.request.retries)
-            log.warning("transient failure, retrying", extra={"job_id": job_id, "error_code": code})
+            code = transient_code(exc)
+            settings = get_settings()
+            attempt = self.request.retries
+            if attempt >= settings.worker_retries:
+                return pipeline.fail_job(job_id, code, f"gave up after {attempt} retries: {exc}")
+            countdown = retry_delay(attempt, settings.worker_retry_max_delay_s)
+            log.warning(
+                "transient failure, retrying",
+                extra={"job_id": job_id, "error_code": code, "retry": attempt + 1, "countdown_s": countdown},
+            )
             raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+def retry_delay(attempt: int, max_delay_s: float) -> float:
+    """Seconds before retry ``attempt + 1``: 1, 2, 4... capped at ``max_delay_s``."""
+    return min(max_delay_s, 2.0 ** min(attempt, 62))

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # -- worker ----------------------------------------------------------------------------------------
     worker_chunk_frames: int = 16  # driving frames decoded, fitted and animated together (bounds memory)
     max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job
+    # Transient failures (inference or object storage unreachable) are retried this many times, waiting
+    # 1, 2, 4... s capped at worker_retry_max_delay_s, before the job fails with the failure's code.
+    # The default rides out ~2 minutes of outage; raise both to outlast longer ones.
+    worker_retries: int = Field(5, ge=0)
+    worker_retry_max_delay_s: float = Field(60.0, gt=0)
     c2pa_certificate_chain_path: Path | None = None  # production signer: leaf (+ intermediates) PEM
     c2pa_private_key_path: Path | None = None  # production signer: PKCS#8 PEM key
     # Embedded/dev signing chain, generated on first run; None -> <var_dir>/c2pa.

@@ -9,47 +9,18 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import torch
 from celery import signals
 from prometheus_client import REGISTRY
 
 from shared.platform.db import Database
 from shared.platform.logging import JsonFormatter, configure_logging
 from shared.platform.metrics import InstrumentedInference
-from shared.platform.migrate import upgrade
 from shared.platform.models import Job
-from shared.platform.settings import Settings, get_settings
+from shared.platform.settings import Settings
 from shared.platform.storage import LocalStorage
 from shared.platform.testing import make_job_for_tests
-
-
-@pytest.fixture
-def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    from shared.model.checkpoint import save_checkpoint
-    from shared.model.config import tiny_config
-    from shared.model.network import GOHANetwork
-
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "goha-tiny.pt"
-    save_checkpoint(GOHANetwork(tiny_config()).eval(), checkpoint)
-    monkeypatch.setenv("GOHA_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("GOHA_CHECKPOINT_PATH", str(checkpoint))
-    monkeypatch.setenv("GOHA_INFERENCE_BACKEND", "in_process")
-    get_settings.cache_clear()
-    import services.worker.tasks as tasks
-
-    monkeypatch.setattr(tasks, "_pipeline", None)  # built from these settings on first use
-    settings = get_settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)  # importing the tasks module may have made it
-    upgrade(settings.database_url)
-    try:
-        yield settings
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.slow  # builds the worker's context: torch, the tiny network, a dev C2PA chain (~6 s)

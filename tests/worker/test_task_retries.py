@@ -1,0 +1,60 @@
+"""The Celery task's retry budget (``Settings.worker_retries``): a transient failure that outlasts
+it fails the job with the failure's code instead of retrying forever or failing at once.
+
+The object store is a dead endpoint (nothing listens on the port), so every attempt fails the way an
+S3 outage does; the task runs eagerly (``apply``), which replays Celery's retries in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from services.inference.server import free_port
+from services.worker.pipeline import ReenactmentPipeline
+from shared.platform.db import Database
+from shared.platform.models import Job
+from shared.platform.settings import Settings, get_settings
+from shared.platform.storage import S3Storage
+from shared.platform.testing import make_job_for_tests
+
+
+def test_retry_delay_doubles_up_to_the_cap() -> None:
+    from services.worker.tasks import retry_delay
+
+    assert [retry_delay(attempt, 60.0) for attempt in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert retry_delay(10_000, 5.0) == 5.0  # no overflow on absurd budgets
+
+
+@pytest.mark.slow  # builds the worker's context (torch, the tiny network, a dev C2PA chain)
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_storage_outage_is_retried_until_the_budget_then_fails_the_job(
+    worker_env: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, retries: int
+) -> None:
+    import services.worker.tasks as tasks
+
+    monkeypatch.setenv("GOHA_WORKER_RETRIES", str(retries))
+    get_settings.cache_clear()
+    dead_s3 = S3Storage(f"127.0.0.1:{free_port()}", "key", "secret", "goha")
+    outage = ReenactmentPipeline(dataclasses.replace(tasks.get_pipeline().ctx, storage=dead_s3))
+    monkeypatch.setattr(tasks, "_pipeline", outage)
+    db = Database.from_settings(get_settings())
+    try:
+        with db.session() as session:
+            job_id = make_job_for_tests(session).id
+
+        with caplog.at_level(logging.WARNING, logger="goha.worker"):
+            state = tasks.reenact.apply(args=[job_id]).get()
+
+        assert state == "failed"
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None and job.state == "failed"
+            assert job.error_code == "storage_unavailable"
+            assert job.error_message.startswith(f"gave up after {retries} retries: ")
+        retried = [r for r in caplog.records if r.getMessage() == "transient failure, retrying"]
+        assert [r.retry for r in retried] == list(range(1, retries + 1))
+    finally:
+        db.dispose()
