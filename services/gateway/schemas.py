@@ -104,6 +104,7 @@ class AssetOut(BaseModel):
     kind: Literal["image", "video"]
     media_info: dict[str, Any]
     created_at: dt.datetime
+    deleted_at: dt.datetime | None = Field(None, description="when its bytes were erased; re-upload restores")
     links: dict[str, str]
 
 
@@ -132,6 +133,9 @@ class JobOut(BaseModel):
     options: dict[str, Any]
     inputs: dict[str, str | None]
     attempts: int
+    media_deleted_at: dt.datetime | None = Field(
+        None, description="when the result and inputs were erased (DELETE, or the retention period)"
+    )
     links: dict[str, str]
 
 

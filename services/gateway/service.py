@@ -32,8 +32,9 @@ from sqlalchemy.exc import IntegrityError
 from services.gateway.context import GatewayContext
 from services.gateway.deps import Principal, RequestMeta
 from services.gateway.schemas import AssetOut, ConsentAttestation, JobError, JobOptions, JobOut, Progress
-from shared.platform import repository
+from shared.platform import erasure, repository
 from shared.platform.errors import (
+    ASSET_DELETED,
     CONSENT_REQUIRED,
     IDEMPOTENCY_KEY_REUSED,
     INVALID_OPTIONS,
@@ -204,6 +205,7 @@ def asset_to_out(asset: Asset, base_url: str) -> AssetOut:
         kind=asset.kind,  # type: ignore[arg-type]
         media_info=asset.media_info or {},
         created_at=asset.created_at,
+        deleted_at=asset.deleted_at,
         links={"self": f"{base_url}/v1/assets/{asset.id}"},
     )
 
@@ -274,6 +276,13 @@ def _resolve(
             asset = repository.get_asset(session, who.tenant_id, asset_id)
         if asset is None:
             raise NotFound(f"{label} asset {asset_id!r}")
+        if asset.deleted_at is not None:
+            raise PlatformError(
+                ASSET_DELETED,
+                f"{label} asset {asset_id!r} was deleted: upload the file again",
+                status=410,
+                details={"field": f"{label}_asset_id"},
+            )
         if asset.kind != kind:
             raise InputRejected(
                 WRONG_MEDIA_KIND,
@@ -467,6 +476,33 @@ def cancel_job(ctx: GatewayContext, who: Principal, job_id: str, meta: RequestMe
     raise PlatformError(JOB_NOT_CANCELLABLE, "the job kept changing state; retry", status=409)
 
 
+def _eraser(who: Principal, meta: RequestMeta) -> erasure.Actor:
+    return erasure.Actor(who.actor, who.api_key_id, meta.request_id, meta.client_ip)
+
+
+def erase_job(ctx: GatewayContext, who: Principal, job_id: str, meta: RequestMeta) -> Job:
+    """Delete a finished job's media (result, inputs no other job holds, cached avatar); the job row
+    and its signed provenance record stay. Idempotent."""
+    with ctx.db.session() as session:
+        job = repository.get_job(session, who.tenant_id, job_id)
+        if job is None:
+            raise NotFound("job")
+        erasure.erase_job_media(session, ctx.storage, job, by=_eraser(who, meta))
+        session.commit()
+        return job
+
+
+def erase_asset(ctx: GatewayContext, who: Principal, asset_id: str, meta: RequestMeta) -> Asset:
+    """Delete an uploaded input's bytes (refused while a job holding its data uses it). Idempotent."""
+    with ctx.db.session() as session:
+        asset = repository.get_asset(session, who.tenant_id, asset_id)
+        if asset is None:
+            raise NotFound("asset")
+        erasure.erase_asset(session, ctx.storage, asset, by=_eraser(who, meta))
+        session.commit()
+        return asset
+
+
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -491,7 +527,7 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
     links = {"self": link, "provenance": f"{link}/provenance"}
     if not state.terminal:
         links["cancel"] = f"{link}/cancel"
-    if state is JobState.SUCCEEDED:
+    if state is JobState.SUCCEEDED and job.media_deleted_at is None:
         links["result"] = f"{link}/result"
     return JobOut(
         id=job.id,
@@ -507,5 +543,6 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
         options=job.options or {},
         inputs={"portrait_asset_id": job.portrait_asset_id, "driving_asset_id": job.driving_asset_id},
         attempts=job.attempts,
+        media_deleted_at=job.media_deleted_at,
         links=links,
     )

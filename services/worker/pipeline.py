@@ -53,11 +53,9 @@ from shared.platform.logging import log_context
 from shared.platform.metrics import observe_job_run, record_frames, record_job_failure
 from shared.platform.models import Job
 from shared.platform.provenance import complete_provenance
-from shared.platform.storage import ObjectStorage, output_key
+from shared.platform.storage import ObjectStorage, avatar_cache_key, output_key
 
 log = logging.getLogger("goha.worker")
-
-AVATAR_CACHE_PREFIX = "cache/avatars"
 
 
 @dataclass
@@ -534,7 +532,7 @@ class ReenactmentPipeline:
     def _source_planes(self, portrait_sha256: str, portrait: PortraitAnalysis) -> np.ndarray:
         """T_c + T_p of the portrait, cached in object storage per (model version, portrait hash)."""
         version = self.ctx.inference.model_version()
-        cache_key = f"{AVATAR_CACHE_PREFIX}/{version}/{portrait_sha256}.npy"
+        cache_key = avatar_cache_key(version, portrait_sha256)
         if self.ctx.storage.exists(cache_key):
             try:
                 return np.load(io.BytesIO(self.ctx.storage.get_bytes(cache_key)), allow_pickle=False)

@@ -4,22 +4,26 @@
     python -m shared.platform.admin create-key TENANT [--label L] [--rate-limit N]   # prints the key once
     python -m shared.platform.admin revoke-key PREFIX
     python -m shared.platform.admin list-tenants
+    python -m shared.platform.admin purge [--older-than-days N] [--dry-run]   # the retention pass
 
-TENANT is a tenant's name or id. The database comes from GOHA_DATABASE_URL (or --database-url).
+TENANT is a tenant's name or id. The database comes from GOHA_DATABASE_URL (or --database-url);
+``purge`` also reaches object storage (GOHA_STORAGE_BACKEND, ...) and defaults to
+GOHA_RETENTION_DAYS (see shared.platform.erasure: media go, records and provenance stay).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from shared.platform import repository
+from shared.platform import erasure, repository
 from shared.platform.db import Database
-from shared.platform.errors import PlatformError
+from shared.platform.errors import CONFIGURATION_ERROR, PlatformError
 from shared.platform.models import ApiKey, Tenant
 from shared.platform.settings import Settings
 
@@ -85,6 +89,28 @@ def list_tenants(db: Database) -> list[dict[str, object]]:
         ]
 
 
+def purge(
+    db: Database, settings: Settings, *, older_than_days: float | None = None, dry_run: bool = False
+) -> erasure.Purge:
+    days = older_than_days if older_than_days is not None else settings.retention_days
+    if days is None:
+        raise PlatformError(
+            CONFIGURATION_ERROR, "no retention period: pass --older-than-days or set GOHA_RETENTION_DAYS"
+        )
+    if days <= 0:
+        raise PlatformError(CONFIGURATION_ERROR, f"the retention period must be positive, got {days} days")
+    from shared.platform.storage import make_storage
+
+    return erasure.purge_expired(
+        db, make_storage(settings), older_than=dt.timedelta(days=days), dry_run=dry_run
+    )
+
+
+def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--older-than-days", type=float, default=None, help="default: GOHA_RETENTION_DAYS")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be erased, erase nothing")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the admin commands on a subparser set (reused by the ``goha`` CLI)."""
     p = sub.add_parser("create-tenant", help="create a tenant")
@@ -96,9 +122,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("revoke-key", help="revoke an API key by its prefix")
     p.add_argument("prefix")
     sub.add_parser("list-tenants", help="list tenants as JSON")
+    add_purge_arguments(
+        sub.add_parser(
+            "purge",
+            help="erase the media of jobs finished, and inputs uploaded, longer ago than the retention period",
+        )
+    )
 
 
-def run_command(args: argparse.Namespace, db: Database) -> int:
+def run_command(args: argparse.Namespace, db: Database, settings: Settings | None = None) -> int:
+    if args.command == "purge":
+        report = purge(db, settings or Settings(), older_than_days=args.older_than_days, dry_run=args.dry_run)
+        print(json.dumps(report.to_dict()))
+        return 1 if report.failures else 0
     if args.command == "create-tenant":
         tenant = create_tenant(db, args.name)
         print(json.dumps({"id": tenant.id, "name": tenant.name}))
@@ -125,7 +161,7 @@ def run_command(args: argparse.Namespace, db: Database) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.platform.admin", description="tenants and API keys"
+        prog="python -m shared.platform.admin", description="tenants, API keys and data retention"
     )
     parser.add_argument("--database-url", default=None, help="default: GOHA_DATABASE_URL / embedded SQLite")
     add_commands(parser.add_subparsers(dest="command", required=True))
@@ -133,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     db = Database(args.database_url or settings.database_url)
     try:
-        return run_command(args, db)
+        return run_command(args, db, settings)
     except PlatformError as exc:
         print(f"error: [{exc.code}] {exc.message}", file=sys.stderr)
         return 1

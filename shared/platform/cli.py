@@ -89,6 +89,17 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _purge_args(parser: argparse.ArgumentParser) -> None:
+    admin.add_purge_arguments(parser)
+
+
+def _purge(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_db(
+        settings,
+        lambda db: admin.run_command(argparse.Namespace(**{**vars(args), "command": "purge"}), db, settings),
+    )
+
+
 def _with_db(settings: Settings, action: Callable[[Database], int]) -> int:
     db = Database(settings.database_url)
     try:
@@ -152,6 +163,8 @@ def _job_summary(job: dict[str, Any]) -> str:
         lines.append(f"timings   {shown}")
     if job.get("error"):
         lines.append(f"error     [{job['error'].get('code')}] {job['error'].get('message')}")
+    if job.get("media_deleted_at"):
+        lines.append(f"deleted   {job['media_deleted_at']} (result and inputs erased; provenance kept)")
     return "\n".join(lines)
 
 
@@ -325,19 +338,24 @@ def _download(args: argparse.Namespace, _settings: Settings) -> int:
     return 0
 
 
-def _cancel_args(parser: argparse.ArgumentParser) -> None:
+def _job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job")
     _api_args(parser)
 
 
-def _cancel(args: argparse.Namespace, _settings: Settings) -> int:
-    with _client(args) as client:
-        job = client.cancel(args.job)
-    if args.json:
-        _print_json(job)
-    else:
-        print(_job_summary(job))
-    return 0
+def _job_command(call: Callable[[GohaClient, str], dict[str, Any]]) -> Handler:
+    """A command that sends one request about a job and prints the job it answers."""
+
+    def run(args: argparse.Namespace, _settings: Settings) -> int:
+        with _client(args) as client:
+            job = call(client, args.job)
+        if args.json:
+            _print_json(job)
+        else:
+            print(_job_summary(job))
+        return 0
+
+    return run
 
 
 def _verify_args(parser: argparse.ArgumentParser) -> None:
@@ -476,10 +494,22 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handle
     ("migrate", "apply database migrations", _migrate_args, _migrate),
     ("tenants", "manage tenants", _tenants_args, _tenants),
     ("keys", "manage API keys", _keys_args, _keys),
+    (
+        "purge",
+        "retention: erase the media of jobs finished (and inputs uploaded) longer ago than N days",
+        _purge_args,
+        _purge,
+    ),
     ("submit", "submit a job (portrait + driving video) and optionally wait for it", _submit_args, _submit),
     ("status", "show one job, or list your latest jobs", _status_args, _status),
     ("download", "download a finished job's MP4", _download_args, _download),
-    ("cancel", "cancel a queued or running job", _cancel_args, _cancel),
+    ("cancel", "cancel a queued or running job", _job_args, _job_command(lambda c, job: c.cancel(job))),
+    (
+        "delete",
+        "delete a finished job's result, inputs and cached avatar (its signed record stays)",
+        _job_args,
+        _job_command(lambda c, job: c.delete_data(job)),
+    ),
     (
         "verify",
         "check a video for the platform's watermark, C2PA manifest and provenance",

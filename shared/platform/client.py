@@ -243,6 +243,10 @@ class GohaClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
+    def delete_data(self, job_id: str) -> dict[str, Any]:
+        """Erase a finished job's result and inputs (``DELETE /v1/jobs/{id}``); the record stays."""
+        return dict(self._request("DELETE", f"/v1/jobs/{job_id}").json())
+
     def wait(
         self,
         job_id: str,

@@ -118,6 +118,8 @@ class Asset(Base):
     media_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # probed facts
     original_filename: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when its bytes were erased (shared.platform.erasure); uploading the same bytes again restores it.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Job(Base):
@@ -157,6 +159,9 @@ class Job(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set when the job's media (result, inputs no other job holds, cached avatar) were erased; the row,
+    # its events and its provenance record stay (shared.platform.erasure).
+    media_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     portrait_asset: Mapped[Asset] = relationship(foreign_keys=[portrait_asset_id])
     driving_asset: Mapped[Asset | None] = relationship(foreign_keys=[driving_asset_id])

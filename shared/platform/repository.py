@@ -105,9 +105,11 @@ def get_or_create_asset(
     media_info: dict[str, Any],
     original_filename: str = "",
 ) -> tuple[Asset, bool]:
-    """One row per (tenant, content). Returns (asset, created); safe under concurrent identical uploads."""
+    """One row per (tenant, content). Returns (asset, created); safe under concurrent identical uploads.
+    The caller has stored the bytes: an erased asset found here is restored."""
     existing = find_asset_by_hash(session, tenant_id, sha256)
     if existing is not None:
+        existing.deleted_at = None
         return existing, False
     asset = Asset(
         id=new_id(),

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # faster network calls) but the resident size then stays at the largest call's peak.
     retain_freed_memory: bool = False
 
+    # Days after which the retention pass (``admin purge``, a daily CronJob in k8s) erases a finished
+    # job's media and unused uploads; records and signed provenance stay. None: keep until deleted.
+    retention_days: float | None = Field(None, gt=0)
+
     # -- worker ----------------------------------------------------------------------------------------
     worker_chunk_frames: int = 16  # driving frames decoded, fitted and animated together (bounds memory)
     max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job

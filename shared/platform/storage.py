@@ -52,6 +52,15 @@ def output_key(tenant_id: str, job_id: str, name: str = "result.mp4") -> str:
     return validate_key(f"tenants/{tenant_id}/jobs/{job_id}/{name}")
 
 
+# Source avatars (T_c + T_p of a portrait) cached by the worker: per model version and portrait hash,
+# shared by every tenant that uploads the same bytes.
+AVATAR_CACHE_PREFIX = "cache/avatars"
+
+
+def avatar_cache_key(model_version: str, portrait_sha256: str) -> str:
+    return validate_key(f"{AVATAR_CACHE_PREFIX}/{model_version}/{portrait_sha256}.npy")
+
+
 @runtime_checkable
 class ObjectStorage(Protocol):
     supports_presign: bool

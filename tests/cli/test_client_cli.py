@@ -99,12 +99,20 @@ def test_submit_status_list_cancel_and_result_not_ready(
 
     code, out, err = run_cli(capsys, "download", job_id, "-o", "unused.mp4", *api(local_gateway))
     assert code == 1 and err.startswith("error: [result_not_ready] "), err
+    code, out, err = run_cli(capsys, "delete", job_id, *api(local_gateway))
+    assert code == 1 and err.startswith("error: [job_not_finished] "), err
 
     code, out, err = run_cli(capsys, "cancel", job_id, *api(local_gateway))
     assert code == 0, err
     assert "cancelled" in out
     code, out, err = run_cli(capsys, "cancel", job_id, *api(local_gateway))
     assert code == 1 and err.startswith("error: [job_not_cancellable] "), err
+
+    code, out, err = run_cli(capsys, "delete", job_id, *api(local_gateway))
+    assert code == 0, err
+    assert "deleted" in out and "provenance kept" in out
+    code, out, err = run_cli(capsys, "download", job_id, "-o", "unused.mp4", *api(local_gateway))
+    assert code == 1 and err.startswith("error: [result_deleted] "), err
 
     code, out, err = run_cli(capsys, "status", "no-such-job", *api(local_gateway))
     assert code == 1 and err.startswith("error: [not_found] "), err

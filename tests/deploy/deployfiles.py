@@ -146,16 +146,22 @@ def k8s_resources(directory: Path = K8S_DIR) -> list[Resource]:
     return resources
 
 
-def pod_spec(resource: Resource) -> dict[str, Any] | None:
+def pod_template(resource: Resource) -> dict[str, Any] | None:
     if resource.kind in POD_TEMPLATE_KINDS:
-        return resource.doc["spec"]["template"]["spec"]
+        return resource.doc["spec"]["template"]
     if resource.kind == "CronJob":
-        return resource.doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return resource.doc["spec"]["jobTemplate"]["spec"]["template"]
     return None
 
 
+def pod_spec(resource: Resource) -> dict[str, Any] | None:
+    template = pod_template(resource)
+    return None if template is None else template["spec"]
+
+
 def pod_labels(resource: Resource) -> dict[str, str]:
-    return dict(resource.doc["spec"]["template"]["metadata"].get("labels") or {})
+    template = pod_template(resource) or {}
+    return dict((template.get("metadata") or {}).get("labels") or {})
 
 
 def containers(spec: Mapping[str, Any], *, init: bool = True) -> Iterator[dict[str, Any]]:

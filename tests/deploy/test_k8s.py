@@ -287,6 +287,26 @@ def test_platform_containers_build_the_same_production_settings(
     assert built["goha-gateway"].rate_limit_backend == "redis"
 
 
+def test_the_retention_cronjob_purges_the_workers_storage(
+    k8s: list[df.Resource], settings_from_env: Callable[[Mapping[str, str]], Settings]
+) -> None:
+    """`goha purge` must reach the same database and bucket as the worker, with a retention period
+    (without one the command refuses to run)."""
+    maps = df.config_maps(k8s)
+    cron = by_kind(k8s, "CronJob")["goha-retention"]
+    container = main_container(cron)
+    assert container["command"] == ["goha", "purge"]
+    purge = settings_from_env(df.container_env(container, maps))
+    worker = settings_from_env(
+        df.container_env(main_container(by_kind(k8s, "Deployment")["goha-worker"]), maps)
+    )
+    assert purge.retention_days is not None and purge.retention_days >= 1
+    assert purge.database_url == df.SECRET_PLACEHOLDER
+    for field in ("storage_backend", "s3_endpoint", "s3_bucket", "s3_access_key", "s3_secret_key"):
+        assert getattr(purge, field) == getattr(worker, field), field
+    assert cron.doc["spec"]["concurrencyPolicy"] == "Forbid"  # two passes must not race
+
+
 def test_service_urls_point_at_the_manifests(
     k8s: list[df.Resource], settings_from_env: Callable[[Mapping[str, str]], Settings]
 ) -> None:
@@ -331,7 +351,7 @@ def test_service_selectors_and_target_ports_match_pods(k8s: list[df.Resource]) -
 def test_metrics_annotations_name_real_container_ports(k8s: list[df.Resource]) -> None:
     annotated = 0
     for resource, spec in workloads(k8s):
-        annotations = resource.doc["spec"]["template"]["metadata"].get("annotations") or {}
+        annotations = (df.pod_template(resource) or {}).get("metadata", {}).get("annotations") or {}
         if annotations.get("prometheus.io/scrape") != "true":
             continue
         annotated += 1

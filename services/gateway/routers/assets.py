@@ -1,4 +1,4 @@
-"""/v1/assets: upload an input once, reference it from several jobs."""
+"""/v1/assets: upload an input once, reference it from several jobs, delete it."""
 
 from __future__ import annotations
 
@@ -54,4 +54,24 @@ def get_asset(
         asset = repository.get_asset(session, who.tenant_id, asset_id)
     if asset is None:
         raise NotFound("asset")
+    return service.asset_to_out(asset, ctx.base_url)
+
+
+@router.delete(
+    "/{asset_id}",
+    response_model=AssetOut,
+    responses=ERRORS,
+    summary="Delete an uploaded input's bytes",
+    dependencies=[audit_action("asset.erase")],
+)
+def erase_asset(
+    asset_id: str,
+    request: Request,
+    ctx: Annotated[GatewayContext, Depends(get_context)],
+    who: Annotated[Principal, Depends(principal)],
+) -> AssetOut:
+    """Erases the file (and, for a portrait, its cached avatar); the metadata row stays with
+    ``deleted_at`` set. Refused (409 ``asset_in_use``) while a job that still holds its data uses it:
+    ``DELETE /v1/jobs/{id}`` those first. Uploading the same bytes again restores the asset."""
+    asset = service.erase_asset(ctx, who, asset_id, request_meta(request))
     return service.asset_to_out(asset, ctx.base_url)

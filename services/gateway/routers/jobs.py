@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, inspect, list, cancel, fetch the result and the provenance record."""
+"""/v1/jobs: submit, inspect, list, cancel, delete the data, fetch the result and the provenance record."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from services.gateway.schemas import ErrorEnvelope, JobList, JobOut, ProvenanceO
 from shared.platform import repository
 from shared.platform.errors import (
     PROVENANCE_NOT_AVAILABLE,
+    RESULT_DELETED,
     RESULT_NOT_READY,
     Conflict,
     NotFound,
@@ -34,7 +35,7 @@ from shared.platform.provenance import provenance_document, signature_valid
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429)}
+ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 410, 413, 415, 422, 429)}
 Ctx = Annotated[GatewayContext, Depends(get_context)]
 Who = Annotated[Principal, Depends(principal)]
 # The {job_id} of the path, also bound to the request's log context.
@@ -173,6 +174,22 @@ def cancel_job(job_id: JobId, request: Request, ctx: Ctx, who: Who) -> JobOut:
     return service.job_to_out(job, ctx.base_url)
 
 
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="Delete a finished job's data (result, inputs, cached avatar); the record stays",
+    dependencies=[audit_action("job.erase")],
+)
+def erase_job(job_id: JobId, request: Request, ctx: Ctx, who: Who) -> JobOut:
+    """Erases the result video, the inputs no other job still holding its data uses, and the cached
+    avatar of the portrait. The job, its events and its signed provenance record stay, so a copy of
+    the video still names this job in ``POST /v1/verify``. A queued or running job is a 409
+    ``job_not_finished``: cancel it first. Repeating the call changes nothing."""
+    job = service.erase_job(ctx, who, job_id, request_meta(request))
+    return service.job_to_out(job, ctx.base_url)
+
+
 @router.get(
     "/{job_id}/result",
     responses={
@@ -197,6 +214,13 @@ def get_result(
     ] = "redirect",
 ) -> Response | ResultUrl:
     job = _owned_job(ctx, who, job_id)
+    if job.media_deleted_at is not None:
+        raise PlatformError(
+            RESULT_DELETED,
+            "the job's data were deleted; its provenance record remains",
+            status=410,
+            details={"media_deleted_at": job.media_deleted_at.isoformat()},
+        )
     if job.state != JobState.SUCCEEDED.value or not job.result_key:
         raise Conflict(
             RESULT_NOT_READY,
