@@ -106,6 +106,20 @@ def test_submit_follow_play_and_verify(
     assert text_of(browser, "verify-watermark").startswith("found: no")  # the stand-in output is unmarked
     assert json.loads(text_of(browser, "verify-json")) == expected
 
+    # Deleting the data: the first click only arms the button, the second erases; the record stays.
+    browser.click("#delete-job")
+    assert text_of(browser, "delete-job") == "Click again to delete"
+    assert api.get(f"/v1/jobs/{job_id}").json()["media_deleted_at"] is None
+    browser.click("#delete-job")
+    browser.wait_for(
+        "document.getElementById('delete-job').textContent === 'Result and inputs deleted'", timeout_s=10
+    )
+    assert browser.evaluate("document.getElementById('delete-job').disabled") is True
+    assert browser.evaluate("document.getElementById('result-video').getAttribute('src')") is None
+    assert api.get(f"/v1/jobs/{job_id}").json()["media_deleted_at"] is not None
+    assert api.get(f"/v1/jobs/{job_id}/result").json()["error"]["code"] == "result_deleted"
+    assert api.get(f"/v1/jobs/{job_id}/provenance").json()["signature_valid"] is True
+
     # The key stayed in memory: no cookie, nothing in local or session storage.
     storage = browser.evaluate(
         "({cookie: document.cookie, local: localStorage.length, session: sessionStorage.length})"

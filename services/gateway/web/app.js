@@ -225,6 +225,8 @@ function renderJob(job) {
     errorBox.textContent = "";
   }
   $("cancel-job").disabled = TERMINAL_STATES.has(job.state);
+  $("delete-job").disabled = !TERMINAL_STATES.has(job.state) || Boolean(job.media_deleted_at);
+  if (job.media_deleted_at) setText("delete-job", "Result and inputs deleted");
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -315,6 +317,8 @@ async function submitJob(event) {
       headers: { "Idempotency-Key": crypto.randomUUID() },
     });
     current = { jobId: job.id, generation: current.generation + 1 };
+    deleteArmedUntil = 0;
+    setText("delete-job", "Delete result and inputs");
     clearResult();
     showInputs(built.portrait, built.driving);
     $("result-section").hidden = false;
@@ -333,6 +337,37 @@ async function cancelJob() {
   try {
     renderJob(await apiJson(jobPath(current.jobId, "/cancel"), { method: "POST" }));
   } catch (error) {
+    setStatus("submit-status", describeError(error), "error");
+  }
+}
+
+// Deleting is final: the first click arms the button, a second one within a few seconds deletes.
+const DELETE_ARM_MS = 5000;
+let deleteArmedUntil = 0;
+
+async function deleteJob() {
+  if (!current.jobId) return;
+  const button = $("delete-job");
+  if (Date.now() > deleteArmedUntil) {
+    deleteArmedUntil = Date.now() + DELETE_ARM_MS;
+    setText("delete-job", "Click again to delete");
+    setTimeout(() => {
+      if (!button.disabled && Date.now() > deleteArmedUntil) setText("delete-job", "Delete result and inputs");
+    }, DELETE_ARM_MS + 50);
+    return;
+  }
+  deleteArmedUntil = 0;
+  button.disabled = true;
+  const generation = current.generation;
+  try {
+    const job = await apiJson(jobPath(current.jobId), { method: "DELETE" });
+    if (generation !== current.generation) return;
+    clearResult();
+    renderJob(job);
+    setStatus("submit-status", "result and inputs deleted; the signed provenance record stays", "ok");
+  } catch (error) {
+    button.disabled = false;
+    setText("delete-job", "Delete result and inputs");
     setStatus("submit-status", describeError(error), "error");
   }
 }
@@ -409,6 +444,7 @@ function start() {
   $("forget-key").addEventListener("click", forgetKey);
   $("job-form").addEventListener("submit", submitJob);
   $("cancel-job").addEventListener("click", cancelJob);
+  $("delete-job").addEventListener("click", deleteJob);
   $("play-both").addEventListener("click", playBoth);
   $("verify-form").addEventListener("submit", verifyVideo);
   document.body.dataset.ready = "true"; // tests wait for this before typing
