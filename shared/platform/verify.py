@@ -16,6 +16,7 @@ endpoint answers ``status: "not_available"`` rather than pretending to have look
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -180,16 +181,22 @@ class VerifyOutcome:
         return asdict(self)
 
 
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def _public_provenance(record: ProvenanceRecord, *, same_tenant: bool) -> dict[str, Any]:
     """Another tenant's record is summarised: enough to trust the answer, not the consent details."""
     summary: dict[str, Any] = {
         "record_id": record.id,
         "job_id": record.job_id,
-        "created_at": record.created_at.isoformat() if record.created_at else None,
-        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
+        "created_at": _iso(record.created_at),
+        "completed_at": _iso(record.completed_at),
         "model_version": record.model_version,
         "output_sha256": record.output_sha256,
         "consent_attested": bool(record.consent),
+        # The job's media may be gone (its owner or the retention period); the record stays.
+        "media_deleted_at": _iso(record.job.media_deleted_at if record.job is not None else None),
     }
     if same_tenant:
         summary.update(inputs=record.inputs, options=record.options, consent=record.consent)
@@ -267,6 +274,8 @@ def verify_upload(
         differing = bin(read ^ stored).count("1")
         if differing:
             message += f" ({differing} of {PAYLOAD_BITS} watermark bits read differently)"
+    if record.job is not None and record.job.media_deleted_at is not None:
+        message += f"; its result and inputs were deleted on {record.job.media_deleted_at.date().isoformat()}"
     return VerifyOutcome(
         status="checked",
         message=message,

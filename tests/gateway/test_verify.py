@@ -203,6 +203,30 @@ def test_a_weakly_read_wrong_bit_still_names_the_job(
         assert f"{len(weak_bits)} of 32 watermark bits read differently" in found["message"]
 
 
+def test_a_job_whose_data_were_deleted_is_still_named(
+    verifying_client: TestClient,
+    tenant: TenantKey,
+    portrait_png: bytes,
+    driving_mp4: bytes,
+    db: Database,
+    registered_verifier: Callable[[Any], None],
+) -> None:
+    """Erasure keeps the guardrail: a copy of the video still names its job, and says the data are gone."""
+    from shared.media.watermark import vote_logits
+
+    payload = int.from_bytes(secrets.token_bytes(4), "big")
+    job_id = _completed_job(verifying_client, tenant, portrait_png, driving_mp4, db, payload)
+    assert verifying_client.delete(f"/v1/jobs/{job_id}", headers=tenant.headers).status_code == 200
+    registered_verifier(vote_logits(np.array([[4.0 if _bit(payload, i) else -4.0 for i in range(32)]] * 4)))
+
+    found = verifying_client.post(
+        "/v1/verify", files={"video": ("m.mp4", driving_mp4, "video/mp4")}, headers=tenant.headers
+    ).json()
+    assert found["job_id"] == job_id
+    assert found["provenance"]["media_deleted_at"] is not None
+    assert "its result and inputs were deleted on" in found["message"]
+
+
 def test_a_wrong_bit_read_with_confidence_names_no_job(
     verifying_client: TestClient,
     tenant: TenantKey,
