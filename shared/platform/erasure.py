@@ -73,9 +73,12 @@ def jobs_holding(session: Session, asset: Asset, *, besides: str | None = None) 
 
 
 def avatar_cache_keys(storage: ObjectStorage, portrait_sha256: str) -> list[str]:
-    """The cached avatars of a portrait, whatever model version computed them."""
-    suffix = f"/{portrait_sha256}.npy"
-    return [key for key in storage.list_keys(f"{AVATAR_CACHE_PREFIX}/") if key.endswith(suffix)]
+    """The cached avatars of a portrait, whatever model version computed them: one existence check
+    per model version (a few), not a listing of every cached avatar (many)."""
+    candidates = (
+        f"{version}{portrait_sha256}.npy" for version in storage.list_prefixes(f"{AVATAR_CACHE_PREFIX}/")
+    )
+    return [key for key in candidates if storage.exists(key)]
 
 
 def _asset_keys(storage: ObjectStorage, asset: Asset) -> list[str]:

@@ -89,6 +89,11 @@ class ObjectStorage(Protocol):
 
     def list_keys(self, prefix: str = "") -> list[str]: ...
 
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """The "folders" directly under ``prefix`` (which ends in '/'), each ending in '/': one level,
+        not every key below (cheap where the keys below are many)."""
+        ...
+
     def ping(self) -> None:
         """Raise when the backend is not reachable/usable (readiness check)."""
         ...
@@ -173,6 +178,12 @@ class LocalStorage:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        folder = self.root / validate_key(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(f"{prefix}{child.name}/" for child in folder.iterdir() if child.is_dir())
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -317,6 +328,11 @@ class S3Storage:
         return sorted(
             obj.object_name for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
         )
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        self.ensure_bucket()
+        listed = self._client.list_objects(self.bucket, prefix=validate_key(prefix.rstrip("/")) + "/")
+        return sorted(obj.object_name for obj in listed if obj.is_dir)
 
     def ping(self) -> None:
         self._bucket_checked = False

@@ -57,6 +57,16 @@ def test_round_trip(storage: ObjectStorage, tmp_path: Path) -> None:
     storage.ping()
 
 
+def test_prefixes_list_one_level(storage: ObjectStorage) -> None:
+    root = f"cache/listing-{time.time_ns()}"
+    for key in (f"{root}/v1/a.npy", f"{root}/v1/b.npy", f"{root}/v2/deep/c.npy", f"{root}/top.npy"):
+        storage.put_bytes(key, b"x")
+    assert storage.list_prefixes(f"{root}/") == [f"{root}/v1/", f"{root}/v2/"]
+    assert storage.list_prefixes(f"{root}/v2/") == [f"{root}/v2/deep/"]
+    assert storage.list_prefixes(f"{root}/v1/") == []
+    assert storage.list_prefixes(f"{root}-missing/") == []
+
+
 def test_keys_cannot_escape(storage: ObjectStorage) -> None:
     for bad in ("../etc/passwd", "/abs/key", "a//b", "a/./b", "", "a/b\x00"):
         with pytest.raises(PlatformError):
