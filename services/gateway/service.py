@@ -42,6 +42,7 @@ from shared.platform.errors import (
     JOB_NOT_CANCELLABLE,
     MISSING_INPUT,
     PAYLOAD_TOO_LARGE,
+    TOO_MANY_ACTIVE_JOBS,
     WRONG_MEDIA_KIND,
     Conflict,
     IllegalTransition,
@@ -357,6 +358,7 @@ def submit_job(
         )
         if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
             return earlier, True
+        _check_active_jobs(ctx, who)  # after the replay: a retried request still gets its job
 
         uploads = [r.upload for r in (portrait, driving) if r is not None and r.upload is not None]
         created_keys = _store_uploads(ctx, who.tenant_id, uploads)
@@ -405,6 +407,24 @@ def submit_job(
     JOBS_SUBMITTED.labels(job_type=job_type.value).inc()
     publish(ctx, job.id)
     return job, False
+
+
+def _check_active_jobs(ctx: GatewayContext, who: Principal) -> None:
+    """A soft limit: concurrent submissions can pass it by a few; it keeps one tenant from filling
+    the queue for everyone, it is not an exact quota."""
+    limit = ctx.settings.max_active_jobs_per_tenant
+    if limit is None:
+        return
+    with ctx.db.session() as session:
+        active = repository.count_active_jobs(session, who.tenant_id)
+    if active >= limit:
+        raise PlatformError(
+            TOO_MANY_ACTIVE_JOBS,
+            f"{active} of your jobs are queued or running and the limit is {limit}: "
+            "submit again when one has finished (or cancel one)",
+            status=429,
+            details={"active_jobs": active, "limit": limit},
+        )
 
 
 def publish(ctx: GatewayContext, job_id: str) -> None:

@@ -14,6 +14,7 @@ from shared.errors import CodedError
 UNAUTHENTICATED = "unauthenticated"
 NOT_FOUND = "not_found"
 RATE_LIMITED = "rate_limited"
+TOO_MANY_ACTIVE_JOBS = "too_many_active_jobs"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 WRONG_MEDIA_KIND = "wrong_media_kind"

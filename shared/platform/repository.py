@@ -240,6 +240,13 @@ def count_jobs(session: Session, tenant_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)) or 0)
 
 
+def count_active_jobs(session: Session, tenant_id: str) -> int:
+    """The tenant's queued and running jobs."""
+    active = [state.value for state in JobState if not state.terminal]
+    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.state.in_(active))
+    return int(session.scalar(query) or 0)
+
+
 def get_provenance(session: Session, job_id: str) -> ProvenanceRecord | None:
     return session.scalar(select(ProvenanceRecord).where(ProvenanceRecord.job_id == job_id))
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 120  # per API key, unless the key carries its own limit
     rate_limit_backend: Literal["memory", "redis"] = "memory"
     rate_limit_redis_url: str | None = None  # None -> broker_url when it is a redis:// URL
+    # Queued + running jobs one tenant may have at once (a new submission over it is a 429
+    # too_many_active_jobs, nothing stored), so one tenant cannot fill the queue for all. None: no limit.
+    max_active_jobs_per_tenant: int | None = Field(None, ge=1)
 
     # -- provenance, watermark, C2PA -------------------------------------------------------------------
     provenance_signing_key: SecretStr | None = None  # HMAC secret; wins over the path

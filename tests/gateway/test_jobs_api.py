@@ -1,13 +1,17 @@
-"""Listing, pagination, filters, cancellation, results before completion, asset reuse."""
+"""Listing, pagination, filters, cancellation, results before completion, asset reuse, the active-job limit."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+from services.gateway.app import create_app
 from shared.platform.db import Database
+from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage
-from shared.platform.testing import make_image_bytes
+from shared.platform.testing import make_image_bytes, make_video_bytes
 from tests.gateway.conftest import TenantKey, submit
 
 pytestmark = pytest.mark.integration
@@ -114,3 +118,46 @@ def test_label_corner_can_move_but_not_disable_the_label(
         assert refused.json()["error"]["code"] == "invalid_options"
     odd = submit(idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"output_size": "257"})
     assert odd.json()["error"]["code"] == "invalid_options"
+
+
+@pytest.fixture
+def limited_client(gw_settings: Settings, db: Database, storage: ObjectStorage) -> Iterator[TestClient]:
+    """At most two active jobs per tenant; no consumer on its queue, so jobs stay queued."""
+    limited = gw_settings.model_copy(
+        update={"queue_name": f"{gw_settings.queue_name}-idle", "max_active_jobs_per_tenant": 2}
+    )
+    with TestClient(create_app(limited, db=db, storage=storage)) as test_client:
+        yield test_client
+
+
+def test_active_jobs_per_tenant_are_limited(
+    limited_client: TestClient,
+    tenant_factory: Callable[..., TenantKey],
+    portrait_png: bytes,
+    storage: ObjectStorage,
+) -> None:
+    tenant, other = tenant_factory(), tenant_factory()
+    drivers = [
+        make_video_bytes(".mp4", frames=4, fps=4, size=(64, 64), seed=seed) for seed in (101, 102, 103)
+    ]
+    first = submit(
+        limited_client, tenant, portrait=portrait_png, driving=drivers[0], headers={"Idempotency-Key": "one"}
+    )
+    second = submit(limited_client, tenant, portrait=portrait_png, driving=drivers[1])
+    assert first.status_code == second.status_code == 202
+    stored = storage.list_keys(f"tenants/{tenant.tenant_id}/inputs/")
+
+    third = submit(limited_client, tenant, portrait=portrait_png, driving=drivers[2])
+    assert third.status_code == 429
+    error = third.json()["error"]
+    assert error["code"] == "too_many_active_jobs" and error["details"] == {"active_jobs": 2, "limit": 2}
+    assert storage.list_keys(f"tenants/{tenant.tenant_id}/inputs/") == stored  # nothing stored
+    # A retried request still gets its job, and another tenant is not affected.
+    replay = submit(
+        limited_client, tenant, portrait=portrait_png, driving=drivers[0], headers={"Idempotency-Key": "one"}
+    )
+    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+    assert submit(limited_client, other, portrait=portrait_png, driving=drivers[2]).status_code == 202
+
+    limited_client.post(f"/v1/jobs/{second.json()['id']}/cancel", headers=tenant.headers)
+    assert submit(limited_client, tenant, portrait=portrait_png, driving=drivers[2]).status_code == 202
