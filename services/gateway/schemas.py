@@ -119,6 +119,13 @@ class JobError(BaseModel):
     message: str
 
 
+class CallbackOut(BaseModel):
+    url: str
+    attempts: int
+    delivered_at: dt.datetime | None
+    last_error: str | None
+
+
 class JobOut(BaseModel):
     id: str
     state: JobState
@@ -136,6 +143,7 @@ class JobOut(BaseModel):
     media_deleted_at: dt.datetime | None = Field(
         None, description="when the result and inputs were erased (DELETE, or the retention period)"
     )
+    callback: CallbackOut | None = Field(None, description="the job-finished webhook, when one was asked for")
     links: dict[str, str]
 
 

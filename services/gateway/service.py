@@ -31,8 +31,16 @@ from sqlalchemy.exc import IntegrityError
 
 from services.gateway.context import GatewayContext
 from services.gateway.deps import Principal, RequestMeta
-from services.gateway.schemas import AssetOut, ConsentAttestation, JobError, JobOptions, JobOut, Progress
-from shared.platform import erasure, repository
+from services.gateway.schemas import (
+    AssetOut,
+    CallbackOut,
+    ConsentAttestation,
+    JobError,
+    JobOptions,
+    JobOut,
+    Progress,
+)
+from shared.platform import erasure, repository, webhooks
 from shared.platform.errors import (
     ASSET_DELETED,
     CONSENT_REQUIRED,
@@ -221,6 +229,7 @@ class SubmitForm:
     portrait_asset_id: str | None
     driving: UploadFile | None
     driving_asset_id: str | None
+    callback_url: str | None = None
 
 
 def _validate_form(ctx: GatewayContext, form: SubmitForm) -> tuple[JobType, JobOptions, ConsentAttestation]:
@@ -304,6 +313,7 @@ def request_hash(
     consent: ConsentAttestation,
     portrait_sha: str,
     driving_sha: str | None,
+    callback_url: str | None = None,
 ) -> str:
     body = {
         "job_type": job_type.value,
@@ -312,6 +322,8 @@ def request_hash(
         "portrait_sha256": portrait_sha,
         "driving_sha256": driving_sha,
     }
+    if callback_url is not None:  # absent from older requests' hashes: their replays still match
+        body["callback_url"] = callback_url
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -340,6 +352,7 @@ def submit_job(
             INVALID_REQUEST, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
         )
     job_type, options, consent = _validate_form(ctx, form)
+    callback_url = webhooks.check_callback_url(form.callback_url, ctx.settings) if form.callback_url else None
     with workspace() as tmp:
         portrait = _resolve(ctx, who, tmp, "portrait", form.portrait, form.portrait_asset_id, "image", True)
         driving = _resolve(
@@ -354,7 +367,7 @@ def submit_job(
         )
         assert portrait is not None
         digest = request_hash(
-            job_type, options, consent, portrait.sha256, driving.sha256 if driving else None
+            job_type, options, consent, portrait.sha256, driving.sha256 if driving else None, callback_url
         )
         if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
             return earlier, True
@@ -385,6 +398,7 @@ def submit_job(
                     idempotency_key=idempotency_key,
                     request_hash=digest,
                     signing_key=ctx.signing_key,
+                    callback_url=callback_url,
                 )
                 _audit(
                     session,
@@ -564,5 +578,13 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
         inputs={"portrait_asset_id": job.portrait_asset_id, "driving_asset_id": job.driving_asset_id},
         attempts=job.attempts,
         media_deleted_at=job.media_deleted_at,
+        callback=CallbackOut(
+            url=job.callback_url,
+            attempts=job.callback_attempts or 0,
+            delivered_at=job.callback_delivered_at,
+            last_error=job.callback_error,
+        )
+        if job.callback_url
+        else None,
         links=links,
     )

@@ -17,6 +17,8 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from services.worker.context import build_context
 from services.worker.errors import TRANSIENT_ERRORS, transient_code
 from services.worker.pipeline import ReenactmentPipeline
+from shared.platform import webhooks
+from shared.platform.jobs import TERMINAL_STATES
 from shared.platform.logging import configure_logging, job_context
 from shared.platform.metrics import InstrumentedInference, mark_process_dead
 from shared.platform.queue import REENACT_TASK, make_celery
@@ -71,19 +73,30 @@ def reenact(self: Task, job_id: str) -> str:
     with job_context(job_id):  # every log line of the job carries its id
         pipeline = get_pipeline()
         try:
-            return pipeline.run(job_id)
+            return notify(pipeline, job_id, pipeline.run(job_id))
         except TRANSIENT_ERRORS as exc:
             code = transient_code(exc)
             settings = get_settings()
             attempt = self.request.retries
             if attempt >= settings.worker_retries:
-                return pipeline.fail_job(job_id, code, f"gave up after {attempt} retries: {exc}")
+                failed = pipeline.fail_job(job_id, code, f"gave up after {attempt} retries: {exc}")
+                return notify(pipeline, job_id, failed)
             countdown = retry_delay(attempt, settings.worker_retry_max_delay_s)
             log.warning(
                 "transient failure, retrying",
                 extra={"job_id": job_id, "error_code": code, "retry": attempt + 1, "countdown_s": countdown},
             )
             raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+def notify(pipeline: ReenactmentPipeline, job_id: str, state: str) -> str:
+    """The job-finished webhook's first attempt, right away (the reconciler retries); returns ``state``."""
+    if state in TERMINAL_STATES:  # not for a duplicate delivery's "missing" or "skipped"
+        try:
+            webhooks.deliver_pending(pipeline.ctx.session_factory, get_settings(), job_ids=[job_id])
+        except Exception:  # the job is done whatever happens to its notification
+            log.exception("webhook delivery failed", extra={"job_id": job_id})
+    return state
 
 
 def retry_delay(attempt: int, max_delay_s: float) -> float:

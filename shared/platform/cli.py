@@ -225,6 +225,9 @@ def _submit_args(parser: argparse.ArgumentParser) -> None:
     consent.add_argument("--consent-reference", default=None, help="e.g. the release document's id")
     consent.add_argument("--consent-attested-by", default=None, help="who at your organisation attests this")
     parser.add_argument("--idempotency-key", default=None, help="repeat-safe submission key")
+    parser.add_argument(
+        "--callback-url", default=None, help="https URL to POST (signed) when the job has finished"
+    )
     parser.add_argument("--wait", action="store_true", help="wait for the job (progress bar on stderr)")
     parser.add_argument(
         "-o", "--output", type=Path, default=None, help="download the MP4 here (implies --wait)"
@@ -254,6 +257,7 @@ def _submit(args: argparse.Namespace, _settings: Settings) -> int:
             options=options,
             consent={k: v for k, v in consent.items() if v is not None},
             idempotency_key=args.idempotency_key,
+            callback_url=args.callback_url,
         )
         if not (args.wait or args.output):
             if args.json:

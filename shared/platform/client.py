@@ -202,8 +202,10 @@ class GohaClient:
         options: Mapping[str, Any] | None = None,
         consent: Consent | Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/jobs``: upload the portrait (and driving clip) and queue a job; returns the job.
+        ``callback_url``: where the platform POSTs (signed) once the job has finished (docs/api.md).
 
         ``consent`` is required by the API; without it the gateway answers ``consent_required``.
         ``options``: motion_mode, expression_scale, smoothing, output_size, output_fps, frame_limit,
@@ -219,6 +221,8 @@ class GohaClient:
             form.update(
                 {k if k.startswith("consent_") else f"consent_{k}": str(v) for k, v in consent.items()}
             )
+        if callback_url is not None:
+            form["callback_url"] = callback_url
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         with contextlib.ExitStack() as stack:
             files = {"portrait": _file_part(stack, portrait_path)}

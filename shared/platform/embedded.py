@@ -463,6 +463,7 @@ def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
     """
     from sqlalchemy import select
 
+    from shared.platform import webhooks
     from shared.platform.db import Database
     from shared.platform.jobs import JobState, transition
     from shared.platform.models import Job
@@ -490,6 +491,7 @@ def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
             )
         finally:
             app.close()
+        webhooks.deliver_pending(database.sessionmaker, settings)  # retries of job-finished webhooks
         return report.requeued
     finally:
         database.dispose()

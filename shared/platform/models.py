@@ -162,6 +162,12 @@ class Job(Base):
     # Set when the job's media (result, inputs no other job holds, cached avatar) were erased; the row,
     # its events and its provenance record stay (shared.platform.erasure).
     media_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Job-finished webhook (shared.platform.webhooks): where, how often tried, when it got through.
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_next_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    callback_delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    callback_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     portrait_asset: Mapped[Asset] = relationship(foreign_keys=[portrait_asset_id])
     driving_asset: Mapped[Asset | None] = relationship(foreign_keys=[driving_asset_id])

@@ -1,4 +1,5 @@
-"""Re-enqueue jobs stuck in ``queued`` (the broker was down at submit time, or a message was lost).
+"""Re-enqueue jobs stuck in ``queued`` (the broker was down at submit time, or a message was lost),
+and retry job-finished webhooks that were not delivered (``shared.platform.webhooks``).
 
 A job is stuck when it is queued and either its publish failed (``enqueued_at`` is NULL) or its last
 publish is older than ``reconcile_stale_after_s``. Re-publishing a job that *is* still in the queue
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select
 
+from shared.platform import webhooks
 from shared.platform.db import Database
 from shared.platform.errors import IllegalTransition
 from shared.platform.jobs import JobState, transition
@@ -124,6 +126,12 @@ def run_forever(settings: Settings, *, once: bool = False) -> None:
         )
         if report.requeued or report.failed or report.publish_errors:
             log.info("reconciled: %s", report)
+        try:
+            delivered = webhooks.deliver_pending(db.sessionmaker, settings)
+            if delivered.delivered or delivered.failed:
+                log.info("webhooks: %s", delivered)
+        except Exception:  # a webhook problem must not stop the re-enqueueing
+            log.exception("webhook pass failed")
         if once:
             return
         time.sleep(settings.reconcile_interval_s)

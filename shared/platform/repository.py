@@ -156,6 +156,7 @@ def create_job(
     idempotency_key: str | None,
     request_hash: str,
     signing_key: bytes,
+    callback_url: str | None = None,
 ) -> Job:
     """Insert a queued job, its first event and its (signed) provenance record.
 
@@ -176,6 +177,8 @@ def create_job(
         driving_asset_id=driving.id if driving else None,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        callback_url=callback_url,
+        callback_attempts=0,
         frames_done=0,
         timings={},
         attempts=0,

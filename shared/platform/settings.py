@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     # job's media and unused uploads; records and signed provenance stay. None: keep until deleted.
     retention_days: float | None = Field(None, gt=0)
 
+    # -- webhooks (shared.platform.webhooks) -----------------------------------------------------------
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)  # first try + retries 30 s, 1, 2, 4... min apart
+    # None: allowed in the embedded (single machine) mode only. Production keeps https and public hosts.
+    webhook_allow_http: bool | None = None
+    webhook_allow_private_hosts: bool | None = None
+
     # -- worker ----------------------------------------------------------------------------------------
     worker_chunk_frames: int = 16  # driving frames decoded, fitted and animated together (bounds memory)
     max_missing_face_ratio: float = 0.5  # more driving frames without a face than this fails the job

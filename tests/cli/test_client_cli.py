@@ -74,6 +74,8 @@ def test_submit_status_list_cancel_and_result_not_ready(
         *CONSENT_FLAGS,
         "--output-size",
         "128",
+        "--callback-url",
+        "https://hooks.example.com/goha",
         *api(local_gateway),
     )
     assert code == 0, err
@@ -96,6 +98,7 @@ def test_submit_status_list_cancel_and_result_not_ready(
     code, out, err = run_cli(capsys, "status", job_id, "--json", *api(local_gateway))
     body = json.loads(out)
     assert body["id"] == job_id and body["options"]["output_size"] == 128
+    assert body["callback"]["url"] == "https://hooks.example.com/goha"
 
     code, out, err = run_cli(capsys, "download", job_id, "-o", "unused.mp4", *api(local_gateway))
     assert code == 1 and err.startswith("error: [result_not_ready] "), err

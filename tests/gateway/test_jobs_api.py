@@ -161,3 +161,23 @@ def test_active_jobs_per_tenant_are_limited(
 
     limited_client.post(f"/v1/jobs/{second.json()['id']}/cancel", headers=tenant.headers)
     assert submit(limited_client, tenant, portrait=portrait_png, driving=drivers[2]).status_code == 202
+
+
+def test_a_callback_url_is_checked_and_shown(
+    idle_client: TestClient, tenant: TenantKey, portrait_png: bytes, driving_mp4: bytes, db: Database
+) -> None:
+    refused = submit(
+        idle_client,
+        tenant,
+        portrait=portrait_png,
+        driving=driving_mp4,
+        data={"callback_url": "http://10.1.2.3/x"},
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_callback_url"
+
+    url = "https://hooks.example.com/goha?customer=7"
+    job = submit(idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"callback_url": url})
+    assert job.status_code == 202
+    assert job.json()["callback"] == {"url": url, "attempts": 0, "delivered_at": None, "last_error": None}
+    plain = submit(idle_client, tenant, portrait=portrait_png, driving=driving_mp4).json()
+    assert plain["callback"] is None

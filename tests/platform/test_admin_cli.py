@@ -31,7 +31,7 @@ def test_create_tenant_and_key_then_authenticate(tmp_path: Path) -> None:
     env = {**os.environ, "GOHA_DATABASE_URL": url, "GOHA_VAR_DIR": str(tmp_path)}
     migrated = _run(["-m", "shared.platform.cli", "migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout)["revision"] == "0002_erasure"
+    assert json.loads(migrated.stdout)["revision"] == "0003_callbacks"
 
     created = _run(["-m", "shared.platform.admin", "create-tenant", "acme"], env)
     assert created.returncode == 0, created.stderr

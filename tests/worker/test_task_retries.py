@@ -1,5 +1,6 @@
 """The Celery task's retry budget (``Settings.worker_retries``): a transient failure that outlasts
-it fails the job with the failure's code instead of retrying forever or failing at once.
+it fails the job with the failure's code instead of retrying forever or failing at once. And the
+task's immediate job-finished webhook.
 
 The object store is a dead endpoint (nothing listens on the port), so every attempt fails the way an
 S3 outage does; the task runs eagerly (``apply``), which replays Celery's retries in-process.
@@ -56,5 +57,40 @@ def test_a_storage_outage_is_retried_until_the_budget_then_fails_the_job(
             assert job.error_message.startswith(f"gave up after {retries} retries: ")
         retried = [r for r in caplog.records if r.getMessage() == "transient failure, retrying"]
         assert [r.retry for r in retried] == list(range(1, retries + 1))
+    finally:
+        db.dispose()
+
+
+@pytest.mark.slow  # builds the worker's context
+def test_the_task_posts_the_job_finished_webhook_right_away(worker_env: Settings) -> None:
+    """A job that fails at its first stage (the portrait is not an image) is reported to its callback
+    by the task itself, without waiting for the reconciler's pass."""
+    import json
+
+    import services.worker.tasks as tasks
+    from shared.platform import repository
+    from shared.platform.models import Tenant
+    from shared.platform.storage import LocalStorage
+    from tests.webhook_receiver import webhook_receiver
+
+    db = Database.from_settings(get_settings())
+    try:
+        with webhook_receiver() as receiver:
+            with db.session() as session:
+                job = make_job_for_tests(session)
+                row, _ = repository.create_api_key(session, session.get(Tenant, job.tenant_id))
+                job.api_key_id, job.callback_url = row.id, receiver.url
+                job_id, key = job.id, job.portrait_asset.storage_key
+            LocalStorage(worker_env.local_storage_dir).put_bytes(key, b"these bytes are not an image")
+
+            assert tasks.reenact.apply(args=[job_id]).get() == "failed"
+
+        (request,) = receiver.requests
+        body = json.loads(request.body)
+        assert body["job_id"] == job_id and body["state"] == "failed"
+        assert body["error"]["code"] == "image_unreadable"
+        with db.session() as session:
+            stored = session.get(Job, job_id)
+            assert stored is not None and stored.callback_delivered_at is not None
     finally:
         db.dispose()

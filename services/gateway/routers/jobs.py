@@ -100,6 +100,12 @@ def create_job(
     consent_attested_by: Annotated[
         str | None, Form(description="who at your organisation attests this")
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        Form(
+            description="https URL the platform POSTs to (signed) when the job has finished; see docs/api.md"
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobOut:
     """Multipart upload of a portrait and a driving video (or ids of earlier ``POST /v1/assets``
@@ -128,6 +134,7 @@ def create_job(
         portrait_asset_id=portrait_asset_id,
         driving=driving_video,
         driving_asset_id=driving_asset_id,
+        callback_url=callback_url,
     )
     job, replayed = service.submit_job(ctx, who, form, idempotency_key, request_meta(request))
     out = service.job_to_out(job, ctx.base_url)
