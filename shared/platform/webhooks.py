@@ -143,8 +143,9 @@ def sign(key: bytes, timestamp: int, body: bytes) -> str:
     return "sha256=" + hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def payload(job: Job) -> dict[str, Any]:
-    link = f"/v1/jobs/{job.id}"
+def payload(job: Job, base_url: str = "") -> dict[str, Any]:
+    """The body; links are absolute when ``GOHA_PUBLIC_BASE_URL`` is set, as in the API's answers."""
+    link = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
     links = {"self": link, "provenance": f"{link}/provenance"}
     if job.state == "succeeded" and job.media_deleted_at is None:
         links["result"] = f"{link}/result"
@@ -229,7 +230,9 @@ def deliver_pending(
         for job in session.scalars(query):
             key = session.get(ApiKey, job.api_key_id) if job.api_key_id else None
             job.callback_next_at = now + dt.timedelta(seconds=settings.webhook_timeout_s * 4 + FIRST_RETRY_S)
-            claimed.append((job.id, job.callback_url, json.dumps(payload(job)).encode(), key))
+            claimed.append(
+                (job.id, job.callback_url, json.dumps(payload(job, settings.public_base_url)).encode(), key)
+            )
         session.commit()
     for job_id, url, body, key in claimed:
         error: str | None = None

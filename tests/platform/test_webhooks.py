@@ -19,7 +19,7 @@ from shared.platform.jobs import JobState, transition
 from shared.platform.models import Job, Tenant, utcnow
 from shared.platform.settings import Settings
 from shared.platform.testing import make_job_for_tests
-from shared.platform.webhooks import check_callback_url, deliver_pending, retry_delay_s
+from shared.platform.webhooks import check_callback_url, deliver_pending, payload, retry_delay_s
 from tests.webhook_receiver import webhook_receiver
 
 PRODUCTION = Settings(embedded=False)
@@ -110,6 +110,9 @@ def test_a_finished_job_is_posted_once_signed_with_the_key_hash(db: Database) ->
     body = json.loads(request.body)
     assert body["job_id"] == job_id and body["state"] == "cancelled" and body["event"] == "job.finished"
     assert body["links"]["self"] == f"/v1/jobs/{job_id}" and "result" not in body["links"]
+    assert payload(_job(db, job_id), "https://api.example.com/")["links"]["self"] == (
+        f"https://api.example.com/v1/jobs/{job_id}"
+    )
     job = _job(db, job_id)
     assert job.callback_delivered_at is not None and job.callback_attempts == 1 and job.callback_error is None
 
