@@ -64,7 +64,7 @@ EVENT = "job.finished"
 MAX_URL_LENGTH = 2048
 FIRST_RETRY_S = 30.0
 MAX_RETRY_S = 3600.0
-_LOCAL_NAMES = ("localhost", ".localhost", ".local", ".internal", ".localdomain")
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain")
 
 
 class CallbackRefused(Exception):
@@ -110,7 +110,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise refuse("has an invalid port") from exc
     if not allow_private(settings):
         host = parts.hostname.lower().rstrip(".")
-        if host.endswith(_LOCAL_NAMES) or host == "localhost":
+        if host == "localhost" or host.endswith(_LOCAL_SUFFIXES):
             raise refuse("must name a public host")
         try:
             literal = ipaddress.ip_address(host)
