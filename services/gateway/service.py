@@ -59,7 +59,7 @@ from shared.platform.errors import (
     PlatformError,
 )
 from shared.platform.inputs import MediaInfo, MediaKind, inspect_media
-from shared.platform.jobs import JobState, JobType, transition
+from shared.platform.jobs import JobState, JobType, job_links, transition
 from shared.platform.logging import log_context
 from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from shared.platform.models import Asset, Job, utcnow
@@ -557,12 +557,6 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
     fraction = None
     if job.frames_total:
         fraction = round(min(1.0, job.frames_done / job.frames_total), 4)
-    link = f"{base_url}/v1/jobs/{job.id}"
-    links = {"self": link, "provenance": f"{link}/provenance"}
-    if not state.terminal:
-        links["cancel"] = f"{link}/cancel"
-    if state is JobState.SUCCEEDED and job.media_deleted_at is None:
-        links["result"] = f"{link}/result"
     return JobOut(
         id=job.id,
         state=state,
@@ -586,5 +580,5 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
         )
         if job.callback_url
         else None,
-        links=links,
+        links=job_links(job, base_url),
     )

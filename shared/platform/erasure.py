@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -54,11 +54,7 @@ class Erasure:
     kept_asset_ids: list[str] = field(default_factory=list)  # still used by a job that holds its media
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {
-            "deleted_keys": self.deleted_keys,
-            "erased_asset_ids": self.erased_asset_ids,
-            "kept_asset_ids": self.kept_asset_ids,
-        }
+        return asdict(self)
 
 
 def jobs_holding(session: Session, asset: Asset, *, besides: str | None = None) -> list[str]:

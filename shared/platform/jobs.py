@@ -42,6 +42,20 @@ class JobType(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
+
+def job_links(job: Job, base_url: str = "") -> dict[str, str]:
+    """The job's API links as clients see them (API answers, webhooks): ``cancel`` while it can be,
+    ``result`` once it succeeded and until its data are deleted."""
+    link = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
+    links = {"self": link, "provenance": f"{link}/provenance"}
+    state = JobState(job.state)
+    if not state.terminal:
+        links["cancel"] = f"{link}/cancel"
+    if state is JobState.SUCCEEDED and job.media_deleted_at is None:
+        links["result"] = f"{link}/result"
+    return links
+
+
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),

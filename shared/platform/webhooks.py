@@ -54,7 +54,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from shared.platform.errors import INVALID_CALLBACK_URL, InputRejected
-from shared.platform.jobs import TERMINAL_STATES
+from shared.platform.jobs import TERMINAL_STATES, job_links
 from shared.platform.models import ApiKey, Job, utcnow
 from shared.platform.settings import Settings
 
@@ -76,9 +76,8 @@ def allow_http(settings: Settings) -> bool:
 
 
 def allow_private(settings: Settings) -> bool:
-    if settings.webhook_allow_private_hosts is None:
-        return settings.embedded
-    return settings.webhook_allow_private_hosts
+    allowed = settings.webhook_allow_private_hosts
+    return settings.embedded if allowed is None else allowed
 
 
 def _public(address: str) -> bool:
@@ -145,10 +144,6 @@ def sign(key: bytes, timestamp: int, body: bytes) -> str:
 
 def payload(job: Job, base_url: str = "") -> dict[str, Any]:
     """The body; links are absolute when ``GOHA_PUBLIC_BASE_URL`` is set, as in the API's answers."""
-    link = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
-    links = {"self": link, "provenance": f"{link}/provenance"}
-    if job.state == "succeeded" and job.media_deleted_at is None:
-        links["result"] = f"{link}/result"
     return {
         "event": EVENT,
         "delivery": job.id,
@@ -158,7 +153,7 @@ def payload(job: Job, base_url: str = "") -> dict[str, Any]:
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "frames_done": job.frames_done,
         "result_sha256": job.result_sha256,
-        "links": links,
+        "links": job_links(job, base_url),
     }
 
 
