@@ -5,7 +5,8 @@
   conv3_4 / conv4_4 / conv5_4 1.0 and an L1 criterion. Nothing is downloaded: without a weights
   file the loss falls back to ``GradientSSIMLoss`` (documented substitute: multi-scale L1 of
   image gradients + (1 − SSIM) over 3 scales) and says so through ``description``.
-- ``tv_density_loss``: σ smoothness between random points in [−1, 1]³ and jittered copies.
+- ``tv_density_loss``: σ smoothness between random points inside the planes' box
+  [−box_warp/2, box_warp/2]³ and jittered copies.
 - ``neutral_expression_loss``: the "cano" term (Eq. 1): I_c against I_neu inside M_neu and
   against the target with eyes/brows/mouth blacked out.
 - ``reconstruction_loss``: L1 + perceptual (Eq. 2 terms without TV).
@@ -274,12 +275,17 @@ def neutral_expression_loss(
     neutral_perceptual_weight: float = 3.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Eq. 1 ("cano" steps): I_c vs I_neu inside M_neu, and vs the target with eyes/brows/mouth
-    blacked out in both. Loss = L1 terms + 3·perceptual(neutral) + perceptual(target)."""
+    blacked out in both. Loss = L1 terms + 3·perceptual(neutral) + perceptual(target).
+
+    Both L1 terms are means over all pixels of the blacked-out images (outside the mask both sides
+    are black, so those pixels contribute 0), the same normalisation as every other L1 term of the
+    trainer. Dividing by the mask area instead weighted the neutral L1 ~3x (M_neu covers about a
+    third of the image) without that being a decision anyone made."""
     size = canonical.shape[-1]
     mask = resize_mask(neutral_mask, size)
     neu = resize_image(neutral_image, size)
     pred_neu, ref_neu = blackout(canonical, mask), blackout(neu, mask)
-    l1_neu = (pred_neu - ref_neu).abs().sum() / (mask.sum() * 3).clamp_min(1.0)
+    l1_neu = (pred_neu - ref_neu).abs().mean()
     perc_neu = perceptual(pred_neu, ref_neu)
     keep = resize_mask(target_keep, size)
     tgt = resize_image(target_image, size)
@@ -299,15 +305,24 @@ def tv_density_loss(
     query: Callable[[Tensor, Tensor], Tensor],
     planes: Tensor,
     *,
+    box_warp: float,
     num_points: int = 1000,
     sigma: float = 0.004,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Mean |σ(x) − σ(x + ε)|, x ~ U[−1, 1]³, ε ~ N(0, sigma²) (the notes' TV term)."""
+    """Mean |σ(x) − σ(x + ε)|, x ~ U[−box_warp/2, box_warp/2]³, ε ~ N(0, sigma²) (the notes' TV term).
+
+    The released code draws x in [−1, 1]³, which is the planes' box only in EG3D's normalised
+    coordinates; in world units the planes cover the cube of side ``box_warp`` centred at 0
+    (``PlaneConfig.box_warp``), so world points in [−1, 1]³ put 7/8 of the samples (box_warp 1)
+    outside the planes, where every sample reads the zero padding (σ is the decoder's constant of
+    zero features) and the term regularises nothing. Deliberate difference: x is drawn inside the box. ``box_warp`` is required so a
+    caller cannot silently fall back to a wrong cube."""
     b = planes.shape[0]
+    half = 0.5 * box_warp
     points = (
         torch.rand(b, num_points, 3, generator=generator, device=planes.device, dtype=planes.dtype) * 2 - 1
-    )
+    ) * half
     noise = (
         torch.randn(b, num_points, 3, generator=generator, device=planes.device, dtype=planes.dtype) * sigma
     )

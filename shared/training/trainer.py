@@ -452,7 +452,11 @@ class Trainer:
             parts = {"l1": float(l1.detach()), "perceptual": float(perc.detach())}
         if config.tv_weight > 0 and tv_due(step, kind):
             tv = tv_density_loss(
-                self.network.query, out.planes, num_points=config.tv_points, generator=generator
+                self.network.query,
+                out.planes,
+                box_warp=self.network.config.plane.box_warp,
+                num_points=config.tv_points,
+                generator=generator,
             )
             total = total + config.tv_weight * tv
             parts["tv"] = float(tv.detach())

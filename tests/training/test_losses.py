@@ -80,8 +80,8 @@ def test_tv_loss_zero_for_constant_density_positive_for_varying() -> None:
     def wavy(_planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return torch.sin(40 * points[..., :1]).expand(*points.shape[:2], 2)
 
-    assert tv_density_loss(constant, planes, generator=g).item() == 0.0
-    assert tv_density_loss(wavy, planes, generator=g).item() > 0.01
+    assert tv_density_loss(constant, planes, box_warp=1.0, generator=g).item() == 0.0
+    assert tv_density_loss(wavy, planes, box_warp=1.0, generator=g).item() > 0.01
 
 
 def test_neutral_loss_zero_when_render_matches_and_ignores_masked_regions() -> None:
@@ -106,3 +106,40 @@ def test_blackout_sets_removed_pixels_black() -> None:
     out = blackout(image, keep)
     assert out[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0]
     assert out[0, :, 1, 1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_tv_points_lie_inside_the_planes_box() -> None:
+    planes = torch.zeros(2, 3, 4, 8, 8)
+    seen: list[torch.Tensor] = []
+
+    def recording(_planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        seen.append(points)
+        return torch.zeros(*points.shape[:2], 2)
+
+    for box_warp in (1.0, 0.6):
+        seen.clear()
+        tv_density_loss(recording, planes, box_warp=box_warp, num_points=4000, generator=torch.Generator())
+        base = seen[0][:, :4000]
+        # The un-jittered samples fill the box [-box_warp/2, box_warp/2]^3 (none outside) ...
+        assert base.abs().max().item() <= box_warp / 2
+        # ... and all of it: each axis reaches near both faces, and the octants are balanced.
+        assert base.amax(dim=(0, 1)).min().item() > 0.45 * box_warp
+        assert base.amin(dim=(0, 1)).max().item() < -0.45 * box_warp
+        # Jittered copies stay within a few sigma of the box.
+        assert seen[0][:, 4000:].abs().max().item() < box_warp / 2 + 0.03
+
+
+def test_neutral_l1_is_a_mean_over_all_pixels_like_the_other_l1_terms() -> None:
+    reference = torch.zeros(1, 3, 30, 30)
+    region = torch.zeros(1, 1, 30, 30)
+    region[..., :10, :] = 1  # a third of the image
+    canonical = reference + 0.3 * region  # the same error everywhere inside the region
+    no_parts = torch.ones(1, 1, 30, 30)
+    _, parts = neutral_expression_loss(
+        canonical, reference, region, reference * region + canonical * (1 - region), no_parts,
+        GradientSSIMLoss(),
+    )  # fmt: skip
+    # I_neu term: error 0.3 over a third of the pixels (mean over all pixels, not over the mask).
+    assert parts["l1_neutral"] == pytest.approx(0.1, abs=1e-6)
+    # The masked-target term sees the same error on the same pixels and reports the same number.
+    assert parts["l1_target_masked"] == pytest.approx(parts["l1_neutral"], abs=1e-6)
