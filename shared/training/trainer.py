@@ -12,8 +12,16 @@ is ONE step type (one render per step, which is also what makes CPU training aff
 
 Stage 2 trains only the super-resolution: L1 + perceptual against the full-resolution image plus
 0.1 × the non-saturating logistic GAN loss of a dual discriminator that sees
-[SR, upsampled low-res] (real: [image, image down to the render size and back up]); D uses the
-logistic loss with lazy R1 (γ = 10 every 16 D steps).
+[image, upsampled low-res render]; D uses the logistic loss with lazy R1 (γ = 10 every 16 D steps).
+Deliberate differences to EG3D's dual discrimination, both because the low-res render is frozen
+here (EG3D trains it jointly):
+
+- real and fake are conditioned on the SAME frozen render ([image, up(render)] vs
+  [SR, up(render)]). EG3D's real half is the image down-sampled and up again; with a frozen render
+  that half differs between real and fake in a way the SR cannot change, so D separates them on
+  those channels and its gradient tells the SR nothing.
+- every frozen part (all but the SR; D is trained) stays in eval mode, so SegFormer drop-path does
+  not turn the SR's input into noise (``hold_frozen_in_eval``).
 
 Determinism: every step seeds its own generators from (seed, rank, step) (data indices, ray
 jitter, SR noise, drop-path), and the RNG states are saved too, so a resumed run continues
@@ -184,6 +192,41 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
 
 
+# --- module modes ----------------------------------------------------------------------------------
+
+
+class _TrainExcept:
+    """``module.train`` replacement: the normal recursive ``train(mode)``, then ``eval()`` on the
+    frozen submodules, so no later ``train()`` call (the trainer's per step, the sample grid's, a
+    caller's) switches their dropout / drop-path back on."""
+
+    def __init__(self, root: nn.Module, frozen: list[nn.Module]) -> None:
+        self.root = root
+        self.frozen = frozen
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        nn.Module.train(self.root, mode)
+        for module in self.frozen:
+            module.train(False)
+        return self.root
+
+
+def hold_frozen_in_eval(network: nn.Module, trained: set[str]) -> list[str]:
+    """Put every direct child of ``network`` not named in ``trained`` in eval mode, now and after
+    any later ``network.train()``; returns the frozen children's names.
+
+    Stage 2 freezes everything but the SR; ``network.train()`` used to leave SegFormer drop-path on
+    in the frozen encoders, so two identical low-res renders differed by up to 0.36 and the SR
+    learnt from noisy inputs it never sees at inference. Frozen parts must compute exactly what
+    they compute when served. (The override is an instance attribute because the network class
+    belongs to shared/model; a ``GOHANetwork`` API for it would be the cleaner home.)"""
+    names = [name for name, _ in network.named_children() if name not in trained]
+    frozen = [getattr(network, name) for name in names]
+    network.train = _TrainExcept(network, frozen)  # type: ignore[method-assign]
+    network.train(network.training)
+    return names
+
+
 # --- batches ---------------------------------------------------------------------------------------
 
 
@@ -233,6 +276,17 @@ def make_batch(
         use_superres=False,
     )
     return batch, target
+
+
+def dual_pairs(real: Tensor, fake: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
+    """The dual discriminator's 6-channel inputs: [real image, condition] and [SR, condition].
+
+    ``condition`` is the frozen low-res render up-sampled to the SR size, the same for both: it is
+    the SR's input, not something the SR can change, so conditioning real pairs on anything else
+    (EG3D uses the down-and-up-sampled real image) would let D tell real from fake on those three
+    channels alone."""
+    condition = condition.detach()
+    return torch.cat([real, condition], 1).detach(), torch.cat([fake, condition], 1)
 
 
 # --- the trainer -----------------------------------------------------------------------------------
@@ -295,6 +349,7 @@ class Trainer:
             self.network.requires_grad_(False)
             self.network.superres.requires_grad_(True)
             trained = self.network.superres
+            hold_frozen_in_eval(self.network, {"superres"})
             d_config = (
                 tiny_discriminator_config if config.profile == "tiny" else paper_discriminator_config
             )(6)
@@ -487,9 +542,6 @@ class Trainer:
         size = sr.shape[-1]
         real = resize_image(target, size)
         up_low = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-        real_low = F.interpolate(
-            resize_image(target, low.shape[-1]), size=size, mode="bilinear", align_corners=False
-        )
         # Generator (SR) update.
         self.discriminator.requires_grad_(False)
         l1 = (sr - real).abs().mean()
@@ -502,8 +554,7 @@ class Trainer:
         self.optimizer.step()
         # Discriminator update (every iteration in stage 2), lazy R1.
         self.discriminator.requires_grad_(True)
-        real_pair = torch.cat([real, real_low], 1).detach()
-        fake_pair = torch.cat([sr.detach(), up_low], 1)
+        real_pair, fake_pair = dual_pairs(real, sr.detach(), up_low)
         self.d_steps += 1
         r1_due = self.r1.is_due(self.d_steps)
         if r1_due:
@@ -530,7 +581,9 @@ class Trainer:
         # Per-step seeding of the global RNG (SegFormer drop-path) keeps resumed runs identical.
         torch.manual_seed(_seed_for(self.config, self.dist.rank, self.step, 4))
         samples = self._samples(self.step)
-        self.network.train()
+        self.network.train()  # stage 2: the frozen parts stay in eval (hold_frozen_in_eval)
+        if self.discriminator is not None:
+            self.discriminator.train()
         result = self.stage1_step(samples) if self.config.stage == 1 else self.stage2_step(samples)
         self.step += 1
         return result

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,15 @@ import pytest
 import torch
 
 from shared.training.errors import TrainingError
-from shared.training.trainer import TrainConfig, Trainer, step_kind, tv_due, variant_config
+from shared.training.trainer import (
+    TrainConfig,
+    Trainer,
+    dual_pairs,
+    make_batch,
+    step_kind,
+    tv_due,
+    variant_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,6 +99,49 @@ def test_stage2_trains_only_the_superresolution(tiny_data: Path, tmp_path: Path)
     assert changed == {"superres"}
     path = trainer.save_samples()
     assert path.is_file()
+
+
+@pytest.mark.slow
+def test_stage2_frozen_parts_stay_in_eval_and_d_sees_one_condition(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config(stage=2, r1_every=1), tmp_path, data_root=tiny_data, progress=False)
+    seen: list[torch.Tensor] = []
+    discriminator = trainer.ddp_discriminator
+    assert discriminator is not None
+
+    def recording(pair: torch.Tensor) -> torch.Tensor:
+        seen.append(pair.detach().clone())
+        return discriminator(pair)
+
+    trainer.ddp_discriminator = recording  # type: ignore[assignment]
+    trainer.train_step()
+    trainer.network.train()  # any later train() call must not wake the frozen parts up
+    for name, module in trainer.network.named_modules():
+        if name:
+            assert module.training == name.startswith("superres"), name
+    # Two identical stage-2 low-res forwards give identical renders (no drop-path noise).
+    samples = trainer._samples(0)
+    config = dataclasses.replace(trainer.config, appearance_from=0)
+    batch, _ = make_batch(samples, "full_tar", trainer.network, config, trainer.step)
+    with torch.no_grad():
+        a, b = (
+            trainer.network(
+                batch, deterministic=True, intermediate_renders=False, return_features=False
+            ).final.rgb
+            for _ in range(2)
+        )
+    assert torch.equal(a, b), (a - b).abs().max()
+    # D saw [SR, render] in the G step, then [real, render] and [SR, render]: one condition for all.
+    assert len(seen) == 3
+    g_fake, d_real, d_fake = seen
+    assert torch.equal(d_real[:, 3:], d_fake[:, 3:]) and torch.equal(g_fake[:, 3:], d_real[:, 3:])
+    assert not torch.equal(d_real[:, :3], d_fake[:, :3])
+
+
+def test_dual_pairs_condition_real_and_fake_on_the_same_render() -> None:
+    real, fake, render = torch.rand(3, 2, 3, 8, 8).unbind(0)
+    real_pair, fake_pair = dual_pairs(real, fake, render)
+    assert torch.equal(real_pair, torch.cat([real, render], 1))
+    assert torch.equal(fake_pair, torch.cat([fake, render], 1))
 
 
 @pytest.mark.slow
