@@ -10,7 +10,10 @@ like a real capture. Images are rendered with the project's rasteriser on a blac
 A sample is a *pair* of the same identity: source and target differ in camera and/or expression.
 Besides the two images it carries both cameras (EG3D 25-vectors), α and both β, the frontal
 shape render I_exp of (α, β_target), I_neu / M_neu (target camera, β = 0, face region only), the
-keep-masks (0 on eyes/brows/mouth) of both images and the projected 68 landmarks of both.
+keep-masks (0 on eyes/brows/mouth) of both images, the projected 68 landmarks of both, and the
+per-pixel coverage of both images (``source_alpha`` / ``target_alpha``, uint8 0..255: the
+rasteriser's coverage averaged over the supersampling; head, hair shell and accessories, i.e.
+everything that is not background), which supervises the render's accumulated opacity.
 
 Everything is deterministic in (seed, split, identity index, pair index): train and holdout
 identities come from different random streams, so they are disjoint by construction.
@@ -39,7 +42,10 @@ from shared.face.render import render_expression
 from shared.model import cameras as cams
 from shared.training.errors import DataError
 
-DATASET_FORMAT = "goha-synthetic-pairs/1"
+# /2 added source_alpha / target_alpha. Older datasets lack them and are refused with a clear
+# error (``data.old_format``) instead of failing mid-training on a missing key.
+DATASET_FORMAT = "goha-synthetic-pairs/2"
+_OLD_FORMATS = ("goha-synthetic-pairs/1",)
 SPLITS = {"train": 0, "holdout": 1}
 
 # Label channels interpolated per pixel (accessories and hair carry zeros everywhere).
@@ -425,8 +431,9 @@ def build_scene(model: MorphableModel, identity: Identity, beta: np.ndarray) -> 
 
 def render_scene(
     scene: _Scene, camera: np.ndarray, light: np.ndarray, size: int, supersample: int
-) -> tuple[Tensor, Tensor]:
-    """Image (3, S, S) in [-1, 1] on black, and labels (5, S, S) in [0, 1] (coverage-averaged)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Image (3, S, S) in [-1, 1] on black, labels (5, S, S) in [0, 1] (coverage-averaged) and
+    coverage (1, S, S) in [0, 1]: the fraction of the pixel's supersamples that hit any surface."""
     cam_t = torch.from_numpy(camera)[None]
     verts = scene.vertices[None]
     frags = _RASTERIZER.rasterize(verts, scene.faces, cam_t, size * supersample)
@@ -441,10 +448,12 @@ def render_scene(
     labels = frags.interpolate(scene.labels, scene.faces)
     image = image[0].permute(2, 0, 1)
     labels = labels[0].permute(2, 0, 1)
+    coverage = frags.mask[0].to(image.dtype)[None]
     if supersample > 1:
         image = F.avg_pool2d(image[None], supersample)[0]
         labels = F.avg_pool2d(labels[None], supersample)[0]
-    return image, labels
+        coverage = F.avg_pool2d(coverage[None], supersample)[0]
+    return image, labels, coverage
 
 
 def keep_mask_from_labels(labels: Tensor) -> Tensor:
@@ -465,6 +474,10 @@ def project_landmarks(
 
 def _to_uint8(image: Tensor) -> np.ndarray:
     return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def _coverage_to_uint8(coverage: Tensor) -> np.ndarray:
+    return (coverage.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def make_pair(
@@ -490,9 +503,9 @@ def make_pair(
     scene_s = build_scene(model, identity, beta_s)
     scene_t = scene_s if np.array_equal(beta_s, beta_t) else build_scene(model, identity, beta_t)
     scene_n = build_scene(model, identity, np.zeros_like(beta_s))
-    src, labels_s = render_scene(scene_s, cam_s, identity.light, size, ss)
-    tgt, labels_t = render_scene(scene_t, cam_t, identity.light, size, ss)
-    neu, labels_n = render_scene(scene_n, cam_t, identity.light, size, ss)
+    src, labels_s, cover_s = render_scene(scene_s, cam_s, identity.light, size, ss)
+    tgt, labels_t, cover_t = render_scene(scene_t, cam_t, identity.light, size, ss)
+    neu, labels_n, _ = render_scene(scene_n, cam_t, identity.light, size, ss)
     neutral_mask = (labels_n[_LABEL_FACE : _LABEL_FACE + 1] > 0.5).float()
     i_exp = render_expression(
         model, torch.from_numpy(identity.alpha)[None], torch.from_numpy(beta_t)[None], size, supersample=ss
@@ -505,6 +518,8 @@ def make_pair(
         "neutral_mask": neutral_mask.to(torch.uint8).numpy(),
         "source_keep": keep_mask_from_labels(labels_s).to(torch.uint8).numpy(),
         "target_keep": keep_mask_from_labels(labels_t).to(torch.uint8).numpy(),
+        "source_alpha": _coverage_to_uint8(cover_s),
+        "target_alpha": _coverage_to_uint8(cover_t),
         "source_camera": cam_s,
         "target_camera": cam_t,
         "alpha": identity.alpha,
@@ -589,6 +604,8 @@ def _existing_shard(path: Path, chunk: list[tuple[int, int]]) -> dict[str, np.nd
     identities = arrays.get("identity")
     if identities is None or identities.tolist() != [i for i, _ in chunk]:
         return None
+    if any(key not in arrays for key in _ALPHAS):  # a shard of an older format: re-render it
+        return None
     return arrays
 
 
@@ -596,10 +613,12 @@ def _existing_shard(path: Path, chunk: list[tuple[int, int]]) -> dict[str, np.nd
 
 _UINT8_IMAGES = ("source_image", "target_image", "expression_image", "neutral_image")
 _MASKS = ("neutral_mask", "source_keep", "target_keep")
+_ALPHAS = ("source_alpha", "target_alpha")  # uint8 coverage 0..255 → float [0, 1]
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Pairs from a generated dataset folder; images as float tensors in [-1, 1].
+    """Pairs from a generated dataset folder; images as float tensors in [-1, 1], masks and
+    ``source_alpha`` / ``target_alpha`` (1, S, S) as float tensors in [0, 1].
 
     Shards are loaded on demand and kept in a small LRU cache (``max_cached_shards``), so memory
     is bounded by shard size, not dataset size.
@@ -614,7 +633,15 @@ class PairDataset(torch.utils.data.Dataset):
                 f"no {split} split at {self.root} (run `python -m shared.training generate-data --out {self.root}`)",
             )
         self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") != DATASET_FORMAT:
+        found = self.meta.get("format")
+        if found in _OLD_FORMATS:
+            raise DataError(
+                "data.old_format",
+                f"{meta_path}: a {found} dataset, this code reads {DATASET_FORMAT} (it adds the "
+                f"source_alpha / target_alpha coverage the opacity loss needs); regenerate it with "
+                f"`python -m shared.training generate-data --out {self.root}` (same seed, same pairs)",
+            )
+        if found != DATASET_FORMAT:
             raise DataError("data.bad_format", f"{meta_path}: not a {DATASET_FORMAT} dataset")
         self.index: list[tuple[int, int]] = [
             (s, r) for s, shard in enumerate(self.meta["shards"]) for r in range(shard["count"])
@@ -656,6 +683,8 @@ class PairDataset(torch.utils.data.Dataset):
                 tensor = tensor.float() / 127.5 - 1.0
             elif key in _MASKS:
                 tensor = tensor.float()
+            elif key in _ALPHAS:
+                tensor = tensor.float() / 255.0
             out[key] = tensor
         return out
 

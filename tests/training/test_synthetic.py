@@ -9,6 +9,7 @@ from shared.training.errors import DataError
 from shared.training.synthetic import (
     PairDataset,
     SyntheticConfig,
+    collate,
     generate_dataset,
     make_pair,
     sample_identity,
@@ -71,7 +72,53 @@ def test_dataset_round_trip_and_shard_reuse(tmp_path) -> None:
     assert item["source_image"].dtype == torch.float32
     assert -1.0 <= float(item["source_image"].min()) and float(item["source_image"].max()) <= 1.0
     assert int(item["identity"]) == 1
-    assert json.loads((tmp_path / "train.json").read_text())["format"] == "goha-synthetic-pairs/1"
+    assert json.loads((tmp_path / "train.json").read_text())["format"] == "goha-synthetic-pairs/2"
+    for key in ("source_alpha", "target_alpha"):
+        assert item[key].shape == (1, 64, 64) and item[key].dtype == torch.float32
+        assert 0.0 <= float(item[key].min()) and float(item[key].max()) == 1.0
+    batch = collate([dataset[0], dataset[1]])
+    assert batch["target_alpha"].shape == (2, 1, 64, 64)
     with pytest.raises(DataError) as err:
         PairDataset(tmp_path, "holdout")
     assert err.value.code == "data.missing"
+
+
+def test_alpha_is_the_coverage_of_everything_but_the_background() -> None:
+    model = load_procedural_model()
+    config = SyntheticConfig(image_size=64, supersample=2)
+    # An identity with hair and an accessory, so coverage beyond the bare head is exercised.
+    index = next(
+        i for i in range(50)
+        if (lambda ident: ident.has_hair and (ident.hat or ident.glasses))(sample_identity(model, config, 0, "train", i))
+    )  # fmt: skip
+    pair = make_pair(model, config, 0, "train", index, 0)
+    for side in ("source", "target"):
+        alpha, image = pair[f"{side}_alpha"], pair[f"{side}_image"]
+        assert alpha.shape == (1, 64, 64) and alpha.dtype == np.uint8
+        lit = image.max(axis=0) > 0
+        # Every non-black pixel is covered, black corners are background, the head's inside is solid.
+        assert (alpha[0][lit] > 0).all()
+        assert alpha[0, 0, 0] == 0 and alpha[0, -1, -1] == 0
+        assert (alpha[0, 26:38, 26:38] == 255).all()
+        # Supersampled edges give partial coverage (the rasteriser's 2x2 average: multiples of 64).
+        partial = alpha[0][(alpha[0] > 0) & (alpha[0] < 255)]
+        assert partial.size > 0 and set(np.unique(partial).tolist()) <= {64, 128, 191}
+
+
+def test_old_datasets_are_refused_with_a_clear_error(tmp_path) -> None:
+    generate_dataset(tmp_path, split="train", num_identities=1, pairs_per_identity=1, config=SMALL)
+    meta_path = tmp_path / "train.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format"] = "goha-synthetic-pairs/1"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError) as err:
+        PairDataset(tmp_path, "train")
+    assert err.value.code == "data.old_format"
+    assert "generate-data" in str(err.value) and "target_alpha" in str(err.value)
+    # An old shard without the alpha arrays is re-rendered, not reused.
+    shard = tmp_path / meta["shards"][0]["file"]
+    with np.load(shard) as data:
+        arrays = {k: data[k] for k in data.files if not k.endswith("_alpha")}
+    np.savez(shard, **arrays)
+    generate_dataset(tmp_path, split="train", num_identities=1, pairs_per_identity=1, config=SMALL)
+    assert "target_alpha" in PairDataset(tmp_path, "train")[0]
