@@ -18,6 +18,15 @@
    upsampled features → T_p (B, 3, C, R, R). The released code applies plane 0's branch to all
    three planes (its XZ/ZY branches are dead weights); here each plane uses its own branch.
 
+5. **Colour lifting** (`AppearanceBranch.colour_planes`, when ``colour_resolution`` > 0). The paper
+   says the branch maps *pixel values* of the input image into 3D; at the tiny profile's 32² feature
+   grid E_p's features alone cannot carry a face's colour. The source RGB × keep-mask and the
+   keep-mask (4 channels) are lifted at ``colour_resolution`` with the depth rendered there, and
+   rasterised (same exact-nearest rule) into the XY plane only, resized to the plane resolution and
+   scaled by a learned per-channel gain; they are added to channels 0..3 of T_p's XY plane.
+   Only XY: a (near-)frontal portrait projects onto XY one-to-one, while on XZ / ZY whole columns
+   of the face collapse onto one texel (the nearest of them wins arbitrarily).
+
 Deliberate differences to the released code: the rasterisation grid is the planes' texel-centre
 grid (the released grid is linspace(-1, 1), half a texel off the ``align_corners=False``
 sampling); the skip's 1×1 conv runs before the bilinear upsampling (equal, both are linear);
@@ -35,7 +44,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from shared.model.canonical import LEAKY_SLOPE
-from shared.model.config import ModelConfig
+from shared.model.config import COLOUR_CHANNELS, ModelConfig
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
 from shared.model.triplane import NUM_PLANES, PLANE_NAMES, cell_centres, project_to_planes
@@ -101,9 +110,15 @@ def nearest_indices(points: Tensor, queries: Tensor, method: NearestMethod = "au
 
 
 def rasterize(
-    points: Tensor, features: Tensor, resolution: int, box_warp: float = 1.0, method: NearestMethod = "auto"
+    points: Tensor,
+    features: Tensor,
+    resolution: int,
+    box_warp: float = 1.0,
+    method: NearestMethod = "auto",
+    planes: tuple[int, ...] = tuple(range(NUM_PLANES)),
 ) -> Tensor:
-    """Neural point cloud → tri-plane. points (B, N, 3), features (B, F, N) → (B, 3, F, R, R).
+    """Neural point cloud → tri-plane. points (B, N, 3), features (B, F, N) → (B, P, F, R, R) for the
+    P planes asked for (all three by default, in ``PLANE_NAMES`` order).
 
     Texel (row v, col u) of plane p gets the feature of the point whose projection onto plane p
     is nearest to the texel centre.
@@ -115,17 +130,17 @@ def rasterize(
         )
     queries = cell_centres(resolution, device=points.device, dtype=points.dtype)
     projected = project_to_planes(points, box_warp)  # (B, 3, N, 2)
-    planes = [
+    rasterised = [
         torch.stack(
             [
                 # index_select on (F, N) writes each plane channel-first without a transpose copy.
                 features[i].index_select(1, nearest_indices(projected[i, p], queries, method))
-                for p in range(NUM_PLANES)
+                for p in planes
             ]
         )
         for i in range(b)
     ]
-    return torch.stack(planes).view(b, NUM_PLANES, f, resolution, resolution)
+    return torch.stack(rasterised).view(b, len(planes), f, resolution, resolution)
 
 
 OUTPUT_INIT_GAIN = 0.1  # scale of T_p's output layers at initialisation
@@ -189,6 +204,11 @@ class AppearanceBranch(nn.Module):
             int(round(np.log2(config.plane.resolution / config.feature_resolution))),
         )
         self.nearest_method: NearestMethod = "auto"  # runtime knob; every method gives identical indices
+        self.colour_resolution = config.appearance.colour_resolution
+        self.plane_resolution = config.plane.resolution
+        if self.colour_resolution:
+            # Scale of the lifted colour in the planes; learned (the decoder sees the 3-plane mean).
+            self.colour_gain = nn.Parameter(torch.ones(COLOUR_CHANNELS))
 
     def encode(self, source: Tensor, keep_mask: Tensor, canonical_rgb: Tensor | None = None) -> Tensor:
         """E_p features (B, F, h, w). ``canonical_rgb`` (B, 3, h', w') is needed in composite mode."""
@@ -209,3 +229,29 @@ class AppearanceBranch(nn.Module):
         points = lift(origins, directions, depth.reshape(b, h * w).to(origins.dtype))
         rasterised = rasterize(points, features.reshape(b, f, h * w), h, self.box_warp, self.nearest_method)
         return self.upsampler(rasterised)
+
+    def colour_planes(
+        self, source: Tensor, keep_mask: Tensor, depth: Tensor, origins: Tensor, directions: Tensor
+    ) -> Tensor:
+        """Lifted source colour for T_p's XY plane (B, 4, R, R): [RGB × keep, keep] rasterised.
+
+        ``depth`` (B, 1, r, r) and the rays (B, r·r, 3) are at ``colour_resolution`` r; the source
+        (B, 3, S, S) and keep-mask are area-averaged to r.
+        """
+        b, _, r, _ = depth.shape
+        if source.shape[-1] != r:
+            source = F.interpolate(source, size=(r, r), mode="area")
+            keep_mask = F.interpolate(keep_mask, size=(r, r), mode="area")
+        values = torch.cat([source * keep_mask, keep_mask], dim=1).reshape(b, COLOUR_CHANNELS, r * r)
+        points = lift(origins, directions, depth.reshape(b, r * r).to(origins.dtype))
+        xy = rasterize(points, values, r, self.box_warp, self.nearest_method, planes=(0,))[:, 0]
+        if r != self.plane_resolution:
+            xy = F.interpolate(xy, size=(self.plane_resolution,) * 2, mode="bilinear", align_corners=False)
+        return xy * self.colour_gain.view(1, -1, 1, 1).to(xy.dtype)
+
+    @staticmethod
+    def add_colour(planes: Tensor, colour: Tensor) -> Tensor:
+        """T_p with the lifted colour (B, 4, R, R) added to channels 0..3 of its XY plane."""
+        k = colour.shape[1]
+        xy = torch.cat([planes[:, 0, :k] + colour, planes[:, 0, k:]], dim=1)
+        return torch.cat([xy.unsqueeze(1), planes[:, 1:]], dim=1)

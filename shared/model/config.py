@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 
+# Channels the colour lifting writes into T_p's XY plane: RGB × keep-mask, then the keep-mask.
+COLOUR_CHANNELS = 4
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """A SegFormer Mix-Transformer encoder plus its all-MLP fuse (no BN/ReLU/classifier).
@@ -130,6 +134,11 @@ class AppearanceConfig:
     depth_source: Literal["canonical", "canonical_expression"] = "canonical"
     upsampler_hidden: int = 128
     mask_erosion: int = 7  # kernel of the keep-mask erosion in "composite" mode
+    # Colour lifting (§3.2: "mapping pixel values from the input image"): the source RGB × keep-mask
+    # and the keep-mask itself are lifted at this resolution (depth rendered there) and rasterised
+    # into the first four channels of T_p's XY plane, so T_p holds the portrait's real colour at a
+    # finer grid than E_p's features. 0 = off (features only, as the released code).
+    colour_resolution: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,15 @@ class ModelConfig:
                     "config.renderer",
                     f"depth_resolution ({r.depth_resolution}) must equal the encoder feature resolution ({feat})",
                 )
+            colour = self.appearance.colour_resolution
+            if colour and (
+                colour % feat or colour > self.image_size or self.plane.channels < COLOUR_CHANNELS
+            ):
+                raise ConfigError(
+                    "config.appearance",
+                    f"colour_resolution ({colour}) must be a multiple of the feature resolution ({feat}), "
+                    f"at most image_size, with at least {COLOUR_CHANNELS} plane channels",
+                )
             want = 6 if self.appearance.input_mode == "composite" else 3
             if self.appearance.encoder.in_channels != want:
                 raise ConfigError(
@@ -245,12 +263,14 @@ def paper_config() -> ModelConfig:
 
 
 def tiny_config() -> ModelConfig:
-    """Same network at small sizes: 128² input, MiT at half width, 3×16×64² planes, 32² renders with
-    24+24 samples, SR 32² → 128². Sized so `animate` stays well under 100 ms per frame and training
-    fits 2 CPU cores; the checkpoint is ~11 MB.
+    """Same network at small sizes: 128² input, MiT at half width, 3×16×64² planes, 64² renders with
+    24+24 samples, SR 64² → 128². Sized so `animate` stays under 150 ms per frame and training
+    fits 2 CPU cores.
 
-    The SR is `tiny_superres_config` at half its width (narrow 1/16, 32-d styles): it was more than
-    half of a tiny frame's cost, and the source-only share is what makes the cached path pay off.
+    T_p also carries the source's colour lifted at 64² (``colour_resolution``), the planes'
+    resolution: E_p's features are 32² only. The decoder outputs RGB only (``feature_channels`` 3):
+    the SR reads RGB, so further feature channels would never be trained. The SR is
+    `tiny_superres_config` at half its width (narrow 1/16, 32-d styles).
     """
     encoder = EncoderConfig(
         hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=64
@@ -260,18 +280,18 @@ def tiny_config() -> ModelConfig:
         image_size=128,
         canonical_encoder=encoder,
         plane=PlaneConfig(channels=16, resolution=64, head_channels=(64, 32)),
-        appearance=AppearanceConfig(encoder=encoder, upsampler_hidden=32),
+        appearance=AppearanceConfig(encoder=encoder, upsampler_hidden=32, colour_resolution=64),
         expression=ExpressionConfig(encoder=encoder),
         renderer=RendererConfig(
-            resolution=32,
+            resolution=64,
             depth_resolution=32,
             num_coarse=24,
             num_fine=24,
             decoder_hidden=32,
-            feature_channels=8,
+            feature_channels=3,
         ),
         superres=dataclasses.replace(
-            tiny_superres_config(), in_size=32, out_size=128, narrow=0.0625, num_style_feat=32
+            tiny_superres_config(), in_size=64, out_size=128, narrow=0.0625, num_style_feat=32
         ),
     )
 

@@ -2,7 +2,7 @@
 
     T_c = Embed2Plane(E_c(I_s · keep))                                    canonical.py   (§3.1)
     D_s = depth of R_V(T_c, C_s) at 128²;  P_ij = o + D_s^ij d           appearance.py  (§3.2)
-    T_p = Upsampler(Rasterize(P, E_p(I_s · keep)))                       appearance.py  (§3.2)
+    T_p = Upsampler(Rasterize(P, E_p(I_s · keep))) [+ lifted colour]     appearance.py  (§3.2)
     T_e = Embed2Plane(E_e(I_exp))                                         expression.py  (§3.3)
     I_{c+e+p} = R_V(T_c + T_p + T_e, C_t);  I_o = SR(I_{c+e+p})          renderer.py, superres.py
 
@@ -85,6 +85,7 @@ class AnimationOutput:
     low_res: Tensor  # (N, 3, r, r)
     frames: Tensor | None  # (N, 3, out, out) super-resolved (None when superres=False)
     depth: Tensor  # (N, 1, r, r)
+    alpha: Tensor  # (N, 1, r, r) accumulated opacity of the render in [0, 1] (0 = background)
 
 
 @dataclass
@@ -280,6 +281,11 @@ class GOHANetwork(nn.Module):
             )
         return self.expression(expression_render)
 
+    @property
+    def lifting_resolution(self) -> int:
+        """Resolution of the source-view depth render: E_p's feature grid, or the finer colour grid."""
+        return max(self.config.renderer.depth_resolution, self.config.appearance.colour_resolution)
+
     def source_render(
         self,
         base_planes: Tensor,
@@ -294,7 +300,7 @@ class GOHANetwork(nn.Module):
             return self.renderer(
                 base_planes,
                 source_camera,
-                self.config.renderer.depth_resolution,
+                self.lifting_resolution,
                 deterministic=deterministic,
                 generator=generator,
                 rgb_only=True,
@@ -311,16 +317,28 @@ class GOHANetwork(nn.Module):
         generator: torch.Generator | None = None,
         features: Tensor | None = None,
     ) -> tuple[Tensor, RenderOutput]:
-        """T_p (§3.2): depth of the base planes → lifting → rasterisation → upsampler."""
+        """T_p (§3.2): depth of the base planes → lifting → rasterisation → upsampler (+ the lifted
+        colour when ``appearance.colour_resolution`` is set)."""
         assert self.appearance is not None
         rendered = self.source_render(
             base_planes, source_camera, deterministic=deterministic, generator=generator
         )
         if features is None:
             features = self.appearance.encode(source_image, source_mask, rendered.rgb)
+        size = features.shape[-1]
+        depth = rendered.depth
+        if depth.shape[-1] != size:  # rendered at the finer colour grid: average down per feature pixel
+            depth = F.avg_pool2d(depth, depth.shape[-1] // size)
         # Rays stay float32 even for half-precision networks (fp16 would shift points by millimetres).
-        origins, directions = cams.generate_rays(source_camera.float(), features.shape[-1])
-        return self.appearance(features, rendered.depth, origins, directions), rendered
+        origins, directions = cams.generate_rays(source_camera.float(), size)
+        t_p = self.appearance(features, depth, origins, directions)
+        if self.config.appearance.colour_resolution:
+            colour_rays = cams.generate_rays(source_camera.float(), rendered.depth.shape[-1])
+            colour = self.appearance.colour_planes(
+                source_image.to(t_p.dtype), source_mask.to(t_p.dtype), rendered.depth, *colour_rays
+            )
+            t_p = self.appearance.add_colour(t_p, colour)
+        return t_p, rendered
 
     def render(
         self,
@@ -499,7 +517,7 @@ class GOHANetwork(nn.Module):
         dtype = next(self.parameters()).dtype
         device = cameras.device
         avatar = avatar.to(device=device, dtype=dtype)
-        low, high, depth = [], [], []
+        low, high, depth, alpha = [], [], [], []
         step = max(1, self.max_frames_per_chunk)
         for start in range(0, n, step):
             sl = slice(start, start + step)
@@ -538,10 +556,14 @@ class GOHANetwork(nn.Module):
             )
             low.append(rendered.rgb)
             depth.append(rendered.depth)
+            alpha.append(rendered.opacity.clamp(0.0, 1.0))
             if superres:
                 high.append(
                     self.super_resolve(rendered.rgb, deterministic=deterministic, generator=generator)
                 )
         return AnimationOutput(
-            low_res=torch.cat(low), frames=torch.cat(high) if superres else None, depth=torch.cat(depth)
+            low_res=torch.cat(low),
+            frames=torch.cat(high) if superres else None,
+            depth=torch.cat(depth),
+            alpha=torch.cat(alpha),
         )

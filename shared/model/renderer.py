@@ -8,7 +8,8 @@
   coarse weights blurred by a max-then-average filter plus 0.01, all sorted together.
 - **Compositing** (`composite`): midpoint quadrature (values and densities averaged over each
   interval), density = softplus(σ + density_bias) with bias −1, alpha compositing onto black,
-  colour/features mapped ×2 − 1; expected depth = weighted mean depth, clamped to the samples.
+  colour/features mapped ×2 − 1; expected depth = Σ w·t + (1 − Σ w)·t_far (the transmittance left
+  at the end of the ray lands at the far end), clamped to the samples.
 
 Deterministic mode (inference): stratified samples sit at bin centres and importance samples at
 quantiles (k + ½)/n: no randomness at all, so a render is a pure function of planes and camera.
@@ -190,9 +191,11 @@ def composite(
     values = torch.einsum("rs,rsk->rk", weights, mid[..., 1:]) * 2 - 1
     total = weights.sum(dim=-1)
     depth_mid = 0.5 * (depths[:, 1:] + depths[:, :-1])
-    depth = (weights * depth_mid).sum(dim=-1) / total.clamp_min(1e-10)
-    # Rays that hit nothing end at the far side; hits are kept inside the sampled range.
-    depth = torch.where(total > 1e-10, depth, depths[:, -1])
+    # The light that passes the whole ray (transmittance 1 - total) lands at the far end, so a
+    # background ray ends there, not at the weighted mean of its faint fog (which normalising by
+    # ``total`` would lift into the middle of the head: softplus density is never exactly 0).
+    leftover = (1.0 - total).clamp_min(0.0)
+    depth = (weights * depth_mid).sum(dim=-1) + leftover * depths[:, -1]
     depth = torch.minimum(torch.maximum(depth, depths[:, 0]), depths[:, -1])
     return RayOutput(values=values, depth=depth, opacity=total), weights
 

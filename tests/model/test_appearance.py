@@ -6,7 +6,10 @@ import torch
 from shared.model import appearance as app
 from shared.model import cameras as cams
 from shared.model.appearance import AppearanceUpsampler, lift, nearest_indices, rasterize
+from shared.model.config import AppearanceConfig, RendererConfig
+from shared.model.network import GOHANetwork
 from shared.model.triplane import cell_centres, project_to_planes
+from tests.model.conftest import make_batch, micro_config
 
 
 def brute_force(points: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -137,3 +140,56 @@ def test_paper_size_upsampler_shape() -> None:
     with torch.no_grad():
         out = upsampler(torch.zeros(1, 3, 256, 128, 128))
     assert out.shape == (1, 3, 32, 256, 256)
+
+
+def test_colour_lifting_writes_the_source_pixels_into_the_xy_plane_only() -> None:
+    """A frontal source over a flat surface at the head's depth: each XY texel holds the colour of
+    the pixel that projects onto it, the keep-mask in channel 3, and XZ / ZY get nothing."""
+    cfg = micro_config(
+        appearance=AppearanceConfig(encoder=micro_config().appearance.encoder, colour_resolution=32)
+    )
+    branch = app.AppearanceBranch(cfg)
+    res = 32
+    camera = cams.spherical_camera(torch.tensor([0.0]), torch.tensor([0.0]))
+    origins, directions = cams.generate_rays(camera, res)
+    # Depth so that every point lies on the plane z = 0 (through the head centre).
+    depth = (-origins[..., 2] / directions[..., 2]).reshape(1, 1, res, res)
+    source = torch.full((1, 3, 64, 64), -1.0)
+    source[:, 0, 20:44, 20:44] = 1.0  # a red square in the middle of the image
+    keep = torch.ones(1, 1, 64, 64)
+    colour = branch.colour_planes(source, keep, depth, origins, directions)
+    assert colour.shape == (1, 4, cfg.plane.resolution, cfg.plane.resolution)
+    red = colour[0, 0]
+    # The square's centre lands on the plane's centre texels; the image border on the plane's border
+    # region, which is dark (-1 × keep).
+    assert red[14:18, 14:18].min() > 0.99
+    assert red[0, 0] < -0.99 and (colour[0, 3] > 0.99).all()
+    planes = torch.zeros(1, 3, cfg.plane.channels, 32, 32)
+    added = branch.add_colour(planes, colour)
+    torch.testing.assert_close(added[:, 0, :4], colour)
+    assert added[:, 0, 4:].abs().max() == 0 and added[:, 1:].abs().max() == 0
+
+
+def test_network_source_colour_reaches_t_p() -> None:
+    """Changing the portrait's colour changes T_p's lifted-colour channels (the cached avatar)."""
+    base = micro_config()
+    cfg = micro_config(
+        appearance=AppearanceConfig(encoder=base.appearance.encoder, colour_resolution=32),
+        renderer=RendererConfig(
+            resolution=16,
+            depth_resolution=16,
+            num_coarse=8,
+            num_fine=8,
+            decoder_hidden=16,
+            feature_channels=3,
+        ),
+    )
+    torch.manual_seed(0)
+    network = GOHANetwork(cfg).eval()
+    batch = make_batch(cfg, batch=1)
+    with torch.no_grad():
+        planes_a = network.reconstruct(batch.source_image, batch.source_mask, batch.source_camera).planes
+        brighter = (batch.source_image + 0.5).clamp(-1, 1)
+        planes_b = network.reconstruct(brighter, batch.source_mask, batch.source_camera).planes
+    assert network.lifting_resolution == 32
+    assert (planes_b - planes_a)[:, 0, :3].abs().max() > 0.1

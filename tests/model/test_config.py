@@ -82,3 +82,12 @@ def test_inconsistent_sizes_are_rejected() -> None:
     ModelConfig(
         profile="x", appearance=AppearanceConfig(input_mode="composite", encoder=EncoderConfig(in_channels=6))
     )
+
+
+def test_colour_lifting_resolution_is_validated() -> None:
+    base = tiny_config()
+    assert base.appearance.colour_resolution == base.plane.resolution == 64
+    with pytest.raises(ConfigError, match="colour_resolution"):
+        dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=48))
+    with pytest.raises(ConfigError, match="colour_resolution"):
+        dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=256))

@@ -70,6 +70,30 @@ def test_known_density_sphere_gives_the_analytic_depth_map_and_silhouette() -> N
     assert torch.allclose(image.rgb.permute(0, 2, 3, 1)[background.squeeze(1)], torch.tensor(-1.0))
 
 
+def test_background_rays_through_a_faint_fog_end_at_the_far_end() -> None:
+    """Softplus density is never exactly 0: a ball inside a faint fog (opacity ~5 % per ray) must
+    still put the background rays at the far end, not at the fog's weighted mean depth (which
+    normalising by the ray's total weight put in the middle of the ray range, under the head)."""
+    renderer = make_renderer()
+
+    def foggy_ball(points: torch.Tensor, batch_ids: torch.Tensor | int) -> torch.Tensor:
+        out = sphere_field(points, batch_ids)
+        fog = torch.full_like(out[:, :1], -3.0)  # softplus(-3 - 1) ≈ 0.018 per unit: ~2 % over 1.05
+        return torch.cat([torch.maximum(out[:, :1], fog), out[:, 1:]], dim=-1)
+
+    cameras = cams.spherical_camera(torch.tensor([0.0]), torch.tensor([0.0]))
+    res = 32
+    origins, directions = cams.generate_rays(cameras, res)
+    with torch.no_grad():
+        image = rays_to_image(renderer.render_rays(foggy_ball, origins, directions, deterministic=True), res)
+    _, miss = analytic_hits(origins, directions)
+    background = miss.view(1, 1, res, res) > 0.05
+    assert background.sum() > 200
+    assert (image.opacity[background] < 0.05).all() and (image.opacity[background] > 0.005).all()
+    # Within the fog's pull: at most ~3 % of the ray range before the far end (was ~2.78, mid-range).
+    assert (image.depth[background] > 3.3 - 0.04).all()
+
+
 def test_stratified_samples_stay_in_their_bins() -> None:
     gen = torch.Generator().manual_seed(0)
     t = stratified_depths(100, 10, 2.0, 3.0, deterministic=False, generator=gen)
