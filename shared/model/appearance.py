@@ -20,8 +20,10 @@
 
 5. **Colour lifting** (`AppearanceBranch.colour_planes`, when ``colour_resolution`` > 0). The paper
    says the branch maps *pixel values* of the input image into 3D; at the tiny profile's 32² feature
-   grid E_p's features alone cannot carry a face's colour. The source RGB × keep-mask and the
-   keep-mask (4 channels) are lifted at ``colour_resolution`` with the depth rendered there, and
+   grid E_p's features alone cannot carry a face's colour. The source RGB (unmasked: eyes and brows
+   carry much of a person's identity) and the keep-mask (4 channels; the mask tells the decoder
+   where the source's expression parts are, which T_e must override when the driver's differ)
+   are lifted at ``colour_resolution`` with the depth rendered there, and
    rasterised (same exact-nearest rule) into the XY plane only, resized to the plane resolution and
    scaled by a learned per-channel gain; they are added to channels 0..3 of T_p's XY plane.
    Only XY: a (near-)frontal portrait projects onto XY one-to-one, while on XZ / ZY whole columns
@@ -233,7 +235,7 @@ class AppearanceBranch(nn.Module):
     def colour_planes(
         self, source: Tensor, keep_mask: Tensor, depth: Tensor, origins: Tensor, directions: Tensor
     ) -> Tensor:
-        """Lifted source colour for T_p's XY plane (B, 4, R, R): [RGB × keep, keep] rasterised.
+        """Lifted source colour for T_p's XY plane (B, 4, R, R): [RGB, keep] rasterised.
 
         ``depth`` (B, 1, r, r) and the rays (B, r·r, 3) are at ``colour_resolution`` r; the source
         (B, 3, S, S) and keep-mask are area-averaged to r.
@@ -242,7 +244,7 @@ class AppearanceBranch(nn.Module):
         if source.shape[-1] != r:
             source = F.interpolate(source, size=(r, r), mode="area")
             keep_mask = F.interpolate(keep_mask, size=(r, r), mode="area")
-        values = torch.cat([source * keep_mask, keep_mask], dim=1).reshape(b, COLOUR_CHANNELS, r * r)
+        values = torch.cat([source, keep_mask], dim=1).reshape(b, COLOUR_CHANNELS, r * r)
         points = lift(origins, directions, depth.reshape(b, r * r).to(origins.dtype))
         xy = rasterize(points, values, r, self.box_warp, self.nearest_method, planes=(0,))[:, 0]
         if r != self.plane_resolution:

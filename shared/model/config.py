@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-# Channels the colour lifting writes into T_p's XY plane: RGB × keep-mask, then the keep-mask.
+# Channels the colour lifting writes into T_p's XY plane: the source RGB, then the keep-mask.
 COLOUR_CHANNELS = 4
 
 
@@ -134,8 +134,8 @@ class AppearanceConfig:
     depth_source: Literal["canonical", "canonical_expression"] = "canonical"
     upsampler_hidden: int = 128
     mask_erosion: int = 7  # kernel of the keep-mask erosion in "composite" mode
-    # Colour lifting (§3.2: "mapping pixel values from the input image"): the source RGB × keep-mask
-    # and the keep-mask itself are lifted at this resolution (depth rendered there) and rasterised
+    # Colour lifting (§3.2: "mapping pixel values from the input image"): the source RGB
+    # and the keep-mask are lifted at this resolution (depth rendered there) and rasterised
     # into the first four channels of T_p's XY plane, so T_p holds the portrait's real colour at a
     # finer grid than E_p's features. 0 = off (features only, as the released code).
     colour_resolution: int = 0
