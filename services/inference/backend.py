@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 
-class AnimateOutput(NamedTuple):
-    """Frames of one ``animate`` call; unpacks as ``low_res, frames = backend.animate(...)``."""
+@dataclass(frozen=True)
+class AnimateOutput:
+    """Frames of one ``animate`` call.
+
+    ``alpha`` is the render's accumulated opacity, what the worker composites the head with when it
+    pastes it back into the portrait. It is a third field read by name: the output still unpacks as
+    the pair ``low_res, frames = backend.animate(...)`` so callers written before it keep working.
+    """
 
     low_res: np.ndarray  # (N, 3, L, L) volume render in [-1, 1]
     frames: np.ndarray  # (N, 3, S, S) super-resolved output in [-1, 1]
+    alpha: np.ndarray  # (N, 1, L, L) accumulated opacity of the render in [0, 1] (0 = background)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield self.low_res
+        yield self.frames
 
 
 @runtime_checkable

@@ -150,7 +150,12 @@ class _TransportProbe:
         n = expr_renders.shape[0]
         low = spec.output("low_res")
         out = spec.output("frames")
-        return AnimateOutput(np.zeros((n, *low.dims[1:]), low.dtype), np.zeros((n, *out.dims[1:]), out.dtype))
+        alpha = spec.output("alpha")
+        return AnimateOutput(
+            np.zeros((n, *low.dims[1:]), low.dtype),
+            np.zeros((n, *out.dims[1:]), out.dtype),
+            np.zeros((n, *alpha.dims[1:]), alpha.dtype),
+        )
 
 
 @contextmanager
@@ -211,7 +216,7 @@ def bench_transport(*, frames: int, repeats: int) -> dict[str, Any]:
     return {
         "transport_paper_fp16_frames_per_request": frames,
         "transport_paper_fp16_request_mb": (planes.nbytes + expr.nbytes + cams.nbytes) / 1e6,
-        "transport_paper_fp16_response_mb": frames * 3 * (s.low_res_size**2 + s.output_size**2) * 2 / 1e6,
+        "transport_paper_fp16_response_mb": frames * (4 * s.low_res_size**2 + 3 * s.output_size**2) * 2 / 1e6,
         "transport_paper_fp16_ms_per_request_grpc": results[False],
         "transport_paper_fp16_ms_per_request_shm": results[True],
         "transport_paper_fp16_shm_speedup": results[False] / results[True],

@@ -6,7 +6,7 @@ Transport choices, both measured by ``services.inference.bench``:
   frames per request (``max_frames_per_request``) to amortise them;
 * system shared memory (colocated client and server, e.g. the embedded stack or one pod): the
   client registers one input region (tri-planes + renders + cameras) and one output region (low-res
-  + frames) once and reuses them for every request, so no tensor bytes cross the gRPC channel.
+  + frames + alpha) once and reuses them for every request, so no tensor bytes cross the gRPC channel.
 
 Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with exponential backoff inside a
 time budget, then surface as the typed `InferenceUnavailable`. The gRPC channel and the shared
@@ -30,6 +30,7 @@ import numpy as np
 
 from services.inference.backend import AnimateOutput
 from services.inference.contract import (
+    ALPHA,
     ANIMATE_MODEL,
     CAMERA,
     CAMERAS,
@@ -331,30 +332,33 @@ class InferenceClient:
             if count == 0:
                 raise InferenceInputError("animate needs at least one frame", code="invalid_shape")
             use_shm = self._decide_shm()
-            low_res_parts, frame_parts = [], []
+            low_res_parts, frame_parts, alpha_parts = [], [], []
             planes_written = False
             for start in range(0, count, self.max_frames_per_request):
                 stop = min(start + self.max_frames_per_request, count)
                 if use_shm:
-                    low_res, frames = self._animate_shm(
+                    low_res, frames, alpha = self._animate_shm(
                         planes, expr_renders[start:stop], cameras[start:stop], write_planes=not planes_written
                     )
                     planes_written = True
                 else:
-                    low_res, frames = self._animate_grpc(
+                    low_res, frames, alpha = self._animate_grpc(
                         planes, expr_renders[start:stop], cameras[start:stop]
                     )
                 low_res_parts.append(low_res)
                 frame_parts.append(frames)
+                alpha_parts.append(alpha)
             if len(frame_parts) == 1:
-                return AnimateOutput(low_res_parts[0], frame_parts[0])
-            return AnimateOutput(np.concatenate(low_res_parts), np.concatenate(frame_parts))
+                return AnimateOutput(low_res_parts[0], frame_parts[0], alpha_parts[0])
+            return AnimateOutput(
+                np.concatenate(low_res_parts), np.concatenate(frame_parts), np.concatenate(alpha_parts)
+            )
 
     # --- animate transports ---------------------------------------------------------------------------
 
     def _animate_grpc(
         self, planes: np.ndarray, expr_renders: np.ndarray, cameras: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import tritonclient.grpc as grpcclient
 
         spec = self.contract.animate
@@ -363,7 +367,7 @@ class InferenceClient:
             item = grpcclient.InferInput(tensor_spec.name, array.shape, tensor_spec.datatype)
             item.set_data_from_numpy(array)
             inputs.append(item)
-        outputs = [grpcclient.InferRequestedOutput(LOW_RES), grpcclient.InferRequestedOutput(FRAMES)]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in (LOW_RES, FRAMES, ALPHA)]
         result = self._call(
             lambda: self._grpc.infer(
                 ANIMATE_MODEL,
@@ -374,7 +378,7 @@ class InferenceClient:
             ),
             "goha_animate",
         )
-        return result.as_numpy(LOW_RES), result.as_numpy(FRAMES)
+        return result.as_numpy(LOW_RES), result.as_numpy(FRAMES), result.as_numpy(ALPHA)
 
     def _layout(self, frames: int) -> tuple[list[tuple[TensorSpec, tuple[int, ...], int]], ...]:
         """Byte offsets of each tensor inside the input and output regions for a chunk of ``frames``."""
@@ -387,6 +391,7 @@ class InferenceClient:
         shapes_out = {
             LOW_RES: (frames, *spec.output(LOW_RES).dims[1:]),
             FRAMES: (frames, *spec.output(FRAMES).dims[1:]),
+            ALPHA: (frames, *spec.output(ALPHA).dims[1:]),
         }
         layouts = []
         for tensors, shapes in ((spec.inputs, shapes_in), (spec.outputs, shapes_out)):
@@ -406,7 +411,7 @@ class InferenceClient:
 
     def _animate_shm(
         self, planes: np.ndarray, expr_renders: np.ndarray, cameras: np.ndarray, *, write_planes: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import shared_memory as shm
 
@@ -456,7 +461,8 @@ class InferenceClient:
         for tensor, shape, offset in layout_out:
             view = shm.get_contents_as_numpy(region_out.handle, tensor.dtype, shape, offset=offset)
             results.append(np.array(view, copy=True))  # the region is overwritten by the next chunk
-        return results[0], results[1]
+        low_res, frames, alpha = results
+        return low_res, frames, alpha
 
     # --- shared memory regions ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ Models::
         in  cameras       [-1, 25]         FP32
         out low_res       [-1, 3, L, L]    float   volume-rendered RGB in [-1, 1]
         out frames        [-1, 3, S, S]    float   super-resolved RGB in [-1, 1]
+        out alpha         [-1, 1, L, L]    float   accumulated opacity of the render in [0, 1]
     goha_info          no inputs
         out model_version [1] BYTES   checkpoint version (config + content hash)
         out profile       [1] BYTES   profile name of the served checkpoint
@@ -49,6 +50,7 @@ EXPR_RENDERS = "expr_renders"
 CAMERAS = "cameras"
 LOW_RES = "low_res"
 FRAMES = "frames"
+ALPHA = "alpha"
 MODEL_VERSION = "model_version"
 PROFILE = "profile"
 
@@ -167,6 +169,8 @@ class ServingContract:
             outputs=(
                 TensorSpec(LOW_RES, f, (-1, 3, s.low_res_size, s.low_res_size)),
                 TensorSpec(FRAMES, f, (-1, 3, s.output_size, s.output_size)),
+                # The head's opacity at the low-res render's pixels: the worker composites with it.
+                TensorSpec(ALPHA, f, (-1, 1, s.low_res_size, s.low_res_size)),
             ),
             max_batch_size=0,
         )

@@ -173,6 +173,7 @@ class InProcessInference:
             raise InferenceInputError("animate needs at least one frame", code="invalid_shape")
         low_res = np.empty((count, *spec.output("low_res").dims[1:]), dtype=spec.output("low_res").dtype)
         frames = np.empty((count, *spec.output("frames").dims[1:]), dtype=spec.output("frames").dtype)
+        alpha = np.empty((count, *spec.output("alpha").dims[1:]), dtype=spec.output("alpha").dtype)
         with self._lock, self._inference():
             avatar = make_avatar(self.network, self._tensor(planes)[None])
             for start in range(0, count, self.max_frames_per_forward):
@@ -184,10 +185,11 @@ class InProcessInference:
                     self._tensor(expr_renders[start:stop]),
                     self._tensor(cameras[start:stop]),
                 )
-                chunk_low, chunk_frames = animate_images(output)
+                chunk_low, chunk_frames, chunk_alpha = animate_images(output)
                 low_res[start:stop] = self._numpy(chunk_low)
                 frames[start:stop] = self._numpy(chunk_frames)
-        return AnimateOutput(low_res, frames)
+                alpha[start:stop] = self._numpy(chunk_alpha)
+        return AnimateOutput(low_res, frames, alpha)
 
     def close(self) -> None:
         """Nothing to release; the network is garbage collected with this object."""
@@ -287,6 +289,9 @@ def make_avatar(network: Any, planes: Any) -> Any:
     return SourceAvatar(model_version=network.version_label, config_hash=network.config_hash, planes=planes)
 
 
-def animate_images(output: Any) -> tuple[Any, Any]:
-    """(low-res render, super-resolved frames) of an ``AnimationOutput``."""
-    return output.low_res, output.frames
+def animate_images(output: Any) -> tuple[Any, Any, Any]:
+    """(low-res render, super-resolved frames, opacity) of an ``AnimationOutput``.
+
+    The opacity is clamped to [0, 1] here as well: fp16 rounding of a sum of weights can pass 1.
+    """
+    return output.low_res, output.frames, output.alpha.clamp(0.0, 1.0)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.inference.client import ACCESS_TOKEN_ENV, InferenceClient
 from services.inference.contract import (
+    ALPHA,
     ANIMATE_MODEL,
     CAMERAS,
     EXPR_RENDERS,
@@ -148,7 +149,7 @@ def bind_models(
         responses = []
         for request in requests:
             output = engine.animate(request[PLANES], request[EXPR_RENDERS], request[CAMERAS])
-            responses.append({LOW_RES: output.low_res, FRAMES: output.frames})
+            responses.append({LOW_RES: output.low_res, FRAMES: output.frames, ALPHA: output.alpha})
         return responses
 
     info_response = {

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from services.inference.contract import (
+    ALPHA,
     ANIMATE_MODEL,
     CAMERA,
     CAMERAS,
@@ -226,6 +227,7 @@ class AnimateModel(_GOHAModel):
                             pb_utils.Tensor(
                                 FRAMES, output.frames.astype(spec.output(FRAMES).dtype, copy=False)
                             ),
+                            pb_utils.Tensor(ALPHA, output.alpha.astype(spec.output(ALPHA).dtype, copy=False)),
                         ]
                     )
                 )

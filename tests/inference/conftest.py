@@ -88,13 +88,14 @@ class Reference:
     planes: np.ndarray  # (2, 3, C, R, R) in-process reconstruct of both portraits
     low_res: np.ndarray  # in-process animate of planes[0] with the three frames
     frames: np.ndarray
+    alpha: np.ndarray  # (3, 1, L, L) the render's opacity
 
 
 @pytest.fixture(scope="session")
 def reference(inprocess, inputs: Inputs) -> Reference:  # noqa: ANN001
     planes = inprocess.reconstruct(inputs.portraits, inputs.masks, inputs.cameras)
-    low_res, frames = inprocess.animate(planes[0], inputs.expr_renders, inputs.frame_cameras)
-    return Reference(planes=planes, low_res=low_res, frames=frames)
+    output = inprocess.animate(planes[0], inputs.expr_renders, inputs.frame_cameras)
+    return Reference(planes=planes, low_res=output.low_res, frames=output.frames, alpha=output.alpha)
 
 
 @pytest.fixture(scope="session")

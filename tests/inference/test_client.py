@@ -113,12 +113,15 @@ def test_in_process_float16_serving_matches_float32(inprocess, inputs, reference
     # Most of the planes match the unrounded reference too.
     close = np.isclose(planes.astype(np.float32), reference.planes[:1], atol=2e-3, rtol=1e-2)
     assert close.mean() > 0.995, close.mean()
-    low_res, frames = half.animate(planes[0], inputs.expr_renders[:1], inputs.frame_cameras[:1])
+    output = half.animate(planes[0], inputs.expr_renders[:1], inputs.frame_cameras[:1])
+    frames, alpha = output.frames, output.alpha
     assert frames.dtype == np.float16
-    _, expected_frames = inprocess.animate(
+    expected = inprocess.animate(
         planes[0].astype(np.float32), fp16(inputs.expr_renders[:1]), inputs.frame_cameras[:1]
     )
-    np.testing.assert_allclose(frames.astype(np.float32), expected_frames, atol=2e-3, rtol=0)
+    np.testing.assert_allclose(frames.astype(np.float32), expected.frames, atol=2e-3, rtol=0)
+    assert alpha.dtype == np.float16 and alpha.min() >= 0.0 and alpha.max() <= 1.0
+    np.testing.assert_allclose(alpha.astype(np.float32), expected.alpha, atol=2e-3, rtol=0)
 
 
 def test_open_backend_picks_triton_or_in_process(tiny_checkpoint) -> None:  # noqa: ANN001

@@ -44,11 +44,10 @@ def test_container_models_match_in_process(tmp_path, tiny_checkpoint, inputs, re
             # batch-2 request exercises the same concatenate/split path deterministically.
             planes = client.reconstruct(inputs.portraits, inputs.masks, inputs.cameras)
             np.testing.assert_allclose(planes, reference.planes, atol=1e-4, rtol=0)
-            low_res, frames = client.animate(
-                reference.planes[0], inputs.expr_renders[:2], inputs.frame_cameras[:2]
-            )
-            np.testing.assert_allclose(frames, reference.frames[:2], atol=1e-4, rtol=0)
-            np.testing.assert_allclose(low_res, reference.low_res[:2], atol=1e-4, rtol=0)
+            output = client.animate(reference.planes[0], inputs.expr_renders[:2], inputs.frame_cameras[:2])
+            np.testing.assert_allclose(output.frames, reference.frames[:2], atol=1e-4, rtol=0)
+            np.testing.assert_allclose(output.low_res, reference.low_res[:2], atol=1e-4, rtol=0)
+            np.testing.assert_allclose(output.alpha, reference.alpha[:2], atol=1e-4, rtol=0)
             # The container code returns typed errors the client understands.
             with pytest.raises(InferenceInputError) as info:
                 client.reconstruct(inputs.portraits[:1] * 5, inputs.masks[:1], inputs.cameras[:1])

@@ -52,7 +52,7 @@ def test_configs_parse_and_match_what_the_client_expects(configs: dict) -> None:
     recon, animate = configs[RECONSTRUCT_MODEL], configs[ANIMATE_MODEL]
     assert [t.name for t in recon.input] == ["portrait", "mask", "camera"]
     assert [t.name for t in animate.input] == ["planes", "expr_renders", "cameras"]
-    assert [t.name for t in animate.output] == ["low_res", "frames"]
+    assert [t.name for t in animate.output] == ["low_res", "frames", "alpha"]
     assert recon.output[0].data_type == pb.TYPE_FP16 and list(recon.output[0].dims) == [3, 32, 256, 256]
     assert animate.input[0].data_type == pb.TYPE_FP16 and list(animate.input[0].dims) == [3, 32, 256, 256]
     assert animate.input[2].data_type == pb.TYPE_FP32

@@ -44,11 +44,18 @@ def test_animate_equals_in_process(triton_server, inputs, reference, use_shared_
     # Two frames per request: the three frames take two requests that reuse the same regions.
     with triton_server.client(use_shared_memory=use_shared_memory, max_frames_per_request=2) as client:
         assert client.uses_shared_memory is use_shared_memory
-        low_res, frames = client.animate(reference.planes[0], inputs.expr_renders, inputs.frame_cameras)
-    assert frames.shape == reference.frames.shape == (3, 3, 128, 128)
-    assert low_res.shape == reference.low_res.shape == (3, 3, 32, 32)
+        output = client.animate(reference.planes[0], inputs.expr_renders, inputs.frame_cameras)
+        shapes = client.contract.shapes  # the tiny profile's sizes, whatever they are now
+    low_res, frames = output  # still unpacks as the pair for callers that predate alpha
+    assert frames.shape == reference.frames.shape == (3, 3, shapes.output_size, shapes.output_size)
+    assert low_res.shape == reference.low_res.shape == (3, 3, shapes.low_res_size, shapes.low_res_size)
+    assert output.alpha.shape == reference.alpha.shape == (3, 1, shapes.low_res_size, shapes.low_res_size)
     np.testing.assert_allclose(frames, reference.frames, atol=FP32_TOLERANCE, rtol=0)
     np.testing.assert_allclose(low_res, reference.low_res, atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(output.alpha, reference.alpha, atol=FP32_TOLERANCE, rtol=0)
+    assert output.alpha.min() >= 0.0 and output.alpha.max() <= 1.0
+    # The served opacity is the frame's own: frames 0 and 1 differ in camera only, so theirs differ.
+    assert np.abs(reference.alpha[0] - reference.alpha[1]).max() > 10 * FP32_TOLERANCE
     # A randomly initialised network reacts weakly to its inputs, so also check that the served
     # frames are much closer to their in-process twins than the frames are to each other: a swapped
     # or dropped camera / expression would break this.
