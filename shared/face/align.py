@@ -112,11 +112,26 @@ class AlignedCrop:
         return float(np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
 
 
-def _resized_matrix(matrix: np.ndarray, from_size: int, to_size: int) -> np.ndarray:
-    """Compose a source->crop matrix with the crop->crop' rescale between pixel-index grids."""
-    factor = to_size / from_size
-    rescale = np.array([[factor, 0.0, 0.5 * factor - 0.5], [0.0, factor, 0.5 * factor - 0.5]])
-    return rescale[:, :2] @ matrix + np.concatenate([np.zeros((2, 2)), rescale[:, 2:]], axis=1)
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of ``outer(inner(p))``."""
+    outer, inner = np.asarray(outer, dtype=np.float64), np.asarray(inner, dtype=np.float64)
+    return np.concatenate([outer[:, :2] @ inner[:, :2], outer[:, :2] @ inner[:, 2:] + outer[:, 2:]], axis=1)
+
+
+def rescale_matrix(from_shape: tuple[int, int], to_shape: tuple[int, int]) -> np.ndarray:
+    """2x3 map between the pixel-index grids of one image at two sizes, (height, width) each: pixel
+    centres at integers, the image's outer edges onto each other (``cv2.resize``'s convention)."""
+    fy, fx = to_shape[0] / from_shape[0], to_shape[1] / from_shape[1]
+    return np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
+
+
+def resized_matrix(matrix: np.ndarray, from_size: int, to_size: int) -> np.ndarray:
+    """Compose a source->crop matrix with the crop->crop' rescale between pixel-index grids: the map
+    from source pixels to a ``to_size`` square image in the crop's framing (e.g. a rendered frame)."""
+    return compose_affine(rescale_matrix((from_size, from_size), (to_size, to_size)), matrix)
+
+
+_resized_matrix = resized_matrix  # the name it had before other modules reused it
 
 
 class FaceAligner:
@@ -211,7 +226,7 @@ def paste_back(
     if (height, width) != crop.source_shape:
         raise ValueError(f"original image is {width}x{height}, the crop came from {crop.source_shape[::-1]}")
     frame_size = frame.shape[0]
-    to_frame = _resized_matrix(crop.matrix, crop.size, frame_size)
+    to_frame = resized_matrix(crop.matrix, crop.size, frame_size)
     to_source = invert_affine(to_frame)
     alpha = feather_mask(frame_size, feather)
     if mask is not None:
