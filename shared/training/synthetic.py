@@ -90,6 +90,11 @@ class SyntheticConfig:
     hat_prob: float = 0.2
     earrings_prob: float = 0.25
     hair_prob: float = 0.9
+    # Painted skin texture (make-up, birthmarks, face paint, tattoos, sunburn...): random coloured
+    # blobs over the skin, so that the colour the appearance branch lifts from a real portrait is not
+    # limited to six skin tones. Fraction of identities that get some, and blobs per such identity.
+    texture_prob: float = 0.7
+    texture_blobs: int = 6
 
 
 @dataclass
@@ -107,6 +112,8 @@ class Identity:
     hat_colour: np.ndarray
     earrings: bool
     light: np.ndarray  # (3,) unit direction toward the light, world frame
+    # Skin texture blobs: centres (K, 3) in model space, radii (K,), colours (K, 3), strengths (K,).
+    texture: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def accessories(self) -> np.ndarray:
@@ -140,7 +147,34 @@ def sample_identity(
         hat_colour=rng.uniform(0.05, 0.9, 3).astype(np.float32),
         earrings=bool(rng.random() < config.earrings_prob),
         light=(light / np.linalg.norm(light)).astype(np.float32),
+        texture=_sample_texture(config, rng),
     )
+
+
+def _sample_texture(
+    config: SyntheticConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    # Drawn after every other identity field, so identities without texture are unchanged.
+    if config.texture_blobs <= 0 or rng.random() >= config.texture_prob:
+        return None
+    k = int(rng.integers(1, config.texture_blobs + 1))
+    centres = rng.uniform([-0.16, -0.2, 0.0], [0.16, 0.3, 0.25], (k, 3)).astype(np.float32)
+    radii = rng.uniform(0.015, 0.1, k).astype(np.float32)
+    colours = rng.uniform(0.0, 1.0, (k, 3)).astype(np.float32)
+    strengths = rng.uniform(0.3, 0.9, k).astype(np.float32)
+    return centres, radii, colours, strengths
+
+
+def apply_texture(skin: np.ndarray, vertices: np.ndarray, identity: Identity) -> np.ndarray:
+    """Skin colours (V, 3) with the identity's texture blobs painted on (Gaussian falloff)."""
+    if identity.texture is None:
+        return skin
+    centres, radii, colours, strengths = identity.texture
+    out = skin
+    for centre, radius, colour, strength in zip(centres, radii, colours, strengths):
+        weight = strength * np.exp(-((vertices - centre) ** 2).sum(-1) / (2 * radius**2))[:, None]
+        out = out * (1 - weight) + colour * weight
+    return out.astype(np.float32)
 
 
 def sample_expression(model: MorphableModel, config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
@@ -387,6 +421,9 @@ def build_scene(model: MorphableModel, identity: Identity, beta: np.ndarray) -> 
     albedo = model.albedo.numpy() if model.albedo is not None else np.full((num_v, 3), 0.7, np.float32)
     face_mean = albedo[model.face_region.numpy()].mean(0)
     skin = np.clip(albedo / np.maximum(face_mean, 1e-3) * identity.skin, 0, 1)
+    # Painted on the neutral head, so the texture moves with the skin under expressions.
+    neutral = model.vertices(alpha, torch.zeros(1, model.num_expression))[0].numpy()
+    skin = apply_texture(skin, neutral, identity)
     brow = extras.brow_weight[:, None]
     skin = skin * (1 - brow) + brow * identity.hair_colour * 0.8
     labels = np.zeros((num_v, 5), np.float32)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from shared.training.errors import DataError
 from shared.training.synthetic import (
     PairDataset,
     SyntheticConfig,
+    build_scene,
     collate,
     generate_dataset,
     make_pair,
@@ -122,3 +124,23 @@ def test_old_datasets_are_refused_with_a_clear_error(tmp_path) -> None:
     np.savez(shard, **arrays)
     generate_dataset(tmp_path, split="train", num_identities=1, pairs_per_identity=1, config=SMALL)
     assert "target_alpha" in PairDataset(tmp_path, "train")[0]
+
+
+def test_painted_texture_widens_the_skin_colours() -> None:
+    """Texture blobs change the skin's colour where they sit (and only the skin of those identities),
+    so the lifted colour seen in training is not limited to six skin tones."""
+    model = load_procedural_model()
+    config = SyntheticConfig()
+    textured = next(
+        identity
+        for identity in (sample_identity(model, config, 0, "train", i) for i in range(20))
+        if identity.texture is not None
+    )
+    plain = dataclasses.replace(textured, texture=None)
+    beta = np.zeros(model.num_expression, np.float32)
+    with_texture = build_scene(model, textured, beta).colours.numpy()
+    without = build_scene(model, plain, beta).colours.numpy()
+    changed = np.abs(with_texture - without).max(axis=1) > 0.05
+    assert 0 < changed.mean() < 0.9
+    no_texture = dataclasses.replace(config, texture_prob=0.0)
+    assert all(sample_identity(model, no_texture, 0, "train", i).texture is None for i in range(10))
