@@ -15,8 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	# invisible-watermark pins an old opencv/numpy in its metadata; its real needs are installed above.
 	$(BIN)/pip install --no-deps invisible-watermark==0.2.0
-	# pip check, ignoring only invisible-watermark's opencv-python metadata (we ship opencv-python-headless).
-	$(BIN)/pip check | grep -v '^invisible-watermark .* requires opencv-python' | (! grep .)
+	# mediapipe 0.10.21 ships the Apache-2.0 face/segmentation models (1.x ships none); its metadata asks
+	# for protobuf<5, jax, jaxlib, opencv-contrib-python, sentencepiece, sounddevice, none of which the
+	# face graphs use; its real runtime deps are absl-py + matplotlib (pinned) and attrs, flatbuffers, protobuf.
+	$(BIN)/pip install --no-deps mediapipe==0.10.21
+	# pip check, ignoring only the metadata of those two --no-deps packages (docs/face-analysis.md).
+	$(BIN)/pip check | grep -v '^invisible-watermark .* requires opencv-python' \
+	  | grep -Ev '^mediapipe 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice)|has requirement protobuf)' \
+	  | (! grep .)
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,14 @@
-"""Face detection (dlib HOG) and 68-point landmarks (dlib shape predictor), with typed errors.
+"""Face detection and 68-point landmarks: the shared types, the backend switch, and the dlib backend.
 
-Licence note: the 68-landmark model shipped by ``face-recognition-models``
+Two backends implement the same ``detect`` / tracker contract (``make_detector(DetectorConfig)``):
+
+* ``"mesh"`` (the default): MediaPipe's short-range face detector + 478-point attention mesh, both
+  Apache-2.0 and shipped inside the ``mediapipe==0.10.21`` wheel; the 68 iBUG points are mesh
+  vertices (``shared/face/mesh.py``).
+* ``"dlib"`` (option): dlib HOG + the 68-point shape predictor, described below. dlib is imported only
+  when this backend is chosen, so the default stack never loads it or its model files.
+
+Licence note (dlib backend): the 68-landmark model shipped by ``face-recognition-models``
 (``shape_predictor_68_face_landmarks.dat``) was trained on the iBUG 300-W data set, whose licence
 allows **non-commercial use only**. Anyone deploying this commercially must replace it with a
 landmark model trained on commercially usable data (the API here does not depend on which).
@@ -19,7 +27,7 @@ Policy for one image (``FaceDetector.detect``):
 5. Faces whose box side is below ``min_face_size`` original pixels -> ``FaceTooSmallError``; faces
    cut by the image border (box partly outside or landmarks outside) -> ``FaceAtBorderError``.
 
-Video (``FaceTracker``): a detection every ``detect_every`` frames, searched first in a region
+Video (``FaceTracker``, dlib backend): a detection every ``detect_every`` frames, searched first in a region
 around the last face at the scale where it is ~100 px (~3-5 ms; the whole frame only if that
 fails), and in between landmarks are re-estimated from a box derived from the previous frame's
 landmarks (the shape predictor costs ~1 ms where a full-frame HOG costs ~20 ms at 512 px).
@@ -32,9 +40,9 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cv2
-import dlib
 import numpy as np
 
 from shared.face.errors import FaceAtBorderError, FaceTooSmallError, ImageInvalidError, NoFaceError
@@ -66,23 +74,40 @@ def landmark_model_path() -> Path:
     return face_models_dir() / "shape_predictor_68_face_landmarks.dat"
 
 
+if TYPE_CHECKING:
+    from shared.face.mesh import MeshFaceDetector
+
+
 @lru_cache(maxsize=4)
-def _load_shape_predictor(path: str) -> dlib.shape_predictor:
+def _load_shape_predictor(path: str) -> Any:
+    import dlib
+
     return dlib.shape_predictor(path)
 
 
 @lru_cache(maxsize=1)
-def _load_hog_detector() -> dlib.fhog_object_detector:
+def _load_hog_detector() -> Any:
+    import dlib
+
     return dlib.get_frontal_face_detector()
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    # Detection runs on a copy whose longer side is at most this (HOG cost grows with area).
+    # "mesh": MediaPipe detector + 478-point mesh (Apache-2.0, the default); "dlib": HOG + the
+    # 68-point shape predictor (its iBUG 300-W training data is licensed non-commercial only).
+    backend: Literal["mesh", "dlib"] = "mesh"
+    # Mesh backend: BlazeFace score threshold, the landmark model's face-presence threshold (below
+    # it a tracked face counts as lost), and how many faces a portrait search reports.
+    mesh_min_detection_score: float = 0.5
+    mesh_min_presence: float = 0.5
+    max_faces: int = 4
+    # dlib backend: detection runs on a copy whose longer side is at most this (HOG cost grows with area).
     detect_max_side: int = 640
-    # HOG SVM score threshold; real faces score ~0.5-2, clutter mostly below 0.
+    # dlib backend: HOG SVM score threshold; real faces score ~0.5-2, clutter mostly below 0.
     score_threshold: float = 0.3
-    # Second pass with 2x upsampling when nothing is found, to report small faces as such.
+    # Second pass when nothing is found (dlib: 2x upsampling; mesh: overlapping tiles), to report
+    # small faces as such.
     small_face_pass: bool = True
     # Minimum face box side in original pixels.
     min_face_size: int = 64
@@ -91,7 +116,7 @@ class DetectorConfig:
     # Landmarks may fall this far outside the image (fraction of the face box side) before the face
     # counts as cut by the border.
     landmark_border_tolerance: float = 0.02
-    landmark_model: str | None = None  # default: face-recognition-models' 68-point model
+    landmark_model: str | None = None  # dlib backend: default face-recognition-models' 68-point model
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,7 @@ class FaceDetection:
     score: float
     landmarks: np.ndarray  # (68, 2) float32 (x, y) pixel-index coordinates
     report: DetectionReport
+    mesh: np.ndarray | None = None  # (478, 2) float32 with the mesh backend
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -168,7 +194,7 @@ def _box_outside_fraction(box: np.ndarray, height: int, width: int) -> float:
 
 
 class FaceDetector:
-    """dlib HOG face detector + 68-point shape predictor with the policy in the module docstring.
+    """The dlib backend: HOG face detector + 68-point shape predictor with the policy in the module docstring.
 
     dlib objects are not documented as thread-safe; calls are serialised with a lock so one instance
     can be shared by a worker's threads.
@@ -239,6 +265,8 @@ class FaceDetector:
     def landmarks_in_box(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """68 landmarks (68, 2) float32 for a face box (left, top, right, bottom) in original px."""
         left, top, right, bottom = (round(float(v)) for v in box)
+        import dlib
+
         rect = dlib.rectangle(left, top, right - 1, bottom - 1)
         with self._lock:
             shape = self._predictor(image, rect)
@@ -328,6 +356,9 @@ class TrackerState:
     box_relation: np.ndarray = field(default_factory=lambda: _DEFAULT_BOX_RELATION.copy())
     frames_since_detection: int = 0
     detections_run: int = 0
+    # Mesh backend: which tracking graph follows this video (graphs live in the process, keyed by
+    # this id; a state unpickled elsewhere just starts a new one with a detection).
+    stream_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +366,7 @@ class TrackedFace:
     landmarks: np.ndarray  # (68, 2) float32
     box: np.ndarray  # (4,)
     detected: bool  # True when a full detection ran on this frame
+    mesh: np.ndarray | None = None  # (478, 2) with the mesh backend
 
 
 class FaceTracker:
@@ -392,3 +424,28 @@ class FaceTracker:
         state.frames_since_detection += 1
         state.landmarks = landmarks
         return TrackedFace(landmarks=landmarks, box=box, detected=False)
+
+
+# --- backend switch --------------------------------------------------------------------------
+class Tracker(Protocol):
+    def track(self, image: np.ndarray, state: TrackerState) -> TrackedFace | None: ...
+
+
+def make_detector(config: DetectorConfig | None = None) -> FaceDetector | MeshFaceDetector:
+    """The detector of ``config.backend`` (mesh by default)."""
+    config = config or DetectorConfig()
+    if config.backend == "dlib":
+        return FaceDetector(config)
+    if config.backend == "mesh":
+        from shared.face.mesh import MeshFaceDetector
+
+        return MeshFaceDetector(config)
+    raise ValueError(f"unknown detector backend {config.backend!r}; use 'mesh' or 'dlib'")
+
+
+def make_tracker(detector: FaceDetector | MeshFaceDetector, detect_every: int = 3) -> Tracker:
+    """The video tracker that goes with ``detector`` (``detect_every`` applies to dlib only: the mesh
+    graph re-detects by itself when its face-presence score drops)."""
+    if isinstance(detector, FaceDetector):
+        return FaceTracker(detector, detect_every)
+    return detector.tracker()

@@ -3,7 +3,7 @@
 onto the portrait.
 
 Portrait: detect (typed errors) -> de-rolled similarity crop -> fit identity, expression and pose in
-the crop's normalised coordinates -> EG3D camera + keep mask.
+the crop's normalised coordinates -> EG3D camera + keep mask + soft person matte (source and crop).
 
 Driving video: per chunk of frames, track landmarks (full detection every ``detect_every`` frames)
 -> per-frame crop matrix that keeps roll (no image warp is needed for fitting) -> one batched fit of
@@ -23,7 +23,14 @@ import torch
 from torch import Tensor
 
 from shared.face.align import AlignedCrop, AlignmentTemplate, FaceAligner, apply_affine
-from shared.face.detect import DetectionReport, DetectorConfig, FaceDetector, FaceTracker, TrackerState
+from shared.face.detect import (
+    DetectionReport,
+    DetectorConfig,
+    FaceDetector,
+    TrackerState,
+    make_detector,
+    make_tracker,
+)
 from shared.face.errors import ImageInvalidError
 from shared.face.fit import (
     FRONTAL_ROTATION,
@@ -39,6 +46,8 @@ from shared.face.fit import (
     single_threaded,
 )
 from shared.face.masks import FaceParser, LandmarkFaceParser, MaskConfig
+from shared.face.matte import MatteConfig, PortraitMatter
+from shared.face.mesh import MeshFaceDetector
 from shared.face.morphable import MorphableModel
 from shared.face.smoothing import GroupSmoother, OneEuroState, SmoothingConfig
 from shared.model import cameras
@@ -50,8 +59,10 @@ class AnalyzerConfig:
     fit: FitConfig = FitConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     mask: MaskConfig = MaskConfig()
-    # Face detection (near the last face, ~4 ms) every k frames of a video; in between only the
-    # 68 landmarks are re-estimated from the previous frame's box (~1 ms).
+    matte: MatteConfig = MatteConfig()
+    # dlib backend only: face detection (near the last face, ~4 ms) every k frames of a video; in
+    # between only the 68 landmarks are re-estimated from the previous frame's box (~1 ms). The mesh
+    # backend's tracking graph re-detects by itself when the face is lost.
     detect_every: int = 3
     identity_frames: int = 8  # driver frames (with a face) used to estimate the driver's identity
     # A frame whose fitted landmarks miss the detected ones by more than this RMS (normalised crop
@@ -73,6 +84,10 @@ class PortraitAnalysis:
     keep_mask: np.ndarray  # (S, S) float32, 1 keep, 0 = eyes / brows / mouth
     detection: DetectionReport
     rms_error: float  # landmark fit error, normalised crop units
+    # Soft alpha of the person (head, hair, neck, shoulders), 1 = person (shared/face/matte.py):
+    matte: np.ndarray  # (S, S) float32 in [0, 1], same framing as ``crop``
+    source_matte: np.ndarray  # (H, W) float32 in [0, 1], the original image's pixels
+    source_mesh: np.ndarray | None = None  # (478, 2) source px with the mesh backend
 
     @property
     def head_angles(self) -> tuple[float, float, float]:
@@ -100,6 +115,7 @@ class TrackedLandmarks:
     landmarks: np.ndarray  # (68, 2) source pixels
     crop_matrix: np.ndarray  # (2, 3) source px -> crop px (roll kept)
     uv: np.ndarray  # (68, 2) normalised crop coordinates
+    mesh: np.ndarray | None = None  # (478, 2) source pixels with the mesh backend
 
 
 @dataclass
@@ -128,13 +144,15 @@ class FaceAnalyzer:
         config: AnalyzerConfig | None = None,
         *,
         parser: FaceParser | None = None,
-        detector: FaceDetector | None = None,
+        detector: FaceDetector | MeshFaceDetector | None = None,
+        matter: PortraitMatter | None = None,
     ) -> None:
         self.model = model
         self.crop_size = crop_size
         self.config = config or AnalyzerConfig()
-        self.detector = detector or FaceDetector(self.config.detector)
-        self.tracker = FaceTracker(self.detector, self.config.detect_every)
+        self.detector = detector or make_detector(self.config.detector)
+        self.tracker = make_tracker(self.detector, self.config.detect_every)
+        self.matter = matter or PortraitMatter(self.config.matte)
         self.template = AlignmentTemplate.from_model(model)
         self.aligner = FaceAligner(self.template, crop_size)
         self.fitter = LandmarkFitter(model, self.config.fit)
@@ -150,6 +168,7 @@ class FaceAnalyzer:
         crop_landmarks = crop.to_crop(detection.landmarks)
         fit = self.fitter.fit_portrait(crop.to_normalized(crop_landmarks))
         keep = self.parser.keep_mask(crop.image, crop_landmarks)
+        source_matte = self.matter.source_matte(image_rgb)
         return PortraitAnalysis(
             crop=crop.image,
             crop_transform=crop,
@@ -163,6 +182,9 @@ class FaceAnalyzer:
             keep_mask=keep,
             detection=detection.report,
             rms_error=float(fit.rms_error[0]),
+            matte=self.matter.crop_matte(source_matte, crop),
+            source_matte=source_matte,
+            source_mesh=detection.mesh,
         )
 
     # --- video ---------------------------------------------------------------------------------
@@ -202,7 +224,9 @@ class FaceAnalyzer:
                 continue
             matrix = self.aligner.matrix_for(face.landmarks, keep_roll=True)
             uv = (apply_affine(matrix, face.landmarks) + 0.5) / self.crop_size
-            tracked.append(TrackedLandmarks(landmarks=face.landmarks, crop_matrix=matrix, uv=uv))
+            tracked.append(
+                TrackedLandmarks(landmarks=face.landmarks, crop_matrix=matrix, uv=uv, mesh=face.mesh)
+            )
         return tracked
 
     def analyze_tracked(

@@ -1,4 +1,5 @@
 import pickle
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from shared.face.detect import (
     TrackerState,
     as_rgb_uint8,
     landmark_model_path,
+    make_detector,
 )
 from shared.face.errors import (
     FaceAtBorderError,
@@ -20,11 +22,20 @@ from shared.face.errors import (
     ImageInvalidError,
     NoFaceError,
 )
+from shared.face.mesh import MeshFaceDetector
 from tests.face.analysis_support import analyzer, astronaut, moved_astronaut
 
 
-def detector() -> FaceDetector:
-    return analyzer().detector
+def detector() -> MeshFaceDetector:
+    """The default (mesh) detector."""
+    found = analyzer().detector
+    assert isinstance(found, MeshFaceDetector)
+    return found
+
+
+@lru_cache(maxsize=1)
+def dlib_detector() -> FaceDetector:
+    return FaceDetector(DetectorConfig(backend="dlib"))
 
 
 def test_landmark_model_is_found_without_importing_the_package() -> None:
@@ -127,28 +138,29 @@ def test_errors_carry_codes_and_survive_pickling() -> None:
 
 
 def test_min_face_size_is_configurable() -> None:
-    strict = FaceDetector(DetectorConfig(min_face_size=120))
-    with pytest.raises(FaceTooSmallError):
-        strict.detect(astronaut())
+    for backend in ("mesh", "dlib"):
+        strict = make_detector(DetectorConfig(backend=backend, min_face_size=120))  # type: ignore[arg-type]
+        with pytest.raises(FaceTooSmallError):
+            strict.detect(astronaut())
 
 
-def test_tracker_detects_every_k_frames_and_follows_the_face() -> None:
-    tracker = FaceTracker(detector(), detect_every=4)
+def test_dlib_tracker_detects_every_k_frames_and_follows_the_face() -> None:
+    tracker = FaceTracker(dlib_detector(), detect_every=4)
     state = TrackerState()
     errors = []
     for index in range(12):
         frame = moved_astronaut(index)
         tracked = tracker.track(frame, state)
         assert tracked is not None
-        reference = detector().detect(frame).landmarks
+        reference = dlib_detector().detect(frame).landmarks
         errors.append(float(np.abs(tracked.landmarks - reference).mean()))
     assert state.detections_run == 3  # frames 0, 4, 8
     # Landmarks from the previous frame's box agree with a fresh detection to a few pixels.
     assert max(errors) < 3.0
 
 
-def test_tracker_reports_lost_face_and_recovers() -> None:
-    tracker = FaceTracker(detector(), detect_every=1)
+def test_dlib_tracker_reports_lost_face_and_recovers() -> None:
+    tracker = FaceTracker(dlib_detector(), detect_every=1)
     state = TrackerState()
     assert tracker.track(moved_astronaut(0), state) is not None
     background = cv2.resize(data.coffee(), (512, 512))
@@ -158,3 +170,63 @@ def test_tracker_reports_lost_face_and_recovers() -> None:
     runs = state.detections_run
     assert tracker.track(moved_astronaut(1), state) is not None
     assert state.detections_run == runs + 1
+
+
+def test_mesh_tracker_detects_once_and_follows_the_face() -> None:
+    tracker = detector().tracker()
+    state = TrackerState()
+    errors = []
+    for index in range(12):
+        frame = moved_astronaut(index)
+        tracked = tracker.track(frame, state)
+        assert tracked is not None and tracked.mesh is not None and tracked.mesh.shape == (478, 2)
+        reference = detector().detect(frame).landmarks
+        errors.append(float(np.abs(tracked.landmarks - reference).mean()))
+    # BlazeFace runs on the first frame only; the mesh follows from its own landmarks after that.
+    assert state.detections_run == 1
+    assert max(errors) < 2.0
+
+
+def test_mesh_tracker_reports_lost_face_and_recovers() -> None:
+    tracker = detector().tracker()
+    state = TrackerState()
+    assert tracker.track(moved_astronaut(0), state) is not None
+    background = cv2.resize(data.coffee(), (512, 512))
+    assert tracker.track(background, state) is None
+    assert state.landmarks is None
+    runs = state.detections_run
+    assert tracker.track(moved_astronaut(1), state) is not None
+    assert state.detections_run == runs + 1
+
+
+def test_mesh_tracker_state_survives_pickling_and_restarts_its_graph() -> None:
+    tracker = detector().tracker()
+    state = TrackerState()
+    for index in range(3):
+        tracker.track(moved_astronaut(index), state)
+    resumed = pickle.loads(pickle.dumps(state))
+    # A fresh tracker (another process) does not know the stream: it starts with a detection.
+    fresh = detector().tracker()
+    assert fresh.track(moved_astronaut(3), resumed) is not None
+    assert resumed.detections_run == state.detections_run + 1
+
+
+def test_mesh_landmarks_follow_the_ibug_layout_on_the_astronaut() -> None:
+    detection = detector().detect(astronaut())
+    lm, mesh = detection.landmarks, detection.mesh
+    assert mesh is not None and mesh.shape == (478, 2) and lm.shape == (68, 2)
+    assert 70 < detection.report.face_size < 130
+    right_eye, left_eye = lm[36:42].mean(0), lm[42:48].mean(0)
+    assert right_eye[0] < lm[30, 0] < left_eye[0]
+    assert lm[30, 1] > right_eye[1] and lm[57, 1] > lm[30, 1] and lm[8, 1] > lm[57, 1]
+    # Eye corners on the eye line, chin below the mouth, jaw ends on either side.
+    assert lm[0, 0] < lm[36, 0] and lm[16, 0] > lm[45, 0]
+    # The dlib backend, an independent model, puts the eye and mouth anchors within a few pixels.
+    reference = dlib_detector().detect(astronaut()).landmarks
+    for group in (slice(36, 42), slice(42, 48), slice(48, 60)):
+        assert np.linalg.norm(lm[group].mean(0) - reference[group].mean(0)) < 4.0
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError):
+        make_detector(DetectorConfig(backend="nope"))  # type: ignore[arg-type]

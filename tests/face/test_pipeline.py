@@ -55,7 +55,7 @@ def test_portrait_camera_applies_to_the_crop_directly() -> None:
 def test_large_portrait_is_detected_downscaled_and_fits_alike() -> None:
     large = cv2.resize(astronaut(), (1536, 1536), interpolation=cv2.INTER_CUBIC)
     portrait = analyzer().analyze_portrait(large)
-    assert portrait.detection.detect_scale < 0.5  # HOG ran on a <= 640 px copy
+    assert portrait.detection.detect_scale < 0.5  # the detector ran on a downscaled copy
     reference = astronaut_portrait()
     assert np.allclose(portrait.head_angles, reference.head_angles, atol=2.0)
     # Same framing: the crops of the 1x and 3x images are nearly the same picture.
