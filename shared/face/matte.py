@@ -14,10 +14,12 @@ A final contrast stretch (``MatteConfig.stretch``) removes the faint haze the fi
 regions. Everything runs at most at ``working_side`` px (cost ~10-20 ms) and the result is resized to
 the image.
 
-Limits (measured): on real portraits the head-and-hair region agrees with a hand-drawn mask with IoU
-~0.94 (astronaut, tests). On floating synthetic heads on black the network still paints a neck and
-shoulders below the chin (its training data always has a body), so there the matte is only right
-above the chin; on such renders the background is black anyway.
+Limits (measured): on the astronaut the head-and-hair region agrees with a hand-drawn mask with IoU
+0.97 (everything above the ears plus the head below them; tests/face/test_matte.py). On floating
+synthetic heads on black the head agrees with the known coverage the same way (0.97-0.995), but the
+network paints a neck and shoulders below the ears (its training data always has a body); on such
+renders that area is black anyway. The guided filter moves a misplaced edge onto the image edge; it
+does not recover detail the 256x256 network missed (thin strands come out as a soft fringe).
 """
 
 from __future__ import annotations
