@@ -10,6 +10,8 @@
 - ``neutral_expression_loss``: the "cano" term (Eq. 1): I_c against I_neu inside M_neu and
   against the target with eyes/brows/mouth blacked out.
 - ``reconstruction_loss``: L1 + perceptual (Eq. 2 terms without TV).
+- ``opacity_loss``: L1 of the render's accumulated opacity against the data's coverage (not in
+  the paper; makes the head a surface instead of a see-through fog).
 """
 
 from __future__ import annotations
@@ -262,6 +264,27 @@ def reconstruction_loss(
     """(L1, perceptual) of a render against an image resized to the render's size."""
     target = resize_image(target, pred.shape[-1])
     return (pred - target).abs().mean(), perceptual(pred, target)
+
+
+def opacity_loss(opacity: Tensor, coverage: Tensor) -> Tensor:
+    """Mean |O − A↓| of the accumulated opacity O (B, 1, r, r) of a render and the coverage A
+    (B, 1, S, S) in [0, 1] of the image it reproduces, area-downsampled to r (a low-res pixel's
+    coverage is the mean of the high-res pixels it spans, as for the images).
+
+    Not a term of the paper. Its losses compare colours on a black background only, which an
+    opaque dim surface and a half-transparent bright one satisfy alike; on synthetic data the
+    coverage is known exactly, so the opacity is supervised directly. The weight (``TrainConfig.
+    opacity_weight``, 1.0) is on the scale of the L1 colour terms: opacity is in [0, 1], images in
+    [-1, 1]."""
+    if opacity.ndim != 4 or opacity.shape[1] != 1 or coverage.shape[:2] != opacity.shape[:2]:
+        raise TrainingError(
+            "training.bad_opacity",
+            f"opacity {tuple(opacity.shape)} and coverage {tuple(coverage.shape)} must be (B, 1, H, W)",
+        )
+    size = opacity.shape[-1]
+    if coverage.shape[-1] != size:
+        coverage = F.adaptive_avg_pool2d(coverage, size)
+    return (opacity - coverage.to(opacity.dtype)).abs().mean()
 
 
 def neutral_expression_loss(

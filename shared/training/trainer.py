@@ -8,7 +8,15 @@ is ONE step type (one render per step, which is also what makes CPU training aff
   own expression), 1 ``full_tar`` (target camera and expression), 2–3 ``coarse`` (T_c + T_e vs the
   target), 4–5 ``cano``. T_p joins the ``full`` steps from ``appearance_from`` (I_{c+e+p}).
 - losses: L1 + perceptual (+ TV 0.25 always in full steps, in coarse steps when step % 4 == 0,
-  in cano steps when step % 6 == 4).
+  in cano steps when step % 6 == 4) + the opacity loss (``opacity_weight``, every stage-1 step).
+
+Addition to the paper: an opacity loss, L1 between the render's accumulated opacity and the
+synthetic head's coverage area-downsampled to the render size (``opacity_loss``). Without it the
+density is a see-through fog (median opacity 0.47 inside the head): nothing in the paper's losses
+asks for a surface on black backgrounds, since a dim opaque pixel and a bright thin one look the
+same. Its reference is the coverage of the image the step renders: ``target_alpha`` for
+``full_tar`` / ``coarse`` / ``cano`` (the neutral render I_c is at the target camera too, and the
+silhouette barely changes with expression), ``source_alpha`` for ``full_src``.
 
 Stage 2 trains only the super-resolution: L1 + perceptual against the full-resolution image plus
 0.1 × the non-saturating logistic GAN loss of a dual discriminator that sees
@@ -66,6 +74,7 @@ from shared.model.network import GOHABatch, GOHANetwork
 from shared.training.errors import TrainingError
 from shared.training.losses import (
     neutral_expression_loss,
+    opacity_loss,
     perceptual_loss_for_stage,
     reconstruction_loss,
     resize_image,
@@ -77,7 +86,7 @@ Variant = Literal["full", "no_appearance", "linear_expression"]
 VARIANTS: tuple[str, ...] = ("full", "no_appearance", "linear_expression")
 STATE_FORMAT = "goha-train-state/1"
 CSV_FIELDS = (
-    "step", "stage", "kind", "total", "l1", "perceptual", "tv", "l1_neutral", "perc_neutral",
+    "step", "stage", "kind", "total", "l1", "perceptual", "tv", "alpha", "l1_neutral", "perc_neutral",
     "l1_target_masked", "perc_target_masked", "g_gan", "d_loss", "r1", "grad_norm", "seconds", "it_per_s",
 )  # fmt: skip
 
@@ -97,6 +106,8 @@ class TrainConfig:
     appearance_from: int = 240_000  # notes: add_id_plane
     tv_weight: float = 0.25
     tv_points: int = 1000
+    # Not in the paper: L1 of the render's opacity vs the data's coverage (a solid head, not fog).
+    opacity_weight: float = 1.0
     neutral_perceptual_weight: float = 3.0
     gan_weight: float = 0.1
     d_lr: float = 5e-4
@@ -235,14 +246,21 @@ def sample_indices(config: TrainConfig, rank: int, step: int, dataset_size: int)
     return torch.randint(dataset_size, (config.batch_size,), generator=g).tolist()
 
 
-def source_expression_renders(samples: dict[str, Tensor], size: int) -> Tensor:
-    """I_exp(α, β_source) for ``full_src`` steps (the dataset stores only the target's)."""
+def source_expression_renders(samples: dict[str, Tensor], size: int, supersample: int = 2) -> Tensor:
+    """I_exp(α, β_source) for ``full_src`` steps (the dataset stores only the target's), rendered
+    like the dataset's own I_exp (pass its ``SyntheticConfig.supersample``)."""
     model = load_procedural_model()
-    return render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=2)
+    return render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=supersample)
 
 
 def make_batch(
-    samples: dict[str, Tensor], kind: str, network: GOHANetwork, config: TrainConfig, step: int
+    samples: dict[str, Tensor],
+    kind: str,
+    network: GOHANetwork,
+    config: TrainConfig,
+    step: int,
+    *,
+    expression_supersample: int = 2,
 ) -> tuple[GOHABatch, Tensor]:
     """The network inputs of one step type and the image it must reproduce."""
     at_source = kind == "full_src"
@@ -251,7 +269,11 @@ def make_batch(
         kind.startswith("full") and step >= config.appearance_from and network.appearance is not None
     )
     if at_source:
-        expression = source_expression_renders(samples, network.config.image_size) if use_expression else None
+        expression = (
+            source_expression_renders(samples, network.config.image_size, expression_supersample)
+            if use_expression
+            else None
+        )
         coefficients, camera, target = (
             samples["source_beta"],
             samples["source_camera"],
@@ -327,6 +349,8 @@ class Trainer:
                 f"dataset images are {self.dataset.image_size}², profile {config.profile} needs {model_config.image_size}²",
             )
         self.network = GOHANetwork(model_config)
+        # I_exp of full_src steps is rendered like the dataset's stored I_exp.
+        self.expression_supersample = int(self.dataset.meta.get("config", {}).get("supersample", 2))
         self.step = 0
         if init_checkpoint is not None:
             self._load_init(init_checkpoint)
@@ -485,7 +509,9 @@ class Trainer:
         step, config = self.step, self.config
         kind = step_kind(step, config)
         generator = torch.Generator().manual_seed(_seed_for(config, self.dist.rank, step, 2))
-        batch, target = make_batch(samples, kind, self.network, config, step)
+        batch, target = make_batch(
+            samples, kind, self.network, config, step, expression_supersample=self.expression_supersample
+        )
         out = self.trained_module(
             batch, generator=generator, intermediate_renders=False, return_features=False
         )
@@ -505,6 +531,11 @@ class Trainer:
             l1, perc = reconstruction_loss(pred, target, self.perceptual)
             total = l1 + perc
             parts = {"l1": float(l1.detach()), "perceptual": float(perc.detach())}
+        if config.opacity_weight > 0:
+            coverage = samples["source_alpha" if kind == "full_src" else "target_alpha"]
+            alpha = opacity_loss(out.final.opacity, coverage)
+            total = total + config.opacity_weight * alpha
+            parts["alpha"] = float(alpha.detach())
         if config.tv_weight > 0 and tv_due(step, kind):
             tv = tv_density_loss(
                 self.network.query,
@@ -532,7 +563,12 @@ class Trainer:
         kind = "full_src" if step % 2 == 0 else "full_tar"
         generator = torch.Generator().manual_seed(_seed_for(config, self.dist.rank, step, 3))
         batch, target = make_batch(
-            samples, kind, self.network, dataclasses.replace(config, appearance_from=0), step
+            samples,
+            kind,
+            self.network,
+            dataclasses.replace(config, appearance_from=0),
+            step,
+            expression_supersample=self.expression_supersample,
         )
         with torch.no_grad():
             low = self.network(

@@ -8,6 +8,7 @@ from shared.training.losses import (
     VGG19Features,
     blackout,
     neutral_expression_loss,
+    opacity_loss,
     tv_density_loss,
 )
 
@@ -143,3 +144,21 @@ def test_neutral_l1_is_a_mean_over_all_pixels_like_the_other_l1_terms() -> None:
     assert parts["l1_neutral"] == pytest.approx(0.1, abs=1e-6)
     # The masked-target term sees the same error on the same pixels and reports the same number.
     assert parts["l1_target_masked"] == pytest.approx(parts["l1_neutral"], abs=1e-6)
+
+
+def test_opacity_loss_is_zero_for_the_coverage_and_positive_otherwise() -> None:
+    g = torch.Generator().manual_seed(0)
+    coverage = (torch.rand(2, 1, 64, 64, generator=g) > 0.5).float()
+    exact = torch.nn.functional.avg_pool2d(coverage, 4)  # the render at 16²: area-downsampled coverage
+    assert opacity_loss(exact, coverage).item() == pytest.approx(0.0, abs=1e-7)
+    assert opacity_loss(exact.clone().requires_grad_(True), coverage).item() == pytest.approx(0.0, abs=1e-7)
+    fog = torch.full_like(exact, 0.47)
+    assert opacity_loss(fog, coverage).item() == pytest.approx((fog - exact).abs().mean().item(), rel=1e-6)
+    assert opacity_loss(fog, coverage).item() > 0.1
+    # A nearest-neighbour subsample is not what a low-res camera sees: the loss says so.
+    assert opacity_loss(coverage[..., ::4, ::4], coverage).item() > 0.05
+    pred = fog.clone().requires_grad_(True)
+    opacity_loss(pred, coverage).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    with pytest.raises(TrainingError):
+        opacity_loss(torch.zeros(2, 3, 16, 16), coverage)

@@ -54,6 +54,65 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_data: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_a_few_steps_on_the_opacity_loss_alone_reduce_it(tiny_data: Path, tmp_path: Path) -> None:
+    # Alone: in the full step the colour terms move the opacity too (Adam normalises the step), so
+    # only this isolates what the opacity term's gradient does through the renderer.
+    import torch.nn.functional as F
+
+    from shared.training.losses import opacity_loss
+
+    trainer = Trainer(_config(expression_from=10**6), tmp_path, data_root=tiny_data, progress=False)
+    samples = trainer._samples(0)
+    batch, _ = make_batch(samples, "cano", trainer.network, trainer.config, 0)
+    optimizer = torch.optim.Adam(trainer.trained_parameters, lr=3e-3)
+    losses = []
+    for _ in range(6):
+        generator = torch.Generator().manual_seed(0)
+        opacity = trainer.network(batch, generator=generator, intermediate_renders=False).final.opacity
+        loss = opacity_loss(opacity, samples["target_alpha"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8, losses
+    coverage = F.adaptive_avg_pool2d(samples["target_alpha"], opacity.shape[-1])
+    assert opacity[coverage > 0.99].mean() > opacity[coverage < 0.01].mean() + 0.1
+
+
+@pytest.mark.slow
+def test_opacity_loss_uses_the_coverage_of_the_rendered_camera(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.training.trainer as trainer_module
+
+    trainer = Trainer(
+        _config(expression_from=0, appearance_from=10**6), tmp_path, data_root=tiny_data, progress=False
+    )
+    samples = trainer._samples(0)
+    samples["source_alpha"] = torch.zeros_like(samples["target_alpha"])  # tell the two apart
+    used: list[str] = []
+    original = trainer_module.opacity_loss
+
+    def recording(opacity: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        assert opacity.shape[1] == 1 and opacity.requires_grad
+        used.append("source" if coverage is samples["source_alpha"] else "target")
+        return original(opacity, coverage)
+
+    monkeypatch.setattr(trainer_module, "opacity_loss", recording)
+    kinds = []
+    for step in (6, 7, 8, 10):  # full_src, full_tar, coarse, cano
+        trainer.step = step
+        result = trainer.stage1_step(samples)
+        kinds.append(result.kind)
+        assert result.losses["alpha"] >= 0
+    assert kinds == ["full_src", "full_tar", "coarse", "cano"]
+    assert used == ["source", "target", "target", "target"]
+    assert "alpha" in trainer_module.CSV_FIELDS
+    trainer.config.opacity_weight = 0.0
+    assert "alpha" not in trainer.stage1_step(samples).losses
+
+
+@pytest.mark.slow
 def test_resume_continues_identically(tiny_data: Path, tmp_path: Path) -> None:
     straight = Trainer(_config(), tmp_path / "a", data_root=tiny_data, progress=False)
     kinds = [straight.train_step().kind for _ in range(3)]
