@@ -57,6 +57,8 @@ def _train(args: argparse.Namespace) -> None:
         lpips_lin_weights=args.lpips_lin_weights,
         lpips_net=args.lpips_net,
         threads=args.threads,
+        opacity_weight=args.opacity_weight,
+        init_partial=args.init_partial,
     )
     trainer = Trainer(
         config,
@@ -183,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", required=True, help="state.pt, CSV logs and sample grids go here")
     train.add_argument("--init", help="start from this checkpoint / state (e.g. stage 1 for stage 2)")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.pt")
+    train.add_argument(
+        "--init-partial",
+        help="warm start from a checkpoint / state of a slightly different architecture: tensors whose "
+        "name and shape match are loaded, those differing only in the first / last dimension get the "
+        "overlap, the rest is skipped (the log says how many of each); the step starts at 0",
+    )
+    train.add_argument("--opacity-weight", type=float, help="weight of the opacity loss (default 1.0)")
     train.add_argument("--export", help="write the platform checkpoint (goha-checkpoint/1) here at the end")
     train.add_argument("--max-steps", type=int, help="absolute step to stop at")
     train.add_argument("--max-minutes", type=float, help="wall-time cap of this invocation")

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from shared.face.morphable import load_procedural_model
 from shared.face.render import render_expression
-from shared.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from shared.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
 from shared.model.config import ModelConfig, config_from_dict, config_to_dict, get_profile
 from shared.model.discriminator import (
     StyleGAN2Discriminator,
@@ -124,6 +124,8 @@ class TrainConfig:
     lpips_lin_weights: str | None = None
     lpips_net: str = "alex"
     threads: int = 2
+    # Warm start from a checkpoint / state of a slightly different architecture (load_partial).
+    init_partial: str | None = None
 
     @classmethod
     def for_profile(cls, profile: str, **overrides: Any) -> TrainConfig:
@@ -236,6 +238,81 @@ def hold_frozen_in_eval(network: nn.Module, trained: set[str]) -> list[str]:
     network.train = _TrainExcept(network, frozen)  # type: ignore[method-assign]
     network.train(network.training)
     return names
+
+
+# --- partial warm start ------------------------------------------------------------------------------
+
+
+@dataclass
+class PartialLoad:
+    """What ``load_partial`` did, by tensor name."""
+
+    full: list[str] = field(default_factory=list)  # name and shape match: copied
+    partial: list[str] = field(default_factory=list)  # first / last dimension differs: overlap copied
+    skipped: list[str] = field(default_factory=list)  # in the file, no usable counterpart
+    missing: list[str] = field(default_factory=list)  # in the network, not in the file: fresh init
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.full)} tensors loaded fully, {len(self.partial)} partially, "
+            f"{len(self.skipped)} skipped, {len(self.missing)} of the network not in the file"
+        )
+
+
+def _overlap(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The common block of two shapes that differ only in their first and/or last dimension."""
+    if len(target) != len(source) or not target:
+        return None
+    middle = range(1, len(target) - 1)
+    if any(target[i] != source[i] for i in middle):
+        return None
+    return tuple(slice(0, min(a, b)) for a, b in zip(target, source))
+
+
+def _weights_in(path: str | Path) -> dict[str, Tensor]:
+    """The model tensors of a platform checkpoint (goha-checkpoint/1) or a training state."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError("training.init_missing", f"no checkpoint or state at {path}") from None
+    except Exception as exc:  # torch raises several types for foreign / truncated files
+        raise TrainingError("training.init_unreadable", f"{path}: unreadable ({exc})") from exc
+    if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+        return dict(payload["model"])
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return dict(payload["state_dict"])
+    raise TrainingError(
+        "training.init_unreadable",
+        f"{path}: neither a {CHECKPOINT_FORMAT} checkpoint nor a {STATE_FORMAT} state",
+    )
+
+
+@torch.no_grad()
+def load_partial(network: nn.Module, source: dict[str, Tensor]) -> PartialLoad:
+    """Copy every tensor of ``source`` whose name and shape match into ``network``; where only the
+    leading (output) and/or the trailing dimension differ, copy the overlapping block (the rest
+    keeps its fresh initialisation). Everything else is skipped. For warm-starting a changed
+    architecture (wider planes, more decoder outputs, ...) from an older checkpoint: no config
+    check, by design, so the caller reads the returned counts."""
+    report = PartialLoad()
+    own = network.state_dict()
+    for name, tensor in source.items():
+        if name not in own:
+            report.skipped.append(name)
+            continue
+        target = own[name]
+        if target.shape == tensor.shape:
+            target.copy_(tensor.to(target.dtype))
+            report.full.append(name)
+            continue
+        block = _overlap(tuple(target.shape), tuple(tensor.shape))
+        if block is None or not tensor.is_floating_point() or not target.is_floating_point():
+            report.skipped.append(name)
+            continue
+        target[block].copy_(tensor[block].to(target.dtype))
+        report.partial.append(name)
+    report.missing = [name for name in own if name not in source]
+    return report
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -352,8 +429,21 @@ class Trainer:
         # I_exp of full_src steps is rendered like the dataset's stored I_exp.
         self.expression_supersample = int(self.dataset.meta.get("config", {}).get("supersample", 2))
         self.step = 0
+        if init_checkpoint is not None and config.init_partial:
+            raise TrainingError(
+                "training.bad_init", "give either --init (same architecture) or --init-partial, not both"
+            )
         if init_checkpoint is not None:
             self._load_init(init_checkpoint)
+        if config.init_partial:
+            # state_dict() tensors share storage with the parameters: copying into them loads.
+            report = load_partial(self.network, _weights_in(config.init_partial))
+            self.say(f"init-partial from {config.init_partial}: {report.summary()}")
+            if report.partial:
+                self.say(f"  partially loaded: {', '.join(report.partial)}")
+            if report.skipped:
+                self.say(f"  skipped: {', '.join(report.skipped)}")
+            self.partial_load = report
         self.perceptual = perceptual_loss_for_stage(
             config.stage,
             vgg_weights=config.vgg_weights,

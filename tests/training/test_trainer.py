@@ -242,3 +242,79 @@ def test_ddp_ranks_agree_on_the_max_minutes_stop(tmp_path: Path) -> None:
 
     mp.spawn(_deadline_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
+
+
+def test_load_partial_copies_matches_and_overlaps_and_reports_the_rest() -> None:
+    from torch import nn
+
+    from shared.training.trainer import load_partial
+
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.Linear(4, 6), nn.Conv2d(6, 8, 3), nn.Linear(5, 3))
+    new = nn.Sequential(nn.Linear(4, 6), nn.Conv2d(6, 10, 3), nn.Linear(7, 3), nn.Linear(2, 2))
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    source = dict(old.state_dict())
+    source["gone.weight"] = torch.ones(3)  # no counterpart
+    source["1.bias"] = torch.ones(8)  # leading dimension 8 -> 10
+    source["1.weight"] = torch.ones(8, 6, 2, 2)  # a middle (kernel) dimension differs too: skipped
+    report = load_partial(new, source)
+    assert sorted(report.full) == ["0.bias", "0.weight", "2.bias"]
+    assert sorted(report.partial) == ["1.bias", "2.weight"]
+    assert sorted(report.skipped) == ["1.weight", "gone.weight"]
+    assert sorted(report.missing) == ["3.bias", "3.weight"]
+    assert "3 tensors loaded fully, 2 partially, 2 skipped" in report.summary()
+    state = new.state_dict()
+    assert torch.equal(state["0.weight"], old.state_dict()["0.weight"])
+    # Leading dimension grew: the first 8 outputs are loaded, the 2 new ones keep their init.
+    assert torch.equal(state["1.bias"][:8], torch.ones(8))
+    assert torch.equal(state["1.bias"][8:], fresh["1.bias"][8:])
+    # Trailing (input) dimension grew: the overlap is copied, the new inputs keep their init.
+    assert torch.equal(state["2.weight"][:, :5], old.state_dict()["2.weight"])
+    assert torch.equal(state["2.weight"][:, 5:], fresh["2.weight"][:, 5:])
+    assert torch.equal(state["1.weight"], fresh["1.weight"])
+    # The copies went into the parameters themselves.
+    assert torch.equal(new[0].weight.detach(), old[0].weight.detach())
+
+
+@pytest.mark.slow
+def test_init_partial_warm_starts_from_another_architecture(tiny_data: Path, tmp_path: Path) -> None:
+    from shared.model.checkpoint import save_checkpoint
+    from shared.model.network import GOHANetwork
+
+    base = variant_config("tiny", "full")
+    hidden = base.renderer.decoder_hidden
+    older = dataclasses.replace(base, renderer=dataclasses.replace(base.renderer, decoder_hidden=hidden // 2))
+    torch.manual_seed(1)
+    old_network = GOHANetwork(older)
+    path = tmp_path / "old.pt"
+    save_checkpoint(old_network, path)
+    with pytest.raises(TrainingError) as err:
+        Trainer(_config(init_partial=str(path)), tmp_path / "both", data_root=tiny_data,
+                init_checkpoint=path, progress=False)  # fmt: skip
+    assert err.value.code == "training.bad_init"
+    log = tmp_path / "log.txt"
+    with log.open("w") as handle:
+        trainer = Trainer(
+            _config(init_partial=str(path)), tmp_path / "run", data_root=tiny_data, progress=False, log=handle
+        )
+    report = trainer.partial_load
+    decoder = {
+        "renderer.decoder.net.0.weight",
+        "renderer.decoder.net.0.bias",
+        "renderer.decoder.net.2.weight",
+    }
+    assert decoder <= set(report.partial)
+    assert not report.skipped and not report.missing
+    assert len(report.full) == len(old_network.state_dict()) - len(report.partial)
+    new_state, old_state = trainer.network.state_dict(), old_network.state_dict()
+    assert all(torch.equal(new_state[name], old_state[name]) for name in report.full)
+    h = hidden // 2
+    assert torch.equal(
+        new_state["renderer.decoder.net.0.weight"][:h], old_state["renderer.decoder.net.0.weight"]
+    )
+    assert torch.equal(
+        new_state["renderer.decoder.net.2.weight"][:, :h], old_state["renderer.decoder.net.2.weight"]
+    )
+    assert trainer.step == 0
+    assert f"{len(report.full)} tensors loaded fully, 3 partially, 0 skipped" in log.read_text()
+    trainer.train_step()  # and it trains
