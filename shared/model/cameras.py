@@ -137,7 +137,18 @@ def orbit_path(
     target: Sequence[float] = ORBIT_LOOK_AT,
     focal: float = DEFAULT_FOCAL,
 ) -> torch.Tensor:
-    """(num_frames, 25) cameras along the demo's elliptic orbit (yaw sine, pitch cosine)."""
+    """(num_frames, 25) cameras along the demo's elliptic orbit (yaw sine, pitch cosine).
+
+    Camera angles in ``spherical_camera``'s convention: frame 0 is below the look-at point
+    (pitch ``pitch_offset - pitch_amplitude``), then the camera swings toward world +x (the
+    subject's left) first, as EG3D's ``gen_videos`` orbit does
+    (``LookAtPoseSampler.sample(pi/2 + yaw_range * sin(t), pi/2 - 0.05 + pitch_range * cos(t))``
+    puts the camera at x = r sin(phi) cos(pi - theta) > 0 for sin(t) > 0, below for cos(t) > 0).
+
+    Camera yaw is not head yaw: a camera at yaw +a shows exactly what the frontal camera shows of
+    a head turned by -a in the face fitter's convention (``shared.face.fit.head_pose_angles``:
+    positive yaw turns the FACE toward +x). Both are right; the orbit is not mirrored, the two
+    angles are opposite quantities (tests/model/test_cameras.py pins both facts)."""
     phase = 2.0 * math.pi * torch.arange(num_frames, dtype=torch.float32) / period
     yaw = yaw_amplitude * torch.sin(phase)
     pitch = pitch_offset - pitch_amplitude * torch.cos(phase)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from shared.model import cameras
@@ -50,10 +51,33 @@ def test_head_pose_inverts_to_camera_and_is_rescaled_to_the_radius() -> None:
     assert torch.allclose(recovered, cam, atol=1e-5)
 
 
-def test_orbit_starts_above_centre_and_sways_in_yaw() -> None:
+def test_orbit_starts_below_the_look_at_point_and_swings_toward_the_subjects_left_first() -> None:
     path = cameras.orbit_path(240)
     centres = cameras.from_vector(path)[0][:, :3, 3]
+    look_at = torch.tensor(cameras.ORBIT_LOOK_AT)
     assert path.shape == (240, 25)
-    assert centres[60, 0] > centres[180, 0]
+    # EG3D's demo orbit: pitch offset - amplitude at frame 0 (below), yaw +amplitude a quarter later.
+    assert centres[0, 1] < look_at[1] and centres[120, 1] > look_at[1]
+    assert centres[60, 0] > 0 > centres[180, 0]
+    expected = cameras.spherical_camera(0.35, 0.05, target=cameras.ORBIT_LOOK_AT)
+    assert torch.allclose(path[60], expected, atol=1e-5)
     radii = (centres - torch.tensor(cameras.ORBIT_LOOK_AT)).norm(dim=-1)
     assert torch.allclose(radii, torch.full_like(radii, cameras.DEFAULT_RADIUS), atol=1e-4)
+
+
+def test_camera_yaw_is_the_opposite_of_the_face_fitters_head_yaw() -> None:
+    from shared.face.fit import head_pose_angles, pose_from_angles
+
+    for degrees in (20.0, -12.5):
+        # A head turned by +yaw (face toward +x, the fitter's convention) seen from the front...
+        rotation, translation = pose_from_angles(degrees, 0.0, 0.0)
+        seen = cameras.camera_from_head_pose(rotation.float(), translation.float())
+        # ... is the still head seen from a camera at yaw -yaw, and not at +yaw.
+        assert torch.allclose(seen, cameras.spherical_camera(math.radians(-degrees), 0.0), atol=1e-5)
+        assert not torch.allclose(seen, cameras.spherical_camera(math.radians(degrees), 0.0), atol=1e-3)
+        # The fitter reads a spherical camera's yaw back with the opposite sign.
+        rot, _ = cameras.world_to_camera(cameras.spherical_camera(math.radians(degrees), 0.0))
+        assert head_pose_angles(rot.double())[0].item() == pytest.approx(-degrees, abs=1e-4)
+    # An orbit frame at camera yaw +a therefore looks like the head turned by -a (toward its right).
+    rot, _ = cameras.world_to_camera(cameras.orbit_path(240, pitch_amplitude=0.0, pitch_offset=0.0)[60:61])
+    assert head_pose_angles(rot.double())[0, 0].item() == pytest.approx(-math.degrees(0.35), abs=1e-3)
