@@ -60,6 +60,11 @@ class FitConfig:
     landmark_sigma: float = 0.01
     identity_prior: float = 1.0  # alpha ~ N(0, 1 / identity_prior)
     expression_prior: float = 0.5
+    # Video frames (fit_frames): weaker, because the mesh's refined eyelids and lips move only ~1 px
+    # at 128 px for a blink and 0.5 swallowed half of it (synthetic renders: eye_corr_fit 0.66 ->
+    # 0.88, mouth_corr_fit 0.91 -> 0.99). Portraits keep 0.5: with an unknown identity a weak prior
+    # lets expressions absorb head rotation (5 deg instead of < 2 on the rotation test).
+    frame_expression_prior: float = 0.1
     # "auto": from the model (see expression_bounds_for); None: unbounded; or (low, high).
     expression_bounds: tuple[float, float] | None | str = "auto"
     jaw_weight: float = 0.2
@@ -316,6 +321,7 @@ class LandmarkFitter:
                 iterations or self.config.frame_iterations,
                 fit_alpha=False,
                 fit_beta=True,
+                expression_prior=self.config.frame_expression_prior,
             )
             return self._result(observed, *state)
 
@@ -362,9 +368,11 @@ class LandmarkFitter:
         rho = torch.where(norm <= delta, 0.5 * norm**2, delta * (norm - 0.5 * delta))
         return (rho * self.problem.weights).sum(-1)
 
-    def _prior_cost(self, alpha: Tensor, beta: Tensor, fit_alpha: bool) -> tuple[Tensor, Tensor]:
+    def _prior_cost(
+        self, alpha: Tensor, beta: Tensor, fit_alpha: bool, expression_prior: float
+    ) -> tuple[Tensor, Tensor]:
         """(per-frame beta prior (B,), shared alpha prior scalar)."""
-        beta_cost = 0.5 * self.config.expression_prior * (beta**2).sum(-1)
+        beta_cost = 0.5 * expression_prior * (beta**2).sum(-1)
         alpha_cost = (
             0.5 * self.config.identity_prior * (alpha**2).sum()
             if fit_alpha
@@ -389,10 +397,12 @@ class LandmarkFitter:
         *,
         fit_alpha: bool,
         fit_beta: bool,
+        expression_prior: float | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Levenberg-Marquardt. With ``fit_alpha`` the (1, K_id) alpha is shared by all frames."""
         p = self.problem
         cfg = self.config
+        prior = cfg.expression_prior if expression_prior is None else expression_prior
         batch = observed.shape[0]
         num_beta = beta.shape[1] if fit_beta else 0
         num_frame = 6 + num_beta
@@ -406,7 +416,7 @@ class LandmarkFitter:
             a_full = a.expand(batch, -1)
             uv, _, _ = self._project(self._landmarks3d(a_full, b), r, t)
             data = self._robust_cost((uv - observed) * inv_sigma)
-            beta_cost, alpha_cost = self._prior_cost(a, b, fit_alpha)
+            beta_cost, alpha_cost = self._prior_cost(a, b, fit_alpha, prior)
             cost = data + (beta_cost if fit_beta else 0.0)
             return cost.sum().expand(batch) + alpha_cost if fit_alpha else cost
 
@@ -438,8 +448,8 @@ class LandmarkFitter:
             h_ff = jw.transpose(1, 2) @ j_frame  # (B, P, P)
             g_f = (jw.transpose(1, 2) @ r_flat.unsqueeze(-1)).squeeze(-1)  # (B, P)
             if fit_beta:
-                h_ff[:, 6:, 6:] += cfg.expression_prior * torch.eye(num_beta, dtype=torch.float64)
-                g_f[:, 6:] += cfg.expression_prior * beta
+                h_ff[:, 6:, 6:] += prior * torch.eye(num_beta, dtype=torch.float64)
+                g_f[:, 6:] += prior * beta
                 if p.bounds is not None:
                     # Active set: a coefficient on its bound whose gradient pushes it further out is
                     # held this iteration (decoupled from the rest), so the free ones get an exact

@@ -77,7 +77,9 @@ def test_smoothing_lowers_jitter_of_a_noisy_sequence() -> None:
     yaw_factor = frame_jitter(raw_yaw - true_yaw) / frame_jitter(smooth_yaw - true_yaw)
     jaw_factor = frame_jitter(raw_jaw - true_jaw) / frame_jitter(smooth_jaw - true_jaw)
     print(f"jitter reduction: yaw x{yaw_factor:.1f}, jaw x{jaw_factor:.1f}")
-    assert yaw_factor > 2.5 and jaw_factor > 2.5
+    # Expression smoothing is deliberately light (a mouth opening must pass within one frame, see the
+    # lag test below), so it removes less expression noise than the pose filters do.
+    assert yaw_factor > 2.5 and jaw_factor > 1.4
     # ... without drifting from the truth (the filter opens its cutoff when the motion is fast).
     assert np.abs(smooth_yaw - true_yaw).mean() < 1.2
     assert np.abs(smooth_jaw - true_jaw).mean() < 0.07
@@ -96,8 +98,10 @@ def test_chunked_analysis_matches_one_pass() -> None:
     assert [f.index for f in chunked] == list(range(NUM_FRAMES))
     for a, b in zip(whole, chunked):
         assert torch.allclose(a.rotation, b.rotation, atol=2e-3)
-        # Warm starts differ between the two runs; weakly observed blendshapes may settle slightly apart.
-        assert torch.allclose(a.beta, b.beta, atol=1e-2)
+    # Warm starts differ between the two runs; weakly observed blendshapes (video frames use a weak
+    # expression prior) may settle apart in a few frames (mouth_stretch by up to ~0.07), not overall.
+    difference = (torch.stack([a.beta for a in whole]) - torch.stack([b.beta for b in chunked])).abs()
+    assert difference.max() < 0.1 and difference.mean() < 5e-3
 
 
 def test_frames_without_a_face_hold_the_last_pose_and_are_counted() -> None:
@@ -118,3 +122,18 @@ def test_frames_without_a_face_hold_the_last_pose_and_are_counted() -> None:
         assert torch.equal(frames[held].beta, frames[6].beta)
         assert torch.equal(frames[held].camera, frames[6].camera)
     assert frames[8].landmarks is None and frames[8].raw_beta is None
+
+
+def test_expression_smoothing_does_not_lag_a_mouth_opening_by_more_than_one_frame() -> None:
+    from shared.face.smoothing import OneEuroFilter, OneEuroState, SmoothingConfig
+
+    config = SmoothingConfig()
+    expression = OneEuroFilter(config.expression, config.fps)
+    state = OneEuroState()
+    rng = np.random.default_rng(0)
+    closed = [expression.step(np.array([0.02 * rng.standard_normal()]), state)[0] for _ in range(20)]
+    opened = [expression.step(np.array([0.8]), state)[0] for _ in range(3)]
+    assert opened[0] >= 0.8 * 0.8  # most of the step on the frame it happens
+    assert opened[1] >= 0.95 * 0.8  # and all but a trace one frame later
+    # At rest the noise is still smoothed.
+    assert np.std(closed[5:]) < 0.02
