@@ -34,7 +34,11 @@ class JobOptions(BaseModel):
     expression_scale: float = Field(1.0, ge=0.0, le=3.0, description="multiplier on the driver's expression")
     smoothing: float = Field(0.5, ge=0.0, le=1.0, description="temporal smoothing of fitted motion, 0 = none")
     output_size: int = Field(
-        512, ge=64, le=2048, multiple_of=2, description="square output side in pixels (even: H.264 4:2:0)"
+        512,
+        ge=64,
+        le=2048,
+        multiple_of=2,
+        description="square output side in pixels (even: H.264 4:2:0) with paste_back=false",
     )
     output_fps: float | None = Field(None, gt=0.0, le=120.0, description="default: the driving video's rate")
     frame_limit: int | None = Field(
@@ -42,6 +46,11 @@ class JobOptions(BaseModel):
     )
     label_corner: LabelCorner = Field(
         LabelCorner.BOTTOM_RIGHT, description="corner of the visible AI-generated label (never removable)"
+    )
+    paste_back: bool = Field(
+        True,
+        description="true: the animated head composited back into the portrait's own framing and resolution "
+        "(long side capped by GOHA_PASTE_BACK_MAX_SIDE); false: the square face crop, output_size a side",
     )
 
 

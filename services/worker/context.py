@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.inference.backend import InferenceBackend
 from services.worker.pipeline import PipelineConfig, PipelineContext
+from services.worker.settings import WorkerOutputSettings
 from shared.face.morphable import load_morphable_model
 from shared.media.c2pa_sign import SigningChain, ensure_dev_chain, load_signing_chain
 from shared.platform.db import Database
@@ -71,6 +72,7 @@ def build_context(settings: Settings) -> PipelineContext:
     inference = make_inference(settings)
     provenance_key = load_signing_key(settings)
     image_size = _image_size(inference)
+    output = WorkerOutputSettings()
     log.info("worker ready", extra={"model_version": inference.model_version(), "image_size": image_size})
     return PipelineContext(
         session_factory=database.sessionmaker,
@@ -84,6 +86,8 @@ def build_context(settings: Settings) -> PipelineContext:
         config=PipelineConfig(
             chunk_frames=settings.worker_chunk_frames,
             max_missing_face_ratio=settings.max_missing_face_ratio,
+            paste_back_max_side=output.paste_back_max_side,
+            expression_supersample=output.expression_supersample,
         ),
     )
 

@@ -29,6 +29,9 @@ class JobOptions:
     output_fps: float | None = None  # None: the driver's frame rate
     frame_limit: int | None = None
     label_corner: str = "bottom-right"
+    # True: the head is composited back into the portrait's own framing (shared/face/pasteback.py);
+    # False: the aligned square crop, output_size pixels a side (the output before paste-back).
+    paste_back: bool = True
 
     @classmethod
     def from_job(cls, job_type: str, options: dict[str, Any] | None) -> JobOptions:
@@ -53,6 +56,7 @@ class JobOptions:
                 output_fps=_optional_float(pick("output_fps", "fps")),
                 frame_limit=_optional_int(pick("frame_limit", "max_frames")),
                 label_corner=str(pick("label_corner", "label_position", default="bottom-right")),
+                paste_back=_boolean(pick("paste_back", default=True)),
             )
         except (TypeError, ValueError) as exc:
             raise JobFailure("invalid_options", f"job options cannot be read: {exc}") from exc
@@ -71,6 +75,18 @@ class JobOptions:
         if parsed.output_fps is not None and not 1 <= parsed.output_fps <= 60:
             raise JobFailure("invalid_options", "output_fps must be between 1 and 60")
         return parsed
+
+
+def _boolean(value: Any) -> bool:
+    """JSON booleans as the gateway stores them; the strings a hand-written row might hold."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"paste_back must be true or false, not {value!r}")
 
 
 def _optional_int(value: Any) -> int | None:

@@ -1,8 +1,10 @@
 """One reenactment (or orbit) job, end to end, chunk by chunk.
 
     fetch inputs -> portrait analysis -> reconstruct (cached by model version + portrait hash)
+    -> paste-back set-up: the head's opacity at the portrait's pose (one animate call), clean plate
     -> for each chunk of driving frames: face fit (smoothed) -> retarget -> I_exp renders
-       -> animate (many frames per request) -> visible label + invisible watermark -> H.264
+       -> animate (many frames per request) -> paste back into the portrait (or the square crop)
+       -> visible label + invisible watermark -> H.264
     -> C2PA manifest signed last -> upload -> provenance completed and signed -> succeeded
 
 Every step is idempotent: a redelivered job (worker killed mid-way) starts again from its inputs and
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,12 +34,14 @@ import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from services.inference.backend import InferenceBackend
+from services.inference.backend import AnimateOutput, InferenceBackend
 from services.inference.errors import InferenceInputError, InferenceServerError
 from services.worker.errors import TRANSIENT_ERRORS, JobCancelled, JobFailure
 from services.worker.options import DEFAULT_ORBIT_FPS, DEFAULT_ORBIT_FRAMES, DEFAULT_OUTPUT_SIZE, JobOptions
+from services.worker.settings import DEFAULT_PASTE_BACK_MAX_SIDE
 from shared.face.errors import FaceError
 from shared.face.morphable import MorphableModel
+from shared.face.pasteback import PasteBack, PasteBackConfig
 from shared.face.pipeline import AnalyzerConfig, FaceAnalyzer, PortraitAnalysis
 from shared.face.render import render_expression
 from shared.face.smoothing import OneEuroConfig, SmoothingConfig
@@ -70,6 +75,9 @@ class PipelineConfig:
     # 0 runs them one after the other in this thread. Up to 3 * depth + 4 chunks are in flight, whatever
     # the clip length.
     pipeline_depth: int = 1
+    paste_back_max_side: int = DEFAULT_PASTE_BACK_MAX_SIDE  # long side of pasted-back frames
+    # I_exp supersampling; None: the training data's factor (training_supersample()).
+    expression_supersample: int | None = None
 
 
 @dataclass
@@ -250,6 +258,37 @@ def run_overlapped(
         raise errors[0]
 
 
+@lru_cache(maxsize=1)
+def training_supersample() -> int:
+    """The supersampling factor the synthetic training data renders I_exp with: serving the same
+    anti-aliased edges the network was trained on (read from there, so the two cannot drift)."""
+    from shared.training.synthetic import SyntheticConfig
+
+    return int(SyntheticConfig().supersample)
+
+
+def portrait_mattes(portrait: PortraitAnalysis) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(matte in the crop's framing, matte in portrait pixels) when the face stack provides them.
+
+    ``matte`` / ``source_matte`` are optional fields of ``PortraitAnalysis``; either is placed by its
+    shape, so the paste-back uses whichever framing the face stack chose.
+    """
+    crop_side, source_shape = portrait.crop_transform.size, tuple(portrait.crop_transform.source_shape)
+    in_crop, in_source = None, None
+    for name in ("matte", "source_matte"):
+        value = getattr(portrait, name, None)
+        if value is None:
+            continue
+        array = np.asarray(value, dtype=np.float32).squeeze()
+        if array.shape == (crop_side, crop_side) and in_crop is None:
+            in_crop = array
+        elif array.shape == source_shape and in_source is None:
+            in_source = array
+        else:
+            log.warning("portrait %s of shape %s ignored by the paste-back", name, array.shape)
+    return in_crop, in_source
+
+
 def to_model_image(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [-1, 1]."""
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
@@ -400,6 +439,12 @@ class ReenactmentPipeline:
         payload = payload_for_job(inputs.job_id, ctx.watermark_secret)
         # 512 by default whatever the profile: the watermark survives re-encoding + resizing at that size.
         out_size = opts.output_size or DEFAULT_OUTPUT_SIZE
+        paste: PasteBack | None = None
+        width = height = out_size
+        if opts.paste_back:
+            with _Timer(stats, "paste_back_setup_s"):
+                paste = self._paste_back(portrait_rgb, portrait, planes)
+            height, width = paste.shape
 
         video_path = tmp / "result.mp4"
         if opts.job_type == "orbit":
@@ -422,17 +467,24 @@ class ReenactmentPipeline:
         with VideoWriter(
             video_path,
             fps=fps,
-            width=out_size,
-            height=out_size,
+            width=width,
+            height=height,
             crf=ctx.config.output_crf,
             preset=ctx.config.output_preset,
             audio_source=audio_source,
         ) as writer:
 
-            def animate(item: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            def animate(item: tuple[np.ndarray, np.ndarray]) -> AnimateOutput:
                 expr_renders, cams = item
                 with _Timer(stats, "animate_s"):
-                    return ctx.inference.animate(planes, expr_renders, cams).frames
+                    return ctx.inference.animate(planes, expr_renders, cams)
+
+            def compose(output: AnimateOutput) -> list[np.ndarray]:
+                """The frames the user gets, before the guardrails: pasted back, or the square crop."""
+                if paste is None:
+                    return to_uint8_frames(output.frames, out_size)
+                with _Timer(stats, "paste_back_s"):
+                    return paste(output.frames, output.alpha)
 
             # One marker for the whole video: the watermark's correction carries over from chunk to chunk.
             guardrails = Guardrails(
@@ -442,9 +494,9 @@ class ReenactmentPipeline:
                 workers=ctx.config.mark_workers,
             )
 
-            def mark(frames_out: np.ndarray) -> list[np.ndarray]:
+            def mark(frames_out: list[np.ndarray]) -> list[np.ndarray]:
                 with _Timer(stats, "guardrails_s"), torch_threads(1):
-                    return guardrails(to_uint8_frames(frames_out, out_size))
+                    return guardrails(frames_out)
 
             def write(marked: list[np.ndarray]) -> None:
                 with _Timer(stats, "encode_s"):
@@ -457,10 +509,11 @@ class ReenactmentPipeline:
             if ctx.config.pipeline_depth > 0:
                 # Encoding chunk k overlaps marking chunk k + 1: the encoder would otherwise leave the
                 # marking threads idle for ~15% of the job.
-                run_overlapped(chunks, animate, mark, write, depth=ctx.config.pipeline_depth)
+                # Composing (paste-back) runs in its own stage too, beside the mark stage.
+                run_overlapped(chunks, animate, compose, mark, write, depth=ctx.config.pipeline_depth)
             else:
                 for item in chunks:
-                    write(mark(animate(item)))
+                    write(mark(compose(animate(item))))
             stats.add("watermark_refine_s", guardrails.refine_s)  # part of guardrails_s
         if stats.frames == 0:
             raise JobFailure("video_no_frames", "the driving video has no decodable frames")
@@ -547,10 +600,36 @@ class ReenactmentPipeline:
         self.ctx.storage.put_bytes(cache_key, buffer.getvalue(), content_type="application/octet-stream")
         return planes
 
+    def _paste_back(
+        self, portrait_rgb: np.ndarray, portrait: PortraitAnalysis, planes: np.ndarray
+    ) -> PasteBack:
+        """The job's compositor. The head region to remove from the portrait is where the model itself
+        renders the head at the portrait's own camera and expression (one extra animate call), united
+        with the face stack's portrait matte when there is one."""
+        renders = self._expression_renders(portrait, portrait.beta.reshape(1, -1))
+        camera = portrait.camera.reshape(1, 25).numpy().astype(np.float32)
+        head_alpha = self.ctx.inference.animate(planes, renders, camera).alpha[0, 0]
+        crop_matte, source_matte = portrait_mattes(portrait)
+        return PasteBack(
+            portrait_rgb,
+            portrait.crop_transform,
+            head_alpha,
+            crop_matte=crop_matte,
+            source_matte=source_matte,
+            config=PasteBackConfig(
+                max_side=self.ctx.config.paste_back_max_side,
+                # Small portraits are enlarged to the size the watermark is calibrated at.
+                min_short_side=min(DEFAULT_OUTPUT_SIZE, self.ctx.config.paste_back_max_side),
+            ),
+        )
+
     def _expression_renders(self, portrait: PortraitAnalysis, betas: torch.Tensor) -> np.ndarray:
         alpha = portrait.alpha.reshape(1, -1).expand(betas.shape[0], -1)
+        supersample = self.ctx.config.expression_supersample or training_supersample()
         with torch_threads(1):
-            return render_expression(self.ctx.face_model, alpha, betas, self.ctx.image_size).numpy()
+            return render_expression(
+                self.ctx.face_model, alpha, betas, self.ctx.image_size, supersample=supersample
+            ).numpy()
 
     def _driving_chunks(
         self, path: Path, portrait: PortraitAnalysis, opts: JobOptions, fps: float, stats: RunStats

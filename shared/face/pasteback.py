@@ -5,8 +5,8 @@ The network renders a head in the aligned crop's framing, on black, with its acc
 background and body, with the head moving. `PasteBack` is built once per job and then turns every
 rendered frame into such a portrait frame:
 
-1. **Output frame**: the portrait resized so its long side is at most ``max_side`` (never
-   enlarged), both sides even (H.264 4:2:0).
+1. **Output frame**: the portrait resized so its long side is at most ``max_side`` (small portraits
+   optionally enlarged to ``min_short_side``), both sides even (H.264 4:2:0).
 2. **Clean plate**: the portrait's own head would show wherever the animated head does not cover
    it (a turned or lowered head uncovers it). The head region — the model's own opacity rendered
    at the portrait's pose (one extra ``animate`` call per job), warped into the frame and dilated,
@@ -41,7 +41,10 @@ from shared.face.align import (
 
 @dataclass(frozen=True)
 class PasteBackConfig:
-    max_side: int = 1024  # long side of the output frame (the portrait is never enlarged)
+    max_side: int = 1024  # long side of the output frame at most
+    # Portraits whose short side is below this are enlarged to it (still within max_side): e.g. the
+    # worker keeps outputs at >= 512 px, the size its watermark is calibrated at. 0: never enlarged.
+    min_short_side: int = 0
     head_threshold: float = 0.25  # opacity above which the portrait-pose render counts as head
     dilate: float = 0.06  # head region grown by this fraction of the crop's side (hair, motion blur)
     seam: float = 0.03  # clean plate faded into the portrait over this fraction of the crop's side
@@ -57,10 +60,13 @@ class PasteBackConfig:
             raise ValueError("inpaint_side must be at least 16")
 
 
-def output_shape(source_shape: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """(height, width) of the output frame: the source's aspect, long side <= ``max_side``, even sides."""
+def output_shape(source_shape: tuple[int, int], max_side: int, min_short_side: int = 0) -> tuple[int, int]:
+    """(height, width) of the output frame: the source's aspect, long side <= ``max_side``, short side
+    enlarged to ``min_short_side`` when below it (the long side's cap wins), even sides."""
     height, width = source_shape
     scale = min(1.0, max_side / max(height, width))
+    if min(height, width) * scale < min_short_side:
+        scale = min(min_short_side / min(height, width), max_side / max(height, width))
 
     def even(value: float) -> int:
         return max(2, 2 * int(round(value * scale / 2.0)))
@@ -113,7 +119,9 @@ class PasteBack:
         if tuple(portrait.shape[:2]) != tuple(crop.source_shape):
             raise ValueError(f"portrait is {portrait.shape[:2]}, the crop came from {crop.source_shape}")
         self.crop = crop
-        self.height, self.width = output_shape(crop.source_shape, self.config.max_side)
+        self.height, self.width = output_shape(
+            crop.source_shape, self.config.max_side, self.config.min_short_side
+        )
         # portrait px -> output px, then crop px -> output px.
         self.source_to_output = rescale_matrix(crop.source_shape, (self.height, self.width))
         self.crop_to_output = compose_affine(self.source_to_output, crop.inverse_matrix)
@@ -129,7 +137,10 @@ class PasteBack:
         else:
             self._footprint = np.zeros((0, 0), np.float32)
 
-        resized = cv2.resize(portrait, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        enlarge = self.width > portrait.shape[1]
+        resized = cv2.resize(
+            portrait, (self.width, self.height), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA
+        )
         self.head_mask = self._head_region(head_alpha, crop_matte, source_matte)
         self.plate = self._clean_plate(resized, self.head_mask)
         self._plate_uint8 = np.rint(self.plate * 255.0).astype(np.uint8)

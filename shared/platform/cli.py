@@ -119,6 +119,12 @@ OPTION_FLAGS = (
     ("--output-fps", "output_fps", float, "default: the driving clip's rate"),
     ("--frame-limit", "frame_limit", int, "render at most this many frames"),
     ("--label-corner", "label_corner", str, "where the visible AI label goes (bottom-right by default)"),
+    (
+        "--paste-back",
+        "paste_back",
+        str,
+        "true (default): the head pasted back into the portrait's framing; false: the square face crop",
+    ),
 )
 
 

@@ -209,12 +209,12 @@ class GohaClient:
 
         ``consent`` is required by the API; without it the gateway answers ``consent_required``.
         ``options``: motion_mode, expression_scale, smoothing, output_size, output_fps, frame_limit,
-        label_corner (None values are left out).
+        label_corner, paste_back (None values are left out; booleans are sent as "true"/"false").
         """
         form: dict[str, str] = {"job_type": job_type}
         for name, value in (options or {}).items():
             if value is not None:
-                form[name] = str(value)
+                form[name] = str(value).lower() if isinstance(value, bool) else str(value)
         if isinstance(consent, Consent):
             form.update(consent.to_form())
         elif consent is not None:

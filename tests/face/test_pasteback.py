@@ -106,6 +106,8 @@ def test_output_frames_keep_the_aspect_with_even_sides_and_a_capped_long_side() 
     height, width = output_shape((333, 517), 300)
     assert max(height, width) <= 300 and height % 2 == 0 and width % 2 == 0
     assert abs(height / width - 333 / 517) < 0.01
+    assert output_shape((300, 400), 1024, min_short_side=512) == (512, 682)  # small: enlarged
+    assert output_shape((300, 900), 1024, min_short_side=512) == (342, 1024)  # ... within the cap
 
 
 def test_a_blank_render_blanks_the_face_region() -> None:

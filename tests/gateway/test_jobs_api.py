@@ -120,6 +120,21 @@ def test_label_corner_can_move_but_not_disable_the_label(
     assert odd.json()["error"]["code"] == "invalid_options"
 
 
+def test_paste_back_is_on_by_default_and_can_be_turned_off(
+    idle_client: TestClient, tenant: TenantKey, portrait_png: bytes, driving_mp4: bytes
+) -> None:
+    default = submit(idle_client, tenant, portrait=portrait_png, driving=driving_mp4)
+    assert default.status_code == 202 and default.json()["options"]["paste_back"] is True
+    off = submit(
+        idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"paste_back": "false"}
+    )
+    assert off.status_code == 202 and off.json()["options"]["paste_back"] is False
+    bad = submit(
+        idle_client, tenant, portrait=portrait_png, driving=driving_mp4, data={"paste_back": "maybe"}
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_options"
+
+
 @pytest.fixture
 def limited_client(gw_settings: Settings, db: Database, storage: ObjectStorage) -> Iterator[TestClient]:
     """At most two active jobs per tenant; no consumer on its queue, so jobs stay queued."""

@@ -66,12 +66,18 @@ def make_submitter(settings: Settings, database: Database, storage: ObjectStorag
     """Creates tenant, assets and a queued job the way the gateway does (repository layer)."""
     key = load_signing_key(settings)
 
-    def submit(driving: Path | None, *, job_type: str = "reenact", options: dict | None = None) -> str:
+    def submit(
+        driving: Path | None,
+        *,
+        job_type: str = "reenact",
+        options: dict | None = None,
+        portrait: bytes | None = None,
+    ) -> str:
         with database.session() as session:
             tenant = repository.create_tenant(session, f"tenant-{np.random.default_rng().integers(1e9)}")
             assets = []
             for kind, blob, media in (
-                ("portrait", portrait_png(), "image/png"),
+                ("portrait", portrait if portrait is not None else portrait_png(), "image/png"),
                 ("driving", driving.read_bytes() if driving else None, "video/mp4"),
             ):
                 if blob is None:

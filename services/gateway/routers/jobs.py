@@ -77,13 +77,21 @@ def create_job(
     motion_mode: Annotated[str | None, Form(description="relative (default) or absolute")] = None,
     expression_scale: Annotated[str | None, Form(description="0..3, default 1")] = None,
     smoothing: Annotated[str | None, Form(description="0..1, default 0.5")] = None,
-    output_size: Annotated[str | None, Form(description="square output side, default 512")] = None,
+    output_size: Annotated[
+        str | None, Form(description="square output side with paste_back=false, default 512")
+    ] = None,
     output_fps: Annotated[str | None, Form(description="default: the driving clip's rate")] = None,
     frame_limit: Annotated[str | None, Form(description="at most this many frames")] = None,
     label_corner: Annotated[
         str | None,
         Form(
             description="where the visible AI-generated label goes (it cannot be removed): bottom-right (default), bottom-left, top-right, top-left"
+        ),
+    ] = None,
+    paste_back: Annotated[
+        str | None,
+        Form(
+            description="true (default): the head pasted back into the portrait's framing; false: the square face crop"
         ),
     ] = None,
     consent_subject: Annotated[
@@ -122,6 +130,7 @@ def create_job(
             "output_fps": output_fps,
             "frame_limit": frame_limit,
             "label_corner": label_corner,
+            "paste_back": paste_back,
         },
         consent={
             "subject_name": consent_subject,
