@@ -218,6 +218,25 @@ class GOHANetwork(nn.Module):
     def config_hash(self) -> str:
         return self._config_hash
 
+    # --- frozen parts ----------------------------------------------------------------------------
+
+    def freeze_in_eval(self, trained: set[str]) -> list[str]:
+        """Hold every direct child not named in ``trained`` in eval mode, now and after any later
+        ``train()``; returns the frozen children's names.
+
+        Training stage 2 trains the SR only: the frozen branches must compute exactly what they
+        compute when served (no SegFormer drop-path turning the SR's input into noise).
+        """
+        self._frozen_in_eval = [name for name, _ in self.named_children() if name not in trained]
+        self.train(self.training)
+        return list(self._frozen_in_eval)
+
+    def train(self, mode: bool = True) -> GOHANetwork:
+        super().train(mode)
+        for name in getattr(self, "_frozen_in_eval", ()):
+            getattr(self, name).train(False)
+        return self
+
     @property
     def version_label(self) -> str:
         return self.model_version or f"goha-{self.config.profile}-unversioned"

@@ -29,7 +29,7 @@ here (EG3D trains it jointly):
   that half differs between real and fake in a way the SR cannot change, so D separates them on
   those channels and its gradient tells the SR nothing.
 - every frozen part (all but the SR; D is trained) stays in eval mode, so SegFormer drop-path does
-  not turn the SR's input into noise (``hold_frozen_in_eval``).
+  not turn the SR's input into noise (``GOHANetwork.freeze_in_eval``).
 
 Determinism: every step seeds its own generators from (seed, rank, step) (data indices, ray
 jitter, SR noise, drop-path), and the RNG states are saved too, so a resumed run continues
@@ -206,38 +206,6 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- module modes ----------------------------------------------------------------------------------
-
-
-class _TrainExcept:
-    """``module.train`` replacement: the normal recursive ``train(mode)``, then ``eval()`` on the
-    frozen submodules, so no later ``train()`` call (the trainer's per step, the sample grid's, a
-    caller's) switches their dropout / drop-path back on."""
-
-    def __init__(self, root: nn.Module, frozen: list[nn.Module]) -> None:
-        self.root = root
-        self.frozen = frozen
-
-    def __call__(self, mode: bool = True) -> nn.Module:
-        nn.Module.train(self.root, mode)
-        for module in self.frozen:
-            module.train(False)
-        return self.root
-
-
-def hold_frozen_in_eval(network: nn.Module, trained: set[str]) -> list[str]:
-    """Put every direct child of ``network`` not named in ``trained`` in eval mode, now and after
-    any later ``network.train()``; returns the frozen children's names.
-
-    Stage 2 freezes everything but the SR; ``network.train()`` used to leave SegFormer drop-path on
-    in the frozen encoders, so two identical low-res renders differed by up to 0.36 and the SR
-    learnt from noisy inputs it never sees at inference. Frozen parts must compute exactly what
-    they compute when served. (The override is an instance attribute because the network class
-    belongs to shared/model; a ``GOHANetwork`` API for it would be the cleaner home.)"""
-    names = [name for name, _ in network.named_children() if name not in trained]
-    frozen = [getattr(network, name) for name in names]
-    network.train = _TrainExcept(network, frozen)  # type: ignore[method-assign]
-    network.train(network.training)
-    return names
 
 
 # --- partial warm start ------------------------------------------------------------------------------
@@ -463,7 +431,7 @@ class Trainer:
             self.network.requires_grad_(False)
             self.network.superres.requires_grad_(True)
             trained = self.network.superres
-            hold_frozen_in_eval(self.network, {"superres"})
+            self.network.freeze_in_eval({"superres"})
             d_config = (
                 tiny_discriminator_config if config.profile == "tiny" else paper_discriminator_config
             )(6)
@@ -707,7 +675,7 @@ class Trainer:
         # Per-step seeding of the global RNG (SegFormer drop-path) keeps resumed runs identical.
         torch.manual_seed(_seed_for(self.config, self.dist.rank, self.step, 4))
         samples = self._samples(self.step)
-        self.network.train()  # stage 2: the frozen parts stay in eval (hold_frozen_in_eval)
+        self.network.train()  # stage 2: the frozen parts stay in eval (freeze_in_eval)
         if self.discriminator is not None:
             self.discriminator.train()
         result = self.stage1_step(samples) if self.config.stage == 1 else self.stage2_step(samples)

@@ -309,3 +309,15 @@ def test_opt_in_superres_autocast_is_close_to_float32_and_off_by_default() -> No
     torch.testing.assert_close(approx.low_res, exact.low_res)  # only the SR is approximated
     assert not torch.equal(approx.frames, exact.frames)
     torch.testing.assert_close(approx.frames, exact.frames, atol=5e-2, rtol=0)
+
+
+def test_freeze_in_eval_survives_train_calls() -> None:
+    network = make_network()
+    frozen = network.freeze_in_eval({"superres"})
+    assert "canonical" in frozen and "superres" not in frozen
+    network.train()
+    assert network.training and network.superres.training
+    assert not network.canonical.training and not network.canonical.encoder.training
+    assert not any(m.training for m in network.expression.modules())
+    network.eval()
+    assert not network.superres.training
