@@ -7,7 +7,7 @@ PROFILE ?= tiny
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference bench-e2e demo clean
+.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference bench-e2e bench-quality demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-inference: install
 
 bench-e2e: install
 	$(PYTHON) -m services.worker.bench --seconds 10 --fps 25
+
+# The served output's quality (face rate, identity, mouth/yaw following, holdout PSNR); last line JSON.
+bench-quality: install
+	$(PYTHON) -m services.worker.bench_quality --checkpoint models/goha-$(PROFILE).pt --frames-dir runs/quality
 
 # The main job end to end on the embedded stack (no servers to install); files land in var/demo/.
 demo: install
