@@ -267,26 +267,11 @@ def training_supersample() -> int:
     return int(SyntheticConfig().supersample)
 
 
-def portrait_mattes(portrait: PortraitAnalysis) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(matte in the crop's framing, matte in portrait pixels) when the face stack provides them.
-
-    ``matte`` / ``source_matte`` are optional fields of ``PortraitAnalysis``; either is placed by its
-    shape, so the paste-back uses whichever framing the face stack chose.
-    """
-    crop_side, source_shape = portrait.crop_transform.size, tuple(portrait.crop_transform.source_shape)
-    in_crop, in_source = None, None
-    for name in ("matte", "source_matte"):
-        value = getattr(portrait, name, None)
-        if value is None:
-            continue
-        array = np.asarray(value, dtype=np.float32).squeeze()
-        if array.shape == (crop_side, crop_side) and in_crop is None:
-            in_crop = array
-        elif array.shape == source_shape and in_source is None:
-            in_source = array
-        else:
-            log.warning("portrait %s of shape %s ignored by the paste-back", name, array.shape)
-    return in_crop, in_source
+def matted_crop(portrait: PortraitAnalysis) -> np.ndarray:
+    """The portrait crop with its background blacked out by the face stack's matte: the network was
+    trained on heads on black (the paper removes backgrounds with a matting net before
+    reconstruction), and a background left in lifts its colours into T_p around the head."""
+    return np.rint(portrait.crop.astype(np.float32) * portrait.matte[..., None]).astype(np.uint8)
 
 
 def to_model_image(rgb: np.ndarray) -> torch.Tensor:
@@ -591,7 +576,7 @@ class ReenactmentPipeline:
                 return np.load(io.BytesIO(self.ctx.storage.get_bytes(cache_key)), allow_pickle=False)
             except ValueError:
                 log.warning("unreadable avatar cache entry, recomputing", extra={"key": cache_key})
-        image = to_model_image(portrait.crop).numpy()
+        image = to_model_image(matted_crop(portrait)).numpy()
         mask = portrait.keep_mask[None, None].astype(np.float32)
         camera = portrait.camera.reshape(1, 25).numpy().astype(np.float32)
         planes = self.ctx.inference.reconstruct(image, mask, camera)[0]
@@ -605,17 +590,16 @@ class ReenactmentPipeline:
     ) -> PasteBack:
         """The job's compositor. The head region to remove from the portrait is where the model itself
         renders the head at the portrait's own camera and expression (one extra animate call), united
-        with the face stack's portrait matte when there is one."""
+        with the face stack's portrait matte inside the crop."""
         renders = self._expression_renders(portrait, portrait.beta.reshape(1, -1))
         camera = portrait.camera.reshape(1, 25).numpy().astype(np.float32)
         head_alpha = self.ctx.inference.animate(planes, renders, camera).alpha[0, 0]
-        crop_matte, source_matte = portrait_mattes(portrait)
         return PasteBack(
             portrait_rgb,
             portrait.crop_transform,
             head_alpha,
-            crop_matte=crop_matte,
-            source_matte=source_matte,
+            crop_matte=portrait.matte,
+            source_matte=portrait.source_matte,
             config=PasteBackConfig(
                 max_side=self.ctx.config.paste_back_max_side,
                 # Small portraits are enlarged to the size the watermark is calibrated at.

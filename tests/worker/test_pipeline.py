@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import urllib3
 
@@ -14,8 +15,10 @@ from services.inference.engine import InProcessInference
 from services.inference.server import free_port
 from services.worker.context import signing_chain, watermark_secret
 from services.worker.errors import TRANSIENT_ERRORS
-from services.worker.pipeline import PipelineConfig, PipelineContext, ReenactmentPipeline
+from services.worker.pipeline import PipelineConfig, PipelineContext, ReenactmentPipeline, matted_crop
 from shared.face.morphable import load_procedural_model
+from shared.face.pipeline import FaceAnalyzer
+from shared.media.samples import astronaut_portrait
 from shared.media.verify import verify_video
 from shared.platform.models import Job, ProvenanceRecord
 from shared.platform.provenance import load_signing_key, signature_valid
@@ -151,3 +154,16 @@ def test_an_input_deleted_while_queued_fails_with_its_code(
         job = session.get(Job, job_id)
         assert job.error_code == "object_not_found"
         assert "not found" in job.error_message
+
+
+def test_reconstruct_sees_the_portrait_on_black() -> None:
+    """The network was trained on heads on black: the crop it reconstructs from has its background
+    removed by the face stack's matte (the person kept)."""
+    portrait = FaceAnalyzer(load_procedural_model(), 128).analyze_portrait(astronaut_portrait())
+    matted = matted_crop(portrait)
+    background = portrait.matte < 0.05
+    person = portrait.matte > 0.95
+    assert background.mean() > 0.05 and person.mean() > 0.3
+    assert matted[background].max() <= 12
+    # matte > 0.95: at most 5 % darker.
+    assert np.abs(matted[person].astype(int) - portrait.crop[person]).max() <= 13
