@@ -8,6 +8,7 @@ from functools import cached_property
 from celery import Celery
 
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.uploads import UploadSlots
 from shared.platform.db import Database
 from shared.platform.inputs import InputLimits
 from shared.platform.provenance import load_signing_key
@@ -23,6 +24,15 @@ class GatewayContext:
     storage: ObjectStorage
     celery: Celery
     rate_limiter: RateLimiter
+
+    @cached_property
+    def upload_slots(self) -> UploadSlots:
+        settings = self.settings
+        return UploadSlots(
+            settings.max_concurrent_uploads,
+            settings.max_concurrent_uploads_per_key,
+            settings.upload_slot_wait_s,
+        )
 
     @property
     def base_url(self) -> str:

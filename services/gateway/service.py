@@ -2,7 +2,8 @@
 
 Order of a submission, chosen so a refused request leaves nothing behind:
 1. validate the form (job type, options, consent) — nothing read yet;
-2. spool each upload to a private temp dir while hashing it, refusing past the size limit;
+2. (the route, before this module) authenticate, rate-limit, take an upload slot, then stream each
+   part to the request's private workspace while hashing it, refusing past its limit (``uploads``);
 3. sniff + inspect the bytes (type, pixels, video limits, integrity);
 4. idempotency: same key + same body -> the earlier job; same key + other body -> 409;
 5. put new inputs in object storage (content-addressed, so a retry rewrites the same key);
@@ -17,15 +18,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import UploadFile
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
@@ -40,6 +36,7 @@ from services.gateway.schemas import (
     JobOut,
     Progress,
 )
+from services.gateway.uploads import ReceivedFile
 from shared.platform import erasure, repository, webhooks
 from shared.platform.errors import (
     ASSET_DELETED,
@@ -49,7 +46,6 @@ from shared.platform.errors import (
     INVALID_REQUEST,
     JOB_NOT_CANCELLABLE,
     MISSING_INPUT,
-    PAYLOAD_TOO_LARGE,
     TOO_MANY_ACTIVE_JOBS,
     WRONG_MEDIA_KIND,
     Conflict,
@@ -68,8 +64,9 @@ from shared.platform.storage import input_key
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY = 255
+# The form field naming an earlier asset instead of an upload, per upload field.
+ASSET_FIELDS = {"portrait": "portrait_asset_id", "driving_video": "driving_asset_id"}
 
 
 @dataclass(frozen=True)
@@ -96,43 +93,17 @@ class ResolvedInput:
         return self.upload.sha256
 
 
-@contextmanager
-def workspace() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="goha-upload-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def spool_upload(
-    upload: UploadFile, directory: Path, name: str, ctx: GatewayContext, kind: MediaKind | None
+def inspect_upload(
+    received: ReceivedFile, name: str, ctx: GatewayContext, kind: MediaKind | None
 ) -> SpooledUpload:
-    """Copy an upload to ``directory`` while hashing, refusing past the size limit; then inspect it."""
-    limit = ctx.limits.max_upload_bytes
-    digest = hashlib.sha256()
-    size = 0
-    path = directory / name
-    upload.file.seek(0)
-    with open(path, "wb") as out:
-        while chunk := upload.file.read(CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise InputRejected(
-                    PAYLOAD_TOO_LARGE,
-                    f"{name} is larger than the limit of {limit} bytes",
-                    status=413,
-                    details={"field": name, "limit_bytes": limit},
-                )
-            digest.update(chunk)
-            out.write(chunk)
+    """Sniff and bound a received file (already on disk, size-limited and hashed while it was read)."""
     try:
-        info = inspect_media(path, ctx.limits, kind)
+        info = inspect_media(received.path, ctx.limits, kind)
     except InputRejected as exc:
         exc.details.setdefault("field", name)
         exc.message = f"{name}: {exc.message}"
         raise
-    return SpooledUpload(path, size, digest.hexdigest(), (upload.filename or "")[:255], info)
+    return SpooledUpload(received.path, received.size_bytes, received.sha256, received.filename, info)
 
 
 # -- assets ----------------------------------------------------------------------------------------------
@@ -177,32 +148,31 @@ def _asset_row(session: Any, tenant_id: str, upload: SpooledUpload) -> tuple[Ass
 
 
 def upload_asset(
-    ctx: GatewayContext, who: Principal, upload: UploadFile, meta: RequestMeta
+    ctx: GatewayContext, who: Principal, upload: ReceivedFile, meta: RequestMeta
 ) -> tuple[Asset, bool]:
-    """Validate and store one file as an asset; returns (asset, created)."""
-    with workspace() as tmp:
-        spooled = spool_upload(upload, tmp, "file", ctx, None)
+    """Validate and store one received file as an asset; returns (asset, created)."""
+    spooled = inspect_upload(upload, "file", ctx, None)
+    with ctx.db.session() as session:
+        existing = repository.find_asset_by_hash(session, who.tenant_id, spooled.sha256)
+    if existing is not None and ctx.storage.exists(existing.storage_key):
+        return existing, False
+    created_keys = _store_uploads(ctx, who.tenant_id, [spooled])
+    try:
         with ctx.db.session() as session:
-            existing = repository.find_asset_by_hash(session, who.tenant_id, spooled.sha256)
-        if existing is not None and ctx.storage.exists(existing.storage_key):
-            return existing, False
-        created_keys = _store_uploads(ctx, who.tenant_id, [spooled])
-        try:
-            with ctx.db.session() as session:
-                asset, created = _asset_row(session, who.tenant_id, spooled)
-                _audit(
-                    session,
-                    who,
-                    meta,
-                    "asset.upload",
-                    "asset",
-                    asset.id,
-                    {"sha256": asset.sha256, "media_type": asset.media_type},
-                )
-        except BaseException:
-            _cleanup_orphans(ctx, who.tenant_id, created_keys)
-            raise
-        return asset, created
+            asset, created = _asset_row(session, who.tenant_id, spooled)
+            _audit(
+                session,
+                who,
+                meta,
+                "asset.upload",
+                "asset",
+                asset.id,
+                {"sha256": asset.sha256, "media_type": asset.media_type},
+            )
+    except BaseException:
+        _cleanup_orphans(ctx, who.tenant_id, created_keys)
+        raise
+    return asset, created
 
 
 def asset_to_out(asset: Asset, base_url: str) -> AssetOut:
@@ -225,9 +195,9 @@ class SubmitForm:
     job_type: str | None
     options: dict[str, Any]  # raw form values; None entries mean "not given"
     consent: dict[str, Any]
-    portrait: UploadFile | None
+    portrait: ReceivedFile | None
     portrait_asset_id: str | None
-    driving: UploadFile | None
+    driving: ReceivedFile | None
     driving_asset_id: str | None
     callback_url: str | None = None
 
@@ -270,17 +240,17 @@ def _first_errors(exc: ValidationError) -> str:
 def _resolve(
     ctx: GatewayContext,
     who: Principal,
-    tmp: Path,
     label: str,
-    upload: UploadFile | None,
+    upload: ReceivedFile | None,
     asset_id: str | None,
     kind: MediaKind,
     required: bool,
 ) -> ResolvedInput | None:
+    asset_field = ASSET_FIELDS[label]
     if upload is not None and asset_id:
-        raise InputRejected(INVALID_REQUEST, f"give either the {label} file or {label}_asset_id, not both")
+        raise InputRejected(INVALID_REQUEST, f"give either the {label} file or {asset_field}, not both")
     if upload is not None:
-        return ResolvedInput(upload=spool_upload(upload, tmp, label, ctx, kind))
+        return ResolvedInput(upload=inspect_upload(upload, label, ctx, kind))
     if asset_id:
         with ctx.db.session() as session:
             asset = repository.get_asset(session, who.tenant_id, asset_id)
@@ -291,18 +261,18 @@ def _resolve(
                 ASSET_DELETED,
                 f"{label} asset {asset_id!r} was deleted: upload the file again",
                 status=410,
-                details={"field": f"{label}_asset_id"},
+                details={"field": asset_field},
             )
         if asset.kind != kind:
             raise InputRejected(
                 WRONG_MEDIA_KIND,
-                f"{label}_asset_id is a {asset.kind}, expected {'an image' if kind == 'image' else 'a video'}",
+                f"{asset_field} is a {asset.kind}, expected {'an image' if kind == 'image' else 'a video'}",
                 status=415,
             )
         return ResolvedInput(asset=asset)
     if required:
         raise InputRejected(
-            MISSING_INPUT, f"the {label} is required: upload it as '{label}' or pass {label}_asset_id"
+            MISSING_INPUT, f"the {label} is required: upload it as '{label}' or pass {asset_field}"
         )
     return None
 
@@ -353,71 +323,69 @@ def submit_job(
         )
     job_type, options, consent = _validate_form(ctx, form)
     callback_url = webhooks.check_callback_url(form.callback_url, ctx.settings) if form.callback_url else None
-    with workspace() as tmp:
-        portrait = _resolve(ctx, who, tmp, "portrait", form.portrait, form.portrait_asset_id, "image", True)
-        driving = _resolve(
-            ctx,
-            who,
-            tmp,
-            "driving_video",
-            form.driving,
-            form.driving_asset_id,
-            "video",
-            job_type is JobType.REENACT,
-        )
-        assert portrait is not None
-        digest = request_hash(
-            job_type, options, consent, portrait.sha256, driving.sha256 if driving else None, callback_url
-        )
+    portrait = _resolve(ctx, who, "portrait", form.portrait, form.portrait_asset_id, "image", True)
+    driving = _resolve(
+        ctx,
+        who,
+        "driving_video",
+        form.driving,
+        form.driving_asset_id,
+        "video",
+        job_type is JobType.REENACT,
+    )
+    assert portrait is not None
+    digest = request_hash(
+        job_type, options, consent, portrait.sha256, driving.sha256 if driving else None, callback_url
+    )
+    if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
+        return earlier, True
+    _check_active_jobs(ctx, who)  # after the replay: a retried request still gets its job
+
+    uploads = [r.upload for r in (portrait, driving) if r is not None and r.upload is not None]
+    created_keys = _store_uploads(ctx, who.tenant_id, uploads)
+    consent_record = {
+        **consent.model_dump(mode="json"),
+        "attested_via_api_key": who.key_prefix,
+        "recorded_at": utcnow().isoformat(),
+    }
+    try:
+        with ctx.db.session() as session:
+            portrait_asset = portrait.asset or _asset_row(session, who.tenant_id, portrait.upload)[0]  # type: ignore[arg-type]
+            driving_asset = None
+            if driving is not None:
+                driving_asset = driving.asset or _asset_row(session, who.tenant_id, driving.upload)[0]  # type: ignore[arg-type]
+            job = repository.create_job(
+                session,
+                tenant_id=who.tenant_id,
+                api_key_id=who.api_key_id,
+                job_type=job_type.value,
+                options=options.model_dump(mode="json"),
+                consent=consent_record,
+                portrait=portrait_asset,
+                driving=driving_asset,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                signing_key=ctx.signing_key,
+                callback_url=callback_url,
+            )
+            _audit(
+                session,
+                who,
+                meta,
+                "job.create",
+                "job",
+                job.id,
+                {"job_type": job_type.value, "idempotency_key": idempotency_key},
+            )
+    except IntegrityError:
+        _cleanup_orphans(ctx, who.tenant_id, created_keys)
+        # A concurrent request with the same Idempotency-Key won the insert: answer with its job.
         if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
             return earlier, True
-        _check_active_jobs(ctx, who)  # after the replay: a retried request still gets its job
-
-        uploads = [r.upload for r in (portrait, driving) if r is not None and r.upload is not None]
-        created_keys = _store_uploads(ctx, who.tenant_id, uploads)
-        consent_record = {
-            **consent.model_dump(mode="json"),
-            "attested_via_api_key": who.key_prefix,
-            "recorded_at": utcnow().isoformat(),
-        }
-        try:
-            with ctx.db.session() as session:
-                portrait_asset = portrait.asset or _asset_row(session, who.tenant_id, portrait.upload)[0]  # type: ignore[arg-type]
-                driving_asset = None
-                if driving is not None:
-                    driving_asset = driving.asset or _asset_row(session, who.tenant_id, driving.upload)[0]  # type: ignore[arg-type]
-                job = repository.create_job(
-                    session,
-                    tenant_id=who.tenant_id,
-                    api_key_id=who.api_key_id,
-                    job_type=job_type.value,
-                    options=options.model_dump(mode="json"),
-                    consent=consent_record,
-                    portrait=portrait_asset,
-                    driving=driving_asset,
-                    idempotency_key=idempotency_key,
-                    request_hash=digest,
-                    signing_key=ctx.signing_key,
-                    callback_url=callback_url,
-                )
-                _audit(
-                    session,
-                    who,
-                    meta,
-                    "job.create",
-                    "job",
-                    job.id,
-                    {"job_type": job_type.value, "idempotency_key": idempotency_key},
-                )
-        except IntegrityError:
-            _cleanup_orphans(ctx, who.tenant_id, created_keys)
-            # A concurrent request with the same Idempotency-Key won the insert: answer with its job.
-            if idempotency_key and (earlier := _replay(ctx, who, idempotency_key, digest)) is not None:
-                return earlier, True
-            raise
-        except BaseException:
-            _cleanup_orphans(ctx, who.tenant_id, created_keys)
-            raise
+        raise
+    except BaseException:
+        _cleanup_orphans(ctx, who.tenant_id, created_keys)
+        raise
     JOBS_SUBMITTED.labels(job_type=job_type.value).inc()
     publish(ctx, job.id)
     return job, False

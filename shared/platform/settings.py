@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     )
     max_output_size: int = 1024
     max_form_fields: int = 64
+    max_form_field_bytes: int = 64 * 1024  # one text field of a multipart form
+    # Upload bodies read at once (per gateway process): over either cap a request waits up to
+    # upload_slot_wait_s with its body unread, then is a 429 too_many_uploads. Parts are streamed to
+    # upload_dir (None: the system temp dir), one file per part; an upload that sends nothing for
+    # upload_idle_timeout_s is a 408 upload_timeout.
+    max_concurrent_uploads: int = Field(32, ge=1)
+    max_concurrent_uploads_per_key: int = Field(4, ge=1)
+    upload_slot_wait_s: float = Field(10.0, ge=0)
+    upload_idle_timeout_s: float = Field(30.0, gt=0)
+    upload_dir: Path | None = None
 
     # -- rate limits -----------------------------------------------------------------------------------
     rate_limit_per_minute: int = 120  # per API key, unless the key carries its own limit

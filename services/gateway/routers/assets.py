@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway import service
 from services.gateway.context import GatewayContext
 from services.gateway.deps import Principal, audit_action, get_context, principal, request_meta
 from services.gateway.routers.jobs import ERRORS
 from services.gateway.schemas import AssetOut
+from services.gateway.uploads import multipart_openapi, streamed_form
 from shared.platform import repository
 from shared.platform.errors import NotFound
 
@@ -27,18 +29,26 @@ router = APIRouter(prefix="/v1/assets", tags=["assets"])
     },
     summary="Upload a portrait or driving video",
     dependencies=[audit_action("asset.upload")],
+    openapi_extra=multipart_openapi(
+        {"file": "image (portrait) or video (driving clip); type sniffed from bytes"}, {}, required=("file",)
+    ),
 )
-def upload_asset(
+async def upload_asset(
     request: Request,
     response: Response,
     ctx: Annotated[GatewayContext, Depends(get_context)],
     who: Annotated[Principal, Depends(principal)],
-    file: Annotated[
-        UploadFile, File(description="image (portrait) or video (driving clip); type sniffed from bytes")
-    ],
 ) -> AssetOut:
-    """Inputs are content-addressed per tenant: uploading the same bytes twice returns the first asset (200)."""
-    asset, created = service.upload_asset(ctx, who, file, request_meta(request))
+    """Inputs are content-addressed per tenant: uploading the same bytes twice returns the first asset (200).
+
+    The key is checked and the rate limit charged before the body is read; the file is refused (413)
+    as soon as it passes the size limit."""
+    async with streamed_form(
+        request, ctx.settings, ctx.upload_slots, who.api_key_id, ("file",), required_file="file"
+    ) as form:
+        asset, created = await run_in_threadpool(
+            service.upload_asset, ctx, who, form.files["file"], request_meta(request)
+        )
     if not created:
         response.status_code = 200
     return service.asset_to_out(asset, ctx.base_url)

@@ -6,8 +6,9 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway import service
 from services.gateway.context import GatewayContext
@@ -19,7 +20,8 @@ from services.gateway.deps import (
     principal,
     request_meta,
 )
-from services.gateway.schemas import ErrorEnvelope, JobList, JobOut, ProvenanceOut, ResultUrl
+from services.gateway.schemas import ErrorEnvelope, JobList, JobOptions, JobOut, ProvenanceOut, ResultUrl
+from services.gateway.uploads import multipart_openapi, streamed_form
 from shared.platform import repository
 from shared.platform.errors import (
     PROVENANCE_NOT_AVAILABLE,
@@ -35,7 +37,7 @@ from shared.platform.provenance import provenance_document, signature_valid
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 410, 413, 415, 422, 429)}
+ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 408, 409, 410, 413, 415, 422, 429)}
 Ctx = Annotated[GatewayContext, Depends(get_context)]
 Who = Annotated[Principal, Depends(principal)]
 # The {job_id} of the path, also bound to the request's log context.
@@ -50,6 +52,33 @@ def _owned_job(ctx: GatewayContext, who: Principal, job_id: str) -> Job:
     return job
 
 
+# Text fields of POST /v1/jobs besides the options (JobOptions' fields) and the consent attestation.
+SUBMIT_FIELDS = {
+    "portrait_asset_id": "instead of uploading: an earlier asset",
+    "driving_asset_id": "instead of uploading: an earlier asset",
+    "job_type": "reenact (default) or orbit (novel-view render)",
+    "callback_url": "https URL the platform POSTs to (signed) when the job has finished; see docs/api.md",
+}
+CONSENT_FIELDS = {
+    "consent_subject": ("subject_name", "REQUIRED: who consented (the person shown)"),
+    "consent_method": (
+        "method",
+        "REQUIRED: written_release | electronic_signature | recorded_verbal | self",
+    ),
+    "consent_obtained_at": ("obtained_at", "REQUIRED: when, ISO 8601 with timezone"),
+    "consent_reference": ("reference", "e.g. the release document's id"),
+    "consent_attested_by": ("attested_by", "who at your organisation attests this"),
+}
+UPLOAD_FILES = {
+    "portrait": "JPEG, PNG or WebP portrait (one face)",
+    "driving_video": "MP4/MOV/WebM/MKV/AVI driving clip",
+}
+
+
+def _option_fields() -> dict[str, str]:
+    return {name: info.description or "" for name, info in JobOptions.model_fields.items()}
+
+
 @router.post(
     "",
     status_code=202,
@@ -57,95 +86,47 @@ def _owned_job(ctx: GatewayContext, who: Principal, job_id: str) -> Job:
     responses=ERRORS,
     summary="Submit a reenactment (or orbit) job",
     dependencies=[audit_action("job.create")],
+    openapi_extra=multipart_openapi(
+        UPLOAD_FILES,
+        {
+            **SUBMIT_FIELDS,
+            **_option_fields(),
+            **{name: description for name, (_, description) in CONSENT_FIELDS.items()},
+        },
+        required=("consent_subject", "consent_method", "consent_obtained_at"),
+    ),
 )
-def create_job(
+async def create_job(
     request: Request,
     response: Response,
     ctx: Ctx,
     who: Who,
-    portrait: Annotated[UploadFile | None, File(description="JPEG, PNG or WebP portrait (one face)")] = None,
-    driving_video: Annotated[UploadFile | None, File(description="MP4/MOV/WebM/MKV/AVI driving clip")] = None,
-    portrait_asset_id: Annotated[
-        str | None, Form(description="instead of uploading: an earlier asset")
-    ] = None,
-    driving_asset_id: Annotated[
-        str | None, Form(description="instead of uploading: an earlier asset")
-    ] = None,
-    job_type: Annotated[
-        str | None, Form(description="reenact (default) or orbit (novel-view render)")
-    ] = None,
-    motion_mode: Annotated[str | None, Form(description="relative (default) or absolute")] = None,
-    expression_scale: Annotated[str | None, Form(description="0..3, default 1")] = None,
-    smoothing: Annotated[str | None, Form(description="0..1, default 0.5")] = None,
-    output_size: Annotated[
-        str | None, Form(description="square output side with paste_back=false, default 512")
-    ] = None,
-    output_fps: Annotated[str | None, Form(description="default: the driving clip's rate")] = None,
-    frame_limit: Annotated[str | None, Form(description="at most this many frames")] = None,
-    label_corner: Annotated[
-        str | None,
-        Form(
-            description="where the visible AI-generated label goes (it cannot be removed): bottom-right (default), bottom-left, top-right, top-left"
-        ),
-    ] = None,
-    paste_back: Annotated[
-        str | None,
-        Form(
-            description="true (default): the head pasted back into the portrait's framing; false: the square face crop"
-        ),
-    ] = None,
-    consent_subject: Annotated[
-        str | None, Form(description="REQUIRED: who consented (the person shown)")
-    ] = None,
-    consent_method: Annotated[
-        str | None,
-        Form(description="REQUIRED: written_release | electronic_signature | recorded_verbal | self"),
-    ] = None,
-    consent_obtained_at: Annotated[
-        str | None, Form(description="REQUIRED: when, ISO 8601 with timezone")
-    ] = None,
-    consent_reference: Annotated[str | None, Form(description="e.g. the release document's id")] = None,
-    consent_attested_by: Annotated[
-        str | None, Form(description="who at your organisation attests this")
-    ] = None,
-    callback_url: Annotated[
-        str | None,
-        Form(
-            description="https URL the platform POSTs to (signed) when the job has finished; see docs/api.md"
-        ),
-    ] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobOut:
     """Multipart upload of a portrait and a driving video (or ids of earlier ``POST /v1/assets``
     uploads), render options and the **required** consent attestation. Answers 202 at once; poll
     ``links.self``. With an ``Idempotency-Key`` header, repeating the same request returns the
-    same job (header ``Idempotent-Replayed: true``); the same key with another body is a 409."""
-    form = service.SubmitForm(
-        job_type=job_type,
-        options={
-            "motion_mode": motion_mode,
-            "expression_scale": expression_scale,
-            "smoothing": smoothing,
-            "output_size": output_size,
-            "output_fps": output_fps,
-            "frame_limit": frame_limit,
-            "label_corner": label_corner,
-            "paste_back": paste_back,
-        },
-        consent={
-            "subject_name": consent_subject,
-            "method": consent_method,
-            "obtained_at": consent_obtained_at,
-            "reference": consent_reference,
-            "attested_by": consent_attested_by,
-        },
-        portrait=portrait,
-        portrait_asset_id=portrait_asset_id,
-        driving=driving_video,
-        driving_asset_id=driving_asset_id,
-        callback_url=callback_url,
-    )
-    job, replayed = service.submit_job(ctx, who, form, idempotency_key, request_meta(request))
+    same job (header ``Idempotent-Replayed: true``); the same key with another body is a 409.
+
+    The key is checked and the rate limit charged before any byte of the body is read; each file is
+    refused (413) as soon as it passes the size limit."""
+    async with streamed_form(
+        request, ctx.settings, ctx.upload_slots, who.api_key_id, tuple(UPLOAD_FILES)
+    ) as received:
+        text = received.text
+        form = service.SubmitForm(
+            job_type=text("job_type"),
+            options={name: text(name) for name in JobOptions.model_fields},
+            consent={key: text(name) for name, (key, _) in CONSENT_FIELDS.items()},
+            portrait=received.files.get("portrait"),
+            portrait_asset_id=text("portrait_asset_id"),
+            driving=received.files.get("driving_video"),
+            driving_asset_id=text("driving_asset_id"),
+            callback_url=text("callback_url"),
+        )
+        job, replayed = await run_in_threadpool(
+            service.submit_job, ctx, who, form, idempotency_key, request_meta(request)
+        )
     out = service.job_to_out(job, ctx.base_url)
     response.headers["Location"] = out.links["self"]
     if replayed:
