@@ -4,15 +4,19 @@
 
 Runs the real worker pipeline (``ReenactmentPipeline`` built by ``services.worker.context.build_context``
 on the embedded backends: SQLite, local storage, the checkpoint in-process) on the scikit-image
-astronaut portrait driven by the generated talking clip (``shared.media.samples``), decodes the output
-MP4 and measures it against the driver and the portrait. It also evaluates the checkpoint on a
+astronaut portrait driven by two generated clips: the astronaut's own talking clip
+(``shared.media.samples``; in-plane sway and a stretched mouth) and a synthetic holdout person turning
+its head (yaw ±0.45 rad), talking and blinking on a plain background (``synthetic_driver_frame``; the
+only generated driver that turns, so ``yaw_corr`` has something to follow). It decodes each output
+MP4 and measures it against its driver and the portrait. The top-level metrics pool the sampled
+frames of both jobs; ``drivers`` has each clip's own. It also evaluates the checkpoint on a
 deterministic regenerated subset of the synthetic holdout (``shared.training.evaluate``), so nothing
 has to be generated beforehand.
 
 The LAST stdout line is JSON. Definitions (others compare against them; keep them exactly):
 
-- Sampling: ``samples`` (>= 25) output frames evenly spaced over the clip, each with the driving frame
-  of the same index (the job keeps the driver's frame rate).
+- Sampling: ``samples`` (>= 25 per clip) output frames evenly spaced over each clip, each with the
+  driving frame of the same index (the job keeps the driver's frame rate).
 - ``face_rate``: fraction of sampled output frames in which dlib's HOG frontal face detector, upsampling
   once (``detector(image, 1)``), finds a face.
 - ``id_dist``: mean Euclidean distance between dlib's 128-d face descriptor
@@ -138,12 +142,27 @@ def video_metrics(
     measure: FaceMeasure | None = None,
 ) -> dict[str, Any]:
     """face_rate, id_dist, mouth_corr, yaw_corr over paired sampled (driver, output) frames."""
+    return summarise([measure_clip(portrait, driver_frames, output_frames, measure)])
+
+
+def measure_clip(
+    portrait: np.ndarray,
+    driver_frames: Sequence[np.ndarray],
+    output_frames: Sequence[np.ndarray],
+    measure: FaceMeasure | None = None,
+) -> dict[str, list[Any]]:
+    """The per-frame measurements of one clip: faces found, descriptor distances to the portrait, and
+    the driver's and the output's mouth gap and nose yaw where both have a face."""
     if len(driver_frames) != len(output_frames):
         raise ValueError("driver and output samples must pair up")
     measure = measure or FaceMeasure()
     reference = measure.face(portrait)
-    found, distances = [], []
-    mouth_driver, mouth_output, yaw_driver, yaw_output = [], [], [], []
+    found: list[bool] = []
+    distances: list[float] = []
+    mouth_driver: list[float] = []
+    mouth_output: list[float] = []
+    yaw_driver: list[float] = []
+    yaw_output: list[float] = []
     for driver, output in zip(driver_frames, output_frames):
         out_face = measure.face(output)
         found.append(out_face is not None)
@@ -159,13 +178,31 @@ def video_metrics(
         yaw_driver.append(nose_yaw(drv_face[0]))
         yaw_output.append(nose_yaw(out_face[0]))
     return {
-        "samples": len(output_frames),
+        "found": found,
+        "distances": distances,
+        "mouth_driver": mouth_driver,
+        "mouth_output": mouth_output,
+        "yaw_driver": yaw_driver,
+        "yaw_output": yaw_output,
+        "portrait_face_found": [reference is not None],
+    }
+
+
+def summarise(clips: Sequence[dict[str, list[Any]]]) -> dict[str, Any]:
+    """The metrics over the frames of all clips pooled (each clip's frames paired with its driver)."""
+    pooled: dict[str, list[Any]] = {}
+    for clip in clips:
+        for key, values in clip.items():
+            pooled.setdefault(key, []).extend(values)
+    found, distances = pooled.get("found", []), pooled.get("distances", [])
+    return {
+        "samples": len(found),
         "face_rate": float(np.mean(found)) if found else 0.0,
         "id_dist": float(np.mean(distances)) if distances else None,
-        "mouth_corr": pearson(mouth_driver, mouth_output),
-        "yaw_corr": pearson(yaw_driver, yaw_output),
-        "paired_faces": len(mouth_driver),
-        "portrait_face_found": reference is not None,
+        "mouth_corr": pearson(pooled.get("mouth_driver", []), pooled.get("mouth_output", [])),
+        "yaw_corr": pearson(pooled.get("yaw_driver", []), pooled.get("yaw_output", [])),
+        "paired_faces": len(pooled.get("mouth_driver", [])),
+        "portrait_face_found": all(pooled.get("portrait_face_found", [False])),
     }
 
 
@@ -205,6 +242,56 @@ def side_by_side(
 
     gap = np.full((height, 4, 3), 255, np.uint8)
     return np.concatenate([fit(portrait), gap, fit(driver), gap, fit(output)], axis=1)
+
+
+# --- a second driver: a synthetic person turning and talking --------------------------------------------
+
+# A holdout identity of the synthetic data (never trained on), seen by a camera that moves over the
+# head, talking and blinking: unlike the astronaut clip (in-plane sway only) it turns its head, so
+# ``yaw_corr`` has something to follow.
+SYNTHETIC_DRIVER_IDENTITY = 3
+SYNTHETIC_BACKGROUND = (0.62, 0.60, 0.56)  # a plain wall, so the driver looks like a video
+
+
+def synthetic_driver_frame(index: int, fps: float, size: int) -> np.ndarray:
+    """Frame ``index`` (RGB uint8, size²) of the synthetic driver: yaw ±0.45 rad over ~3.2 s, the jaw
+    opening and closing at ~1.6 Hz, a blink every 2 s."""
+    from shared.face.morphable import load_procedural_model
+    from shared.model import cameras
+    from shared.training.synthetic import SyntheticConfig, build_scene, render_scene, sample_identity
+
+    model = load_procedural_model()
+    identity = sample_identity(model, SyntheticConfig(), 0, "holdout", SYNTHETIC_DRIVER_IDENTITY)
+    t = index / fps
+    beta = np.zeros(model.num_expression, np.float32)
+    beta[model.expression_index("jaw_open")] = 0.9 * max(0.0, np.sin(2 * np.pi * 1.6 * t)) ** 1.5
+    blink = max(0.0, 1.0 - abs((t % 2.0) - 1.0) / 0.12)
+    beta[model.expression_index("blink_left")] = beta[model.expression_index("blink_right")] = blink
+    camera = cameras.spherical_camera(0.45 * np.sin(2 * np.pi * t / 3.2), 0.08 * np.sin(2 * np.pi * t / 2.3))
+    image, _, coverage = render_scene(
+        build_scene(model, identity, beta), camera.numpy().astype(np.float32), identity.light, size, 2
+    )
+    # The render is on black: blend it over the wall by its coverage (anti-aliased edges).
+    cover = coverage[0].numpy()[..., None]
+    rgb = (image.permute(1, 2, 0).numpy() + 1.0) / 2.0 + (1.0 - cover) * np.asarray(SYNTHETIC_BACKGROUND)
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def write_synthetic_driver(path: Path, frames: int, *, fps: int = 25, size: int = 256) -> Path:
+    """The synthetic driver as an H.264 MP4 (no audio), written frame by frame."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(synthetic_driver_frame(index, fps, size), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    return Path(path)
 
 
 # --- the job --------------------------------------------------------------------------------------------
@@ -382,24 +469,38 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="goha-quality-") as tmp:
         workdir = Path(tmp)
         total = max(MIN_SAMPLES, int(round(seconds * fps)))
-        driving = write_clip(workdir / "driver.mp4", total, fps=fps, size=driver_size, talk=True)
-        t0 = time.perf_counter()
-        output, timings, _context = run_job(
-            workdir, checkpoint, portrait, driving, {"paste_back": paste_back}
-        )
-        job_s = time.perf_counter() - t0
-        written = frame_count(output)
-        indices = sample_indices(written, max(samples, MIN_SAMPLES))
-        outputs = read_frames(output, indices)
-        drivers = read_frames(driving, indices)
-        quality = video_metrics(portrait, drivers, outputs)
-        for k, position in enumerate(np.linspace(0, len(indices) - 1, min(images, len(indices))).round()):
-            i = int(position)
-            Image.fromarray(side_by_side(portrait, drivers[i], outputs[i])).save(
-                frames_dir / f"side_by_side_{k}_frame{indices[i]:04d}.png"
+        drivers = {
+            "astronaut_talking": write_clip(
+                workdir / "driver.mp4", total, fps=fps, size=driver_size, talk=True
+            ),
+            "synthetic_turning": write_synthetic_driver(
+                workdir / "synthetic.mp4", total, fps=fps, size=driver_size
+            ),
+        }
+        clips, per_driver, job_s, timings, written, outputs = [], {}, {}, {}, 0, []
+        for name, driving in drivers.items():
+            t0 = time.perf_counter()
+            output, timings[name], _context = run_job(
+                workdir / name, checkpoint, portrait, driving, {"paste_back": paste_back}
             )
+            job_s[name] = round(time.perf_counter() - t0, 2)
+            count = frame_count(output)
+            written += count
+            indices = sample_indices(count, max(samples, MIN_SAMPLES))
+            outputs = read_frames(output, indices)
+            driver_frames = read_frames(driving, indices)
+            clip = measure_clip(portrait, driver_frames, outputs)
+            clips.append(clip)
+            per_driver[name] = summarise([clip])
+            for k, position in enumerate(np.linspace(0, len(indices) - 1, min(images, len(indices))).round()):
+                i = int(position)
+                Image.fromarray(side_by_side(portrait, driver_frames[i], outputs[i])).save(
+                    frames_dir / f"{name}_{k}_frame{indices[i]:04d}.png"
+                )
+        quality = summarise(clips)
         holdout = holdout_metrics(checkpoint, workdir, holdout_identities, holdout_pairs_per_identity)
         animate_ms = animate_speed(checkpoint, workdir)
+        animate_s = sum(t.get("animate_s", 0.0) for t in timings.values())
     import torch
 
     return {
@@ -408,12 +509,13 @@ def run_bench(
         "animate_ms_per_frame": round(animate_ms, 1),
         "animate_frames_per_call": 8,
         "torch_threads": torch.get_num_threads(),
-        "job_animate_ms_per_frame": round(1000.0 * timings.get("animate_s", 0.0) / max(written, 1), 1),
+        "job_animate_ms_per_frame": round(1000.0 * animate_s / max(written, 1), 1),
         "frames": written,
         "output_size": list(outputs[0].shape[:2][::-1]) if outputs else None,
         "paste_back": paste_back,
-        "job_s": round(job_s, 2),
-        "stages_s": {k: v for k, v in sorted(timings.items())},
+        "job_s": job_s,
+        "drivers": per_driver,
+        "stages_s": {name: dict(sorted(t.items())) for name, t in timings.items()},
         "checkpoint": str(checkpoint),
         "frames_dir": str(frames_dir),
         "bench_s": round(time.perf_counter() - started, 1),

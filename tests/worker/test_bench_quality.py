@@ -149,3 +149,41 @@ def test_bench_quality_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert result["copy_source_psnr"] > 5 and result["animate_ms_per_frame"] > 0
     assert result["output_size"] == [512, 512]  # the astronaut's own framing, pasted back
     assert len(list(frames_dir.glob("side_by_side_*.png"))) == 4
+
+
+def test_summarise_pools_the_clips_frames() -> None:
+    """Two clips' frames pooled: face_rate over all sampled frames, correlations over all pairs."""
+    a = {
+        "found": [True, True, False],
+        "distances": [0.4, 0.6],
+        "mouth_driver": [0.0, 1.0],
+        "mouth_output": [0.1, 0.9],
+        "yaw_driver": [0.0, 0.1],
+        "yaw_output": [0.0, 0.1],
+        "portrait_face_found": [True],
+    }
+    b = {
+        "found": [True],
+        "distances": [0.5],
+        "mouth_driver": [2.0],
+        "mouth_output": [2.2],
+        "yaw_driver": [0.3],
+        "yaw_output": [0.25],
+        "portrait_face_found": [True],
+    }
+    result = bq.summarise([a, b])
+    assert result["samples"] == 4 and result["face_rate"] == 0.75
+    assert abs(result["id_dist"] - 0.5) < 1e-9
+    assert result["mouth_corr"] > 0.99 and result["yaw_corr"] > 0.95 and result["paired_faces"] == 3
+
+
+def test_synthetic_driver_turns_talks_and_shows_a_face() -> None:
+    """The second driver turns its head and opens its mouth, and dlib finds its face."""
+    frames = [bq.synthetic_driver_frame(i, 25, 256) for i in (0, 10, 20)]
+    measure = bq.FaceMeasure()
+    faces = [measure.face(f) for f in frames]
+    assert all(f is not None for f in faces)
+    yaws = [bq.nose_yaw(f[0]) for f in faces]  # type: ignore[index]
+    mouths = [bq.inner_lip_gap(f[0]) for f in faces]  # type: ignore[index]
+    assert max(yaws) - min(yaws) > 0.1
+    assert mouths[2] > mouths[0] + 0.05
