@@ -10,8 +10,9 @@ Admin (talk to the database named by GOHA_DATABASE_URL / the embedded SQLite fil
 API client (``--api-url``/``--api-key`` or GOHA_API_URL / GOHA_API_KEY; ``shared.platform.client``):
 
     goha submit PORTRAIT [DRIVING] --consent-subject S --consent-method M [--wait] [-o out.mp4]
-    goha status [JOB]                         one job, or your latest jobs
-    goha download JOB -o out.mp4
+    goha status [JOB]                         one job, or your latest jobs (--cursor: the next page)
+    goha wait JOB [-o out.mp4]                follow a job to its end (progress bar), then download
+    goha download JOB [-o out.mp4]            default: ./<job id>.mp4
     goha cancel JOB
     goha verify VIDEO                         watermark / C2PA / provenance check
 
@@ -20,6 +21,7 @@ Local:
     goha up                                   the embedded stack in the foreground until Ctrl-C
     goha demo                                 the demo job (same as ``make demo``)
 
+A JOB may be a unique prefix of its id (at least 8 characters; ``resolve_job_id``).
 Errors print ``error: [code] message`` (the API's error envelope) and exit 1.
 Each COMMANDS entry is (name, help, add_arguments, handler).
 """
@@ -110,19 +112,53 @@ def _with_db(settings: Settings, action: Callable[[Database], int]) -> int:
 
 # -- API client commands -------------------------------------------------------------------------------
 VERIFY_RECOGNISED, VERIFY_NOT_RECOGNISED, VERIFY_NOT_AVAILABLE = 0, 3, 4
-OPTION_FLAGS = (
-    # (flag, dest, type, help)
-    ("--motion-mode", "motion_mode", str, "relative (default) or absolute"),
-    ("--expression-scale", "expression_scale", float, "0..3, default 1"),
-    ("--smoothing", "smoothing", float, "0..1, default 0.5"),
-    ("--output-size", "output_size", int, "square output side in pixels (default: the API's, 512)"),
-    ("--output-fps", "output_fps", float, "default: the driving clip's rate"),
-    ("--frame-limit", "frame_limit", int, "render at most this many frames"),
-    ("--label-corner", "label_corner", str, "where the visible AI label goes (bottom-right by default)"),
+LABEL_CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
+CONSENT_METHODS = ("written_release", "electronic_signature", "recorded_verbal", "self")
+OPTION_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
+    # (flag, dest, type, choices, help); argparse lists the choices in --help
+    (
+        "--motion-mode",
+        "motion_mode",
+        str,
+        ("relative", "absolute"),
+        "relative (default): the driver's motion from its first frame, applied to the portrait's pose; "
+        "absolute: the driver's pose as it is",
+    ),
+    (
+        "--expression-scale",
+        "expression_scale",
+        float,
+        None,
+        "0..3, default 1: how strongly expressions transfer",
+    ),
+    (
+        "--smoothing",
+        "smoothing",
+        float,
+        None,
+        "0..1, default 0.5: temporal smoothing of the motion, 0 = none",
+    ),
+    (
+        "--output-size",
+        "output_size",
+        int,
+        None,
+        "square output side in pixels with --paste-back false (default: the API's, 512)",
+    ),
+    ("--output-fps", "output_fps", float, None, "default: the driving clip's rate"),
+    ("--frame-limit", "frame_limit", int, None, "render at most this many frames"),
+    (
+        "--label-corner",
+        "label_corner",
+        str,
+        LABEL_CORNERS,
+        "where the visible AI label goes (default bottom-right)",
+    ),
     (
         "--paste-back",
         "paste_back",
         str,
+        ("true", "false"),
         "true (default): the head pasted back into the portrait's framing; false: the square face crop",
     ),
 )
@@ -154,6 +190,22 @@ def _progress_text(job: dict[str, Any]) -> str:
     return f"{done}/{total} frames" if total else "-"
 
 
+def _stage_text(job: dict[str, Any]) -> str:
+    """What the job is doing (the API's ``progress.stage_text``, e.g. "animating 40/75"), and the
+    worker's estimate of the time left when it has one (measured stage rates; never a guess)."""
+    progress = job.get("progress") or {}
+    text = str(progress.get("stage_text") or progress.get("stage") or job.get("state") or "")
+    eta = progress.get("eta_s")
+    if isinstance(eta, int | float) and job.get("state") == "running":
+        text += f", about {_duration(eta)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 def _job_summary(job: dict[str, Any]) -> str:
     lines = [
         f"job       {job['id']}",
@@ -161,6 +213,8 @@ def _job_summary(job: dict[str, Any]) -> str:
         f"progress  {_progress_text(job)}",
         f"created   {job.get('created_at', '-')}",
     ]
+    if job.get("state") in ("queued", "running"):
+        lines.insert(3, f"stage     {_stage_text(job)}")
     if job.get("finished_at"):
         lines.append(f"finished  {job['finished_at']}")
     timings = job.get("timings") or {}
@@ -175,14 +229,18 @@ def _job_summary(job: dict[str, Any]) -> str:
 
 
 class JobProgressBar:
-    """Progress of a job on stderr: a tqdm bar over its frames (state as postfix) on a terminal; one line
-    per change of state or frame count otherwise, so logs stay readable."""
+    """Progress of a job on stderr: a tqdm bar over its frames with the worker's stage and its estimate of
+    the time left as postfix on a terminal (tqdm's own rate and ETA are left out: frames only move while
+    animating, so a rate over the whole job would be wrong); one line per change of state, stage or frame
+    count otherwise, so logs stay readable."""
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} frames, {postfix}"
 
     def __init__(self, enabled: bool, *, interactive: bool | None = None) -> None:
         self.enabled = enabled
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bar: Any = None
-        self._last: tuple[str, int, int | None] | None = None
+        self._last: tuple[str, str, int, int | None] | None = None
 
     def __call__(self, job: dict[str, Any]) -> None:
         if not self.enabled:
@@ -191,41 +249,50 @@ class JobProgressBar:
         total = progress.get("frames_total")
         done = int(progress.get("frames_done") or 0)
         state = str(job.get("state"))
+        stage = _stage_text(job)
         if not self.interactive:
-            if (state, done, total) != self._last:
-                self._last = (state, done, total)
-                print(f"{job['id'][:8]} {state} {done}/{total if total else '?'} frames", file=sys.stderr)
+            key = (state, str(progress.get("stage_text") or progress.get("stage") or ""), done, total)
+            if key != self._last:
+                self._last = key
+                print(
+                    f"{job['id'][:8]} {state} {done}/{total if total else '?'} frames ({stage})",
+                    file=sys.stderr,
+                )
             return
         from tqdm import tqdm
 
         if self.bar is None:
             self.bar = tqdm(
-                total=total, unit="frame", desc=job["id"][:8], file=sys.stderr, dynamic_ncols=True
+                total=total,
+                unit="frame",
+                desc=job["id"][:8],
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format=self.BAR_FORMAT,
             )
         if total and self.bar.total != total:
             self.bar.total = total
             self.bar.refresh()
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(state, refresh=True)
+        self.bar.set_postfix_str(stage, refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _submit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("portrait", type=Path, help="JPEG, PNG or WebP portrait with one face")
     parser.add_argument("driving", type=Path, nargs="?", default=None, help="driving video (not for orbit)")
     parser.add_argument("--job-type", default="reenact", choices=["reenact", "orbit"])
-    for flag, dest, kind, help_text in OPTION_FLAGS:
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    for flag, dest, kind, choices, help_text in OPTION_FLAGS:
+        parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, help=help_text)
     consent = parser.add_argument_group("consent attestation (required by the API)")
     consent.add_argument("--consent-subject", default=None, help="who consented: the person shown")
     consent.add_argument(
-        "--consent-method",
-        default=None,
-        help="written_release | electronic_signature | recorded_verbal | self",
+        "--consent-method", default=None, choices=CONSENT_METHODS, help="how the consent was given"
     )
     consent.add_argument("--consent-obtained-at", default=None, help="ISO 8601 with timezone (default: now)")
     consent.add_argument("--consent-reference", default=None, help="e.g. the release document's id")
@@ -254,7 +321,7 @@ def _submit(args: argparse.Namespace, _settings: Settings) -> int:
     if args.consent_subject or args.consent_method:
         if not args.consent_obtained_at:
             consent["consent_obtained_at"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    options = {dest: getattr(args, dest) for _, dest, _, _ in OPTION_FLAGS}
+    options = {dest: getattr(args, dest) for _, dest, _, _, _ in OPTION_FLAGS}
     with _client(args) as client:
         job = client.submit(
             args.portrait,
@@ -273,17 +340,33 @@ def _submit(args: argparse.Namespace, _settings: Settings) -> int:
                 print(f"# {job['state']}; follow it with: goha status {job['id']}", file=sys.stderr)
             return 0
         print(f"# submitted job {job['id']}", file=sys.stderr)
-        bar = JobProgressBar(enabled=not args.no_progress)
-        try:
-            job = client.wait(job["id"], on_progress=bar, poll_interval_s=args.poll_interval)
-        finally:
-            bar.close()
-        if job["state"] != "succeeded":
-            print(_job_summary(job) if not args.json else json.dumps(job, default=str))
-            error = job.get("error") or {"code": job["state"], "message": f"the job ended {job['state']}"}
-            print(f"error: [{error.get('code')}] {error.get('message')}", file=sys.stderr)
-            return 1
-        download = client.download_result(job["id"], args.output) if args.output else None
+        return _follow(client, job["id"], args)
+
+
+def _follow(client: GohaClient, job_id: str, args: argparse.Namespace) -> int:
+    """Wait for the job with a progress bar, then print it (and download it with ``-o``). Ctrl-C stops
+    only the waiting: the job goes on in the stack, and the message says how to follow or cancel it."""
+    bar = JobProgressBar(enabled=not args.no_progress)
+    try:
+        job = client.wait(job_id, on_progress=bar, poll_interval_s=args.poll_interval)
+    except KeyboardInterrupt:
+        bar.close()  # the bar's line first, then the message
+        follow = f"goha wait {job_id}" + (f" -o {args.output}" if args.output else "")
+        print(
+            f"\n# stopped waiting; job {job_id} goes on.\n"
+            f"#   follow it:  {follow}\n"
+            f"#   cancel it:  goha cancel {job_id}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bar.close()
+    if job["state"] != "succeeded":
+        print(_job_summary(job) if not args.json else json.dumps(job, default=str))
+        error = job.get("error") or {"code": job["state"], "message": f"the job ended {job['state']}"}
+        print(f"error: [{error.get('code')}] {error.get('message')}", file=sys.stderr)
+        return 1
+    download = client.download_result(job["id"], args.output) if args.output else None
     if args.json:
         _print_json(
             {
@@ -298,23 +381,49 @@ def _submit(args: argparse.Namespace, _settings: Settings) -> int:
     return 0
 
 
+def _wait_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="a job id, or a unique prefix of at least 8 characters")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="download the MP4 here once it succeeded"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    _api_args(parser)
+
+
+def _wait(args: argparse.Namespace, _settings: Settings) -> int:
+    with _client(args) as client:
+        return _follow(client, client.resolve_job_id(args.job), args)
+
+
 def _status_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", nargs="?", default=None, help="a job id; without it, your latest jobs")
-    parser.add_argument("--state", default=None, help="list only jobs in this state")
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument(
+        "job",
+        nargs="?",
+        default=None,
+        help="a job id (or unique prefix, >= 8 characters); without it, your latest jobs",
+    )
+    parser.add_argument(
+        "--state",
+        default=None,
+        choices=("queued", "running", "succeeded", "failed", "cancelled"),
+        help="list only jobs in this state",
+    )
+    parser.add_argument("--limit", type=int, default=20, help="jobs per page (1..100)")
+    parser.add_argument("--cursor", default=None, help="the next page: the cursor the previous page printed")
     _api_args(parser)
 
 
 def _status(args: argparse.Namespace, _settings: Settings) -> int:
     with _client(args) as client:
         if args.job:
-            job = client.get_job(args.job)
+            job = client.get_job(client.resolve_job_id(args.job))
             if args.json:
                 _print_json(job)
             else:
                 print(_job_summary(job))
             return 0
-        page = client.list_jobs(state=args.state, limit=args.limit)
+        page = client.list_jobs(state=args.state, limit=args.limit, cursor=args.cursor)
     if args.json:
         _print_json(page)
         return 0
@@ -329,27 +438,29 @@ def _status(args: argparse.Namespace, _settings: Settings) -> int:
             f"{job.get('created_at', '')}"
         )
     if page.get("next_cursor"):
-        print(
-            f"# more: goha status --limit {args.limit} (next cursor {page['next_cursor']})", file=sys.stderr
-        )
+        more = f"goha status --limit {args.limit}"
+        if args.state:
+            more += f" --state {args.state}"
+        print(f"# more: {more} --cursor {page['next_cursor']}", file=sys.stderr)
     return 0
 
 
 def _download_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job")
-    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("job", help="a job id, or a unique prefix of at least 8 characters")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="default: ./<job id>.mp4")
     _api_args(parser)
 
 
 def _download(args: argparse.Namespace, _settings: Settings) -> int:
     with _client(args) as client:
-        download = client.download_result(args.job, args.output)
+        job_id = client.resolve_job_id(args.job)
+        download = client.download_result(job_id, args.output or Path(f"{job_id}.mp4"))
     print(f"saved {download.path} ({download.size_bytes} bytes, sha256 {download.sha256})")
     return 0
 
 
 def _job_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job")
+    parser.add_argument("job", help="a job id, or a unique prefix of at least 8 characters")
     _api_args(parser)
 
 
@@ -358,7 +469,7 @@ def _job_command(call: Callable[[GohaClient, str], dict[str, Any]]) -> Handler:
 
     def run(args: argparse.Namespace, _settings: Settings) -> int:
         with _client(args) as client:
-            job = call(client, args.job)
+            job = call(client, client.resolve_job_id(args.job))
         if args.json:
             _print_json(job)
         else:
@@ -512,6 +623,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handle
     ),
     ("submit", "submit a job (portrait + driving video) and optionally wait for it", _submit_args, _submit),
     ("status", "show one job, or list your latest jobs", _status_args, _status),
+    ("wait", "follow a job to its end with a progress bar (and download it with -o)", _wait_args, _wait),
     ("download", "download a finished job's MP4", _download_args, _download),
     ("cancel", "cancel a queued or running job", _job_args, _job_command(lambda c, job: c.cancel(job))),
     (
@@ -533,12 +645,23 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handle
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goha", description="GOHA reenactment platform")
+    parser.add_argument("--version", action="version", version=f"goha {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, add_arguments, handler in COMMANDS:
         command_parser = sub.add_parser(name, help=help_text)
         add_arguments(command_parser)
         command_parser.set_defaults(handler=handler)
     return parser
+
+
+def package_version() -> str:
+    """The installed ``goha-platform`` version (pyproject.toml), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("goha-platform")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,11 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 UNREACHABLE = "unreachable"
 TIMED_OUT = "wait_timed_out"
 CHECKSUM_MISMATCH = "checksum_mismatch"
+AMBIGUOUS_JOB_ID = "ambiguous_job_id"
+JOB_ID_TOO_SHORT = "job_id_too_short"
+MIN_JOB_ID_PREFIX = 8
+FULL_JOB_ID_LENGTH = 36  # a UUID
+PREFIX_SCAN_JOBS = 1000  # how many of the latest jobs a short id is looked up among
 CHUNK_BYTES = 1 << 20
 
 # The media type is decided by the gateway from the bytes; this only names the part sensibly.
@@ -243,6 +248,46 @@ class GohaClient:
         if cursor:
             params["cursor"] = cursor
         return dict(self._request("GET", "/v1/jobs", params=params).json())
+
+    def resolve_job_id(self, job_id: str) -> str:
+        """A full job id for ``job_id``, which may be a unique prefix of at least 8 characters (as the CLI
+        prints ``6f0c1a2b``). Prefixes are matched among the tenant's latest ``PREFIX_SCAN_JOBS`` jobs:
+        ``not_found`` when none matches, ``ambiguous_job_id`` (with the candidates) when several do,
+        ``job_id_too_short`` under 8 characters. A full-length id is returned as it is."""
+        job_id = job_id.strip().lower()
+        if len(job_id) >= FULL_JOB_ID_LENGTH:
+            return job_id
+        if len(job_id) < MIN_JOB_ID_PREFIX:
+            raise ApiError(
+                0,
+                JOB_ID_TOO_SHORT,
+                f"give at least {MIN_JOB_ID_PREFIX} characters of the job id, not {job_id!r}",
+            )
+        matches: list[str] = []
+        cursor: str | None = None
+        seen = 0
+        while seen < PREFIX_SCAN_JOBS:
+            page = self.list_jobs(limit=100, cursor=cursor)
+            items = page.get("items", [])
+            seen += len(items)
+            matches += [item["id"] for item in items if str(item["id"]).startswith(job_id)]
+            cursor = page.get("next_cursor")
+            if not cursor or len(matches) > 1:
+                break
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no job id starts with {job_id!r} among your latest {PREFIX_SCAN_JOBS} jobs",
+            )
+        raise ApiError(
+            0,
+            AMBIGUOUS_JOB_ID,
+            f"{job_id!r} starts several job ids ({', '.join(matches[:5])}); give more characters",
+            details={"job_ids": matches},
+        )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())

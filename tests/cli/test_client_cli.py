@@ -87,7 +87,7 @@ def test_submit_status_list_cancel_and_result_not_ready(
     lines = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert lines["job"] == job_id
     assert lines["state"].startswith("queued  (reenact, attempt 0)")
-    assert lines["progress"] == "-"
+    assert lines["progress"] == "-" and lines["stage"] == "queued"
 
     code, out, err = run_cli(capsys, "status", *api(local_gateway))
     assert code == 0, err
