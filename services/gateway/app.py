@@ -19,7 +19,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from services.gateway.routers import assets, health, jobs, verify, web
+from services.gateway.routers import apidocs, assets, health, jobs, verify, web
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.logging import configure_logging
@@ -82,11 +82,13 @@ def create_app(
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by routers.apidocs with local assets (works offline)
+        redoc_url=None,  # ReDoc would load from a CDN: not offered
         form_limits={"max_fields": settings.max_form_fields, "max_files": 4, "max_part_size": 64 * 1024},
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for router in (jobs.router, assets.router, verify.router, health.router, web.router):
+    for router in (jobs.router, assets.router, verify.router, health.router, web.router, apidocs.router):
         app.include_router(router)
     # Outermost last: the size cap sees the raw stream before anything buffers it.
     app.add_middleware(RequestContextMiddleware)

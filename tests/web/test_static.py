@@ -112,3 +112,22 @@ def test_every_page_element_the_script_uses_exists() -> None:
     parser.feed((WEB_DIR / "index.html").read_text())
     ids_present = {attrs["id"] for _, attrs in parser.tags if attrs.get("id")}
     assert ids_used and ids_used <= ids_present, ids_used - ids_present
+
+
+def test_api_reference_works_offline(client: TestClient) -> None:
+    """/docs loads Swagger UI from the gateway itself (swagger-ui-bundle), never from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    parser = _Tags()
+    parser.feed(page.text)
+    urls = [attrs.get("src") or attrs.get("href") for tag, attrs in parser.tags if tag in ("script", "link")]
+    urls = [url for url in urls if url]
+    assert urls and all(url.startswith("/docs/assets/") for url in urls), urls
+    assert "https://" not in page.text and "http://" not in page.text
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 500, url
+    assert client.get("/docs/assets/index.html").status_code == 404
+    assert client.get("/docs/assets/..%2F__init__.py").status_code == 404
+    assert client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"]
