@@ -19,7 +19,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from services.gateway.routers import apidocs, assets, health, jobs, verify, web
+from services.gateway.routers import apidocs, assets, health, jobs, previews, verify, web
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.logging import configure_logging
@@ -88,7 +88,16 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for router in (jobs.router, assets.router, verify.router, health.router, web.router, apidocs.router):
+    routers = (
+        jobs.router,
+        assets.router,
+        previews.router,
+        verify.router,
+        health.router,
+        web.router,
+        apidocs.router,
+    )
+    for router in routers:
         app.include_router(router)
     # Outermost last: the size cap sees the raw stream before anything buffers it.
     app.add_middleware(RequestContextMiddleware)
