@@ -54,6 +54,7 @@ from shared.media.watermark import payload_for_job
 from shared.model import cameras
 from shared.platform.errors import PlatformError
 from shared.platform.jobs import JobState, set_result, transition, update_progress
+from shared.platform.leases import DATABASE_UNAVAILABLE_ERRORS, current_result_name
 from shared.platform.logging import log_context
 from shared.platform.metrics import observe_job_run, record_frames, record_job_failure
 from shared.platform.models import Job
@@ -344,7 +345,7 @@ class ReenactmentPipeline:
         except JobCancelled:
             log.info("job cancelled", extra={"job_id": job_id})
             return JobState.CANCELLED.value
-        except TRANSIENT_ERRORS:
+        except (*TRANSIENT_ERRORS, *DATABASE_UNAVAILABLE_ERRORS):
             raise  # retried by the task with backoff; the job stays running, its inputs kept
         except (FaceError, MediaError, JobFailure, PlatformError) as exc:
             # PlatformError: e.g. object_not_found when an input was deleted while the job was queued.
@@ -514,7 +515,8 @@ class ReenactmentPipeline:
             signed = sign_video(video_path, video_path, claim, ctx.signing_chain)
         with _Timer(stats, "upload_s"):
             digest = sha256_file(video_path)
-            key = output_key(inputs.tenant_id, inputs.job_id)
+            # One object per claim: a worker that lost its lease never overwrites a recorded result.
+            key = output_key(inputs.tenant_id, inputs.job_id, current_result_name())
             ctx.storage.put_file(key, video_path, content_type="video/mp4")
         stats.timings["total_s"] = time.perf_counter() - started
         self._succeed(

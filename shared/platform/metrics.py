@@ -303,6 +303,22 @@ def _queue_depth(queue_name: str | None, depth: int | None) -> GaugeMetricFamily
     return family
 
 
+def _stuck_running(count: int | None) -> GaugeMetricFamily:
+    family = _gauge(
+        "goha_running_jobs_lease_expired",
+        "Running jobs whose worker stopped renewing its lease (at scrape time); the reconciler "
+        "should recover them within a pass",
+    )
+    if count is not None:
+        family.add_metric([], float(count))
+    return family
+
+
+# A running job without a lease (claimed by code older than leases) counts as stuck after this long
+# without a write.
+UNLEASED_RUNNING_STUCK_AFTER_S = 600.0
+
+
 class ScrapeTimeCollector(Collector):
     """Runs scrape-time sources (``families()`` each) and reports each one's health in a single
     ``goha_scrape_collector_up{collector}`` family: a failing source never breaks the whole scrape."""
@@ -345,15 +361,20 @@ class JobStateCollector(Collector):
         self.min_interval_s = min_interval_s
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, int], float | None] | None = None
+        self._stuck = 0
 
     enabled = True
 
     def describe_families(self) -> list[Metric]:
-        return [_jobs_by_state({}), _oldest_queued(None)]
+        return [_jobs_by_state({}), _oldest_queued(None), _stuck_running(None)]
 
     def families(self) -> list[Metric]:
         counts, oldest_age = self.query()
-        return [_jobs_by_state(counts), _oldest_queued(oldest_age or 0.0)]
+        return [
+            _jobs_by_state(counts),
+            _oldest_queued(oldest_age or 0.0),
+            _stuck_running(self._stuck),
+        ]
 
     def describe(self) -> Iterable[Metric]:
         return ScrapeTimeCollector([self]).describe()
@@ -372,7 +393,7 @@ class JobStateCollector(Collector):
             return counts, oldest_age
 
     def _query_database(self) -> tuple[dict[str, int], float | None]:
-        from sqlalchemy import func, select
+        from sqlalchemy import and_, func, or_, select
 
         from shared.platform.models import Job
 
@@ -381,6 +402,22 @@ class JobStateCollector(Collector):
             for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
                 counts[str(state)] = int(count)
             oldest = session.scalar(select(func.min(Job.created_at)).where(Job.state == "queued"))
+            now = dt.datetime.now(dt.UTC)
+            unleased_cutoff = now - dt.timedelta(seconds=UNLEASED_RUNNING_STUCK_AFTER_S)
+            self._stuck = int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.state == "running",
+                        or_(
+                            Job.lease_expires_at < now,
+                            and_(Job.lease_expires_at.is_(None), Job.updated_at < unleased_cutoff),
+                        ),
+                    )
+                )
+                or 0
+            )
         if oldest is None:
             return counts, None
         if oldest.tzinfo is None:  # a driver that hands back naive UTC
@@ -495,4 +532,10 @@ def gateway_collectors(session_factory: Callable[[], Session], settings: Setting
 
 def scrape_time_families() -> list[Metric]:
     """Every family the scrape-time collectors can emit (for checks of dashboard queries)."""
-    return [_jobs_by_state({}), _oldest_queued(None), _queue_depth(None, None), _collector_up()]
+    return [
+        _jobs_by_state({}),
+        _oldest_queued(None),
+        _stuck_running(None),
+        _queue_depth(None, None),
+        _collector_up(),
+    ]

@@ -128,6 +128,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_state_enqueued", "state", "enqueued_at"),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -153,6 +154,10 @@ class Job(Base):
     result_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     timings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # stage -> seconds
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
+    # The worker claim running the job (shared.platform.jobs.claim) and until when it holds it: renewed
+    # by the worker's heartbeat; past it the reconciler hands the job back (or fails it, worker_crashed).
+    owner_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     enqueue_count: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

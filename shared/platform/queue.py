@@ -8,6 +8,8 @@ lets exactly one delivery run it.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 from functools import lru_cache
@@ -113,3 +115,61 @@ def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
         return
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=timeout_s)
+
+
+# kombu's Redis transport: one list per priority step, and the messages delivered but not yet
+# acknowledged (a worker holds them) in one hash for the whole database.
+_REDIS_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+_REDIS_UNACKED_HASH = "unacked"
+
+
+def _job_id_of(raw: bytes | str) -> str | None:
+    """The ``job_id`` argument of a serialized ``goha.reenact`` message (None for anything else)."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # the unacked hash stores [message, exchange, routing_key]
+            message = message[0]
+        if message.get("headers", {}).get("task") != REENACT_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def pending_job_ids(app: Celery, timeout_s: float = 5.0) -> set[str] | None:
+    """Job ids whose message is in the broker: waiting in the queue or delivered and not yet
+    acknowledged (a worker holds it). None when the broker cannot be inspected (then the caller
+    cannot tell a lost message from a waiting one). Reads every message: O(queue length)."""
+    url = str(app.conf.broker_url)
+    queue = str(app.conf.task_default_queue)
+    ids: set[str] = set()
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            for suffix in _REDIS_PRIORITY_SUFFIXES:
+                for raw in client.lrange(f"{queue}{suffix}", 0, -1):
+                    if (job_id := _job_id_of(raw)) is not None:
+                        ids.add(job_id)
+            for raw in client.hvals(_REDIS_UNACKED_HASH):
+                if (job_id := _job_id_of(raw)) is not None:
+                    ids.add(job_id)
+        finally:
+            client.close()
+        return ids
+    if url.startswith("filesystem://"):
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        for path in folder.glob(f"*.{queue}.msg"):
+            try:
+                raw = path.read_bytes()
+            except OSError:  # consumed meanwhile
+                continue
+            if (job_id := _job_id_of(raw)) is not None:
+                ids.add(job_id)
+        return ids
+    return None

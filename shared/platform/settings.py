@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # The default rides out ~2 minutes of outage; raise both to outlast longer ones.
     worker_retries: int = Field(5, ge=0)
     worker_retry_max_delay_s: float = Field(60.0, gt=0)
+    # A running job is leased to its worker, which renews the lease every worker_lease_s / 4; a job
+    # whose lease expired is recovered by the reconciler. A job started worker_max_attempts times
+    # without finishing (its worker crashed, ran out of memory or was killed) fails with worker_crashed.
+    worker_lease_s: float = Field(120.0, gt=0)
+    worker_max_attempts: int = Field(3, ge=1)
     c2pa_certificate_chain_path: Path | None = None  # production signer: leaf (+ intermediates) PEM
     c2pa_private_key_path: Path | None = None  # production signer: PKCS#8 PEM key
     # Embedded/dev signing chain, generated on first run; None -> <var_dir>/c2pa.
