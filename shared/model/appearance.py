@@ -25,7 +25,8 @@
    where the source's expression parts are, which T_e must override when the driver's differ)
    are lifted at ``colour_resolution`` with the depth rendered there, and
    rasterised (same exact-nearest rule) into the XY plane only, resized to the plane resolution and
-   scaled by a learned per-channel gain; they are added to channels 0..3 of T_p's XY plane.
+   scaled by ``colour_scale`` × a learned per-channel gain (the planes' own values are O(10)); they
+   are added to channels 0..3 of T_p's XY plane.
    Only XY: a (near-)frontal portrait projects onto XY one-to-one, while on XZ / ZY whole columns
    of the face collapse onto one texel (the nearest of them wins arbitrarily).
 
@@ -209,7 +210,8 @@ class AppearanceBranch(nn.Module):
         self.colour_resolution = config.appearance.colour_resolution
         self.plane_resolution = config.plane.resolution
         if self.colour_resolution:
-            # Scale of the lifted colour in the planes; learned (the decoder sees the 3-plane mean).
+            # Scale of the lifted colour in the planes: fixed × learned (the decoder sees the 3-plane mean).
+            self.colour_scale = config.appearance.colour_scale
             self.colour_gain = nn.Parameter(torch.ones(COLOUR_CHANNELS))
 
     def encode(self, source: Tensor, keep_mask: Tensor, canonical_rgb: Tensor | None = None) -> Tensor:
@@ -249,7 +251,7 @@ class AppearanceBranch(nn.Module):
         xy = rasterize(points, values, r, self.box_warp, self.nearest_method, planes=(0,))[:, 0]
         if r != self.plane_resolution:
             xy = F.interpolate(xy, size=(self.plane_resolution,) * 2, mode="bilinear", align_corners=False)
-        return xy * self.colour_gain.view(1, -1, 1, 1).to(xy.dtype)
+        return xy * (self.colour_scale * self.colour_gain).view(1, -1, 1, 1).to(xy.dtype)
 
     @staticmethod
     def add_colour(planes: Tensor, colour: Tensor) -> Tensor:

@@ -139,6 +139,11 @@ class AppearanceConfig:
     # into the first four channels of T_p's XY plane, so T_p holds the portrait's real colour at a
     # finer grid than E_p's features. 0 = off (features only, as the released code).
     colour_resolution: int = 0
+    # Fixed scale of the lifted colour (× a learned per-channel gain starting at 1): the planes'
+    # values are O(10) in the trained tiny model (T_c per-channel std 3-23), and colour in [-1, 1]
+    # added at scale 1 moved its renders by 0.003 on average: the gain, learning at Adam's
+    # ~lr per step, would take tens of thousands of steps to matter.
+    colour_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -280,7 +285,9 @@ def tiny_config() -> ModelConfig:
         image_size=128,
         canonical_encoder=encoder,
         plane=PlaneConfig(channels=16, resolution=64, head_channels=(64, 32)),
-        appearance=AppearanceConfig(encoder=encoder, upsampler_hidden=32, colour_resolution=64),
+        appearance=AppearanceConfig(
+            encoder=encoder, upsampler_hidden=32, colour_resolution=64, colour_scale=16.0
+        ),
         expression=ExpressionConfig(encoder=encoder),
         renderer=RendererConfig(
             resolution=64,

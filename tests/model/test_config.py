@@ -91,3 +91,9 @@ def test_colour_lifting_resolution_is_validated() -> None:
         dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=48))
     with pytest.raises(ConfigError, match="colour_resolution"):
         dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=256))
+
+
+def test_tiny_colour_scale_matches_the_planes_magnitude() -> None:
+    # The lifted colour in [-1, 1] must reach the decoder next to plane values of O(10).
+    assert tiny_config().appearance.colour_scale == 16.0
+    assert paper_config().appearance.colour_scale == 1.0 and paper_config().appearance.colour_resolution == 0
