@@ -93,15 +93,18 @@ def test_script_never_parses_strings_as_html_nor_persists_the_key() -> None:
         "document.write",
         "eval(",
         "Function(",
-        "localStorage",
         "document.cookie",
         'setAttribute("on',
     ):
         assert forbidden not in code, forbidden
-    # The key only ever goes into the Authorization header and, on request, sessionStorage.
+    # The key only ever goes into the Authorization header, this tab's sessionStorage and, only when
+    # "remember on this device" is ticked, localStorage.
     uses = [line.strip() for line in code.splitlines() if re.search(r"\bapiKey\b", line)]
     assert all(not re.search(r"[?&]key=|href|src", line) for line in uses), uses
-    assert sum("sessionStorage.setItem" in line for line in code.splitlines()) == 1
+    lines = code.splitlines()
+    assert sum("sessionStorage.setItem(KEY_NAME" in line for line in lines) == 1
+    local_writes = [line for line in lines if "localStorage.setItem" in line]
+    assert len(local_writes) == 1 and '$("remember-key").checked' in local_writes[0], local_writes
 
 
 def test_every_page_element_the_script_uses_exists() -> None:

@@ -34,6 +34,22 @@ STATIC_FILES: dict[str, tuple[Path, str]] = {
 }
 
 DELIVERY_META = '<meta name="goha-result-delivery" content="{}">'
+LIMITS_META = '<meta name="goha-limits" content="{}">'
+
+
+def limits_text(settings: Settings) -> str:
+    """The input limits the page shows and checks before uploading, as ``name=value;…`` (numbers only)."""
+    limits = {
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+        "min_image_side": settings.min_image_side,
+        "max_video_seconds": settings.max_video_seconds,
+        "max_video_fps": settings.max_video_fps,
+        "max_video_width": settings.max_video_width,
+        "max_video_height": settings.max_video_height,
+    }
+    return ";".join(f"{name}={value:.15g}" for name, value in limits.items())
+
 
 router = APIRouter(include_in_schema=False)
 
@@ -83,6 +99,7 @@ def index(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Response:
     page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
     if ctx.storage.supports_presign:
         page = page.replace(DELIVERY_META.format("stream"), DELIVERY_META.format("presigned"), 1)
+    page = page.replace(LIMITS_META.format(""), LIMITS_META.format(limits_text(ctx.settings)), 1)
     return Response(page, media_type=MEDIA_TYPES[".html"], headers=_security_headers(ctx.settings))
 
 
