@@ -20,6 +20,7 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.routers import apidocs, assets, health, jobs, previews, verify, web
+from shared.media.video import DecodeLimits, set_decode_limits
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.logging import configure_logging
@@ -58,6 +59,8 @@ def create_app(
     settings = settings or get_settings()
     # One JSON object per line, uvicorn's lines included (GOHA_LOG_FORMAT=text for a terminal).
     configure_logging(settings.log_level)
+    # /v1/verify decodes uploads in this process: every frame is held to the video size limits.
+    set_decode_limits(DecodeLimits(settings.max_video_width, settings.max_video_height))
     if settings.auto_migrate:
         from shared.platform.migrate import upgrade
 

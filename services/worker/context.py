@@ -12,8 +12,10 @@ from services.worker.pipeline import PipelineConfig, PipelineContext
 from services.worker.settings import WorkerOutputSettings
 from shared.face.morphable import load_morphable_model
 from shared.media.c2pa_sign import SigningChain, ensure_dev_chain, load_signing_chain
+from shared.media.video import DecodeLimits, set_decode_limits
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
+from shared.platform.mediasandbox import SandboxLimits, check_video
 from shared.platform.provenance import load_signing_key
 from shared.platform.settings import Settings
 from shared.platform.storage import make_storage
@@ -73,6 +75,9 @@ def build_context(settings: Settings) -> PipelineContext:
     provenance_key = load_signing_key(settings)
     image_size = _image_size(inference)
     output = WorkerOutputSettings()
+    # Every decoded frame is held to the admission limits (a stream may change size after its header).
+    set_decode_limits(DecodeLimits(settings.max_video_width, settings.max_video_height))
+    sandbox = SandboxLimits.from_settings(settings)
     log.info("worker ready", extra={"model_version": inference.model_version(), "image_size": image_size})
     return PipelineContext(
         session_factory=database.sessionmaker,
@@ -89,6 +94,7 @@ def build_context(settings: Settings) -> PipelineContext:
             paste_back_max_side=output.paste_back_max_side,
             expression_supersample=output.expression_supersample,
         ),
+        check_video=lambda path: check_video(path, sandbox),
     )
 
 

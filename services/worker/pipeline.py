@@ -94,6 +94,9 @@ class PipelineContext:
     watermark_secret: bytes
     provenance_key: bytes
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    # Decodes an untrusted video in a bounded child process first (shared.platform.mediasandbox);
+    # raises InputRejected with the code the job fails with.
+    check_video: Callable[[Path], object] | None = None
 
 
 @dataclass
@@ -417,6 +420,8 @@ class ReenactmentPipeline:
                     raise JobFailure("driving_video_missing", "a reenact job needs a driving video")
                 driving_path = tmp / "driving"
                 ctx.storage.download_to(inputs.driving_key, driving_path)
+                if ctx.check_video is not None:  # a hostile file crashes a child, not this worker
+                    ctx.check_video(driving_path)
         with _Timer(stats, "portrait_analysis_s"):
             portrait = self.analyzer.analyze_portrait(portrait_rgb)
         with _Timer(stats, "reconstruct_s"):

@@ -9,6 +9,11 @@
 - :func:`reencode` re-encodes a clip (CRF, resize): used to test watermark robustness.
 
 Decoded frames honour the display-matrix rotation (phone clips), so frame ``i`` is what a player shows.
+
+Every decoded frame is held to the process's :class:`DecodeLimits` (``set_decode_limits``; the gateway
+and the worker set them from the platform's video limits): a stream whose header says 320x240 but
+whose frames switch to 4096x4096 mid-stream fails with ``video_frame_too_large`` at the first such
+frame, before it is converted or kept.
 """
 
 from __future__ import annotations
@@ -39,6 +44,43 @@ from shared.media.errors import (
 )
 
 PathLike = str | os.PathLike[str]
+
+VIDEO_FRAME_TOO_LARGE = "video_frame_too_large"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on every decoded frame (coded size, before rotation)."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+
+
+_decode_limits = DecodeLimits()
+
+
+def set_decode_limits(limits: DecodeLimits) -> None:
+    """The bounds this process holds every decoded frame to (default 4096x4096)."""
+    global _decode_limits
+    _decode_limits = limits
+
+
+def decode_limits() -> DecodeLimits:
+    return _decode_limits
+
+
+def check_frame_size(frame: av.VideoFrame, index: int | None = None) -> None:
+    """Raise ``video_frame_too_large`` when a decoded frame is larger than the decode limits."""
+    limits = _decode_limits
+    if frame.width > limits.max_width or frame.height > limits.max_height:
+        where = f"frame {index}" if index is not None else "a frame"
+        raise MediaError(
+            VIDEO_FRAME_TOO_LARGE,
+            f"{where} of the video decodes to {frame.width}x{frame.height}; the limit is "
+            f"{limits.max_width}x{limits.max_height} (the stream changed size after its header)",
+            {"width": frame.width, "height": frame.height, "frame": index},
+        )
+
 
 DEFAULT_CRF = 20
 DEFAULT_PRESET = "medium"
@@ -185,6 +227,7 @@ def _first_frame(
 ) -> av.VideoFrame:
     try:
         for frame in container.decode(stream):
+            check_frame_size(frame, 0)
             return frame
     except av.error.FFmpegError as exc:
         raise MediaError(VIDEO_UNREADABLE, f"cannot decode {Path(path).name}: {exc}", {"path": path}) from exc
@@ -192,6 +235,7 @@ def _first_frame(
 
 
 def _to_rgb(frame: av.VideoFrame, apply_rotation: bool) -> np.ndarray:
+    check_frame_size(frame)  # every frame anyone converts (worker, watermark sampling, verify)
     rgb = frame.to_ndarray(format="rgb24")
     if apply_rotation:
         turns = _quarter_turns(frame.rotation)
@@ -226,6 +270,7 @@ def iter_frames(
         try:
             if out_rate is None:
                 for frame in container.decode(stream):
+                    check_frame_size(frame, emitted)
                     yield _to_rgb(frame, apply_rotation)
                     emitted += 1
                     if max_frames is not None and emitted >= max_frames:
@@ -269,6 +314,7 @@ def _resample(
             next_out += 1
 
     for frame in frames:
+        check_frame_size(frame, decoded)  # every decoded frame, also those dropped by resampling
         time_s = frame.time if frame.time is not None else decoded * source_step
         decoded += 1
         if start is None:

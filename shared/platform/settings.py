@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # whose lease expired is recovered by the reconciler. A job started worker_max_attempts times
     # without finishing (its worker crashed, ran out of memory or was killed) fails with worker_crashed.
     worker_lease_s: float = Field(120.0, gt=0)
+    # Untrusted videos are decoded once in a child process with these bounds before anything else
+    # decodes them (worker: the driving clip; gateway: POST /v1/verify): shared.platform.mediasandbox.
+    decode_sandbox_memory_mb: int = Field(2048, ge=256)
+    decode_sandbox_timeout_s: float = Field(300.0, gt=0)
     worker_max_attempts: int = Field(3, ge=1)
     c2pa_certificate_chain_path: Path | None = None  # production signer: leaf (+ intermediates) PEM
     c2pa_private_key_path: Path | None = None  # production signer: PKCS#8 PEM key

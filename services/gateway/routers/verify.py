@@ -14,6 +14,7 @@ from services.gateway.routers.jobs import ERRORS
 from services.gateway.schemas import VerifyOut
 from services.gateway.uploads import ReceivedFile, multipart_openapi, streamed_form
 from shared.platform.errors import CORRUPT_MEDIA, InputRejected
+from shared.platform.mediasandbox import SandboxLimits, check_video
 from shared.platform.verify import verify_upload
 
 router = APIRouter(prefix="/v1", tags=["verify"])
@@ -58,6 +59,14 @@ async def verify(
 
 def _verify(ctx: GatewayContext, who: Principal, received: ReceivedFile) -> tuple[Any, str]:
     spooled = service.inspect_upload(received, "video", ctx, "video")
+    # Every frame decoded once in a bounded child process first: a hostile file cannot crash, exhaust
+    # or hang the gateway, and a stream that grows past the size limits is refused (422).
+    try:
+        check_video(spooled.path, SandboxLimits.from_settings(ctx.settings))
+    except InputRejected as exc:
+        exc.details.setdefault("field", "video")
+        exc.message = f"video: {exc.message}"
+        raise
     try:
         with ctx.db.session() as session:
             outcome = verify_upload(
