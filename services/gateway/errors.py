@@ -79,9 +79,11 @@ async def _refusal(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PlatformError)
     async def _platform_error(request: Request, exc: PlatformError) -> JSONResponse:
-        headers = (
-            {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, RateLimited) else None
-        )
+        headers = None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        elif exc.status == 429 and "retry_after_s" in (exc.details or {}):  # e.g. too_many_uploads
+            headers = {"Retry-After": str(max(1, round(float(exc.details["retry_after_s"]))))}
         if exc.status >= 500:
             log.error("platform error: %s", exc)
         return await _refusal(request, exc.status, exc.code, exc.message, exc.details or None, headers)
