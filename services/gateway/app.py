@@ -18,7 +18,12 @@ from fastapi import FastAPI
 from services.gateway.context import GatewayContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.gateway.ratelimit import (
+    FailoverRateLimiter,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
 from services.gateway.routers import apidocs, assets, health, jobs, previews, verify, web
 from shared.media.video import DecodeLimits, set_decode_limits
 from shared.platform.db import Database
@@ -44,7 +49,7 @@ def _rate_limiter(settings: Settings) -> RateLimiter:
             raise ConfigurationError(
                 "rate_limit_backend=redis needs GOHA_RATE_LIMIT_REDIS_URL or a redis broker_url"
             )
-        return RedisRateLimiter(url)
+        return FailoverRateLimiter(RedisRateLimiter(url), MemoryRateLimiter())
     return MemoryRateLimiter()
 
 

@@ -2,16 +2,22 @@
 
 ``MemoryRateLimiter`` is a token bucket per key inside one process (embedded mode, one replica).
 ``RedisRateLimiter`` counts in fixed one-minute windows in Redis so every gateway replica shares
-the same budget.
+the same budget. ``FailoverRateLimiter`` wraps it: when Redis does not answer, requests are limited by
+the process's own token buckets instead (each replica then enforces the limit on its own share of the
+traffic), the outage is logged and counted (``goha_rate_limiter_fallbacks_total``), and Redis is tried
+again after ``retry_after_s``. A Redis outage never turns authenticated requests into 500s.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,32 @@ class RedisRateLimiter:
         if count <= limit_per_minute:
             return RateDecision(True, limit_per_minute, remaining, 0.0)
         return RateDecision(False, limit_per_minute, 0, math.ceil((window + 1) * self.WINDOW_S - now))
+
+
+class FailoverRateLimiter:
+    def __init__(self, primary: RateLimiter, fallback: RateLimiter, *, retry_after_s: float = 5.0) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, limit_per_minute: int) -> RateDecision:
+        from shared.platform.metrics import RATE_LIMITER_FALLBACKS
+
+        now = time.monotonic()
+        if now >= self._down_until:
+            try:
+                return self.primary.hit(key, limit_per_minute)
+            except Exception as exc:  # redis errors, timeouts: degrade, never fail the request
+                with self._lock:
+                    first = now >= self._down_until
+                    self._down_until = now + self.retry_after_s
+                if first:
+                    log.warning(
+                        "rate limiter backend unavailable, limiting per process for %.0f s: %s",
+                        self.retry_after_s,
+                        exc,
+                    )
+        RATE_LIMITER_FALLBACKS.inc()
+        return self.fallback.hit(key, limit_per_minute)

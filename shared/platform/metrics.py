@@ -65,6 +65,10 @@ INPUT_REFUSALS = Counter("goha_input_refusals_total", "Requests refused with a 4
 # --- state machine and reconciler (any process) ---------------------------------------------------------
 ENQUEUE_FAILURES = Counter("goha_enqueue_failures_total", "Job publishes that failed (reconciler retries)")
 JOB_TRANSITIONS = Counter("goha_job_transitions_total", "Job state changes", ["to_state"])
+RATE_LIMITER_FALLBACKS = Counter(
+    "goha_rate_limiter_fallbacks_total",
+    "Requests rate-limited by the process's own buckets because the shared backend (Redis) did not answer",
+)
 JOBS_REENQUEUED = Counter("goha_jobs_reenqueued_total", "Stuck queued jobs re-enqueued by the reconciler")
 
 # --- worker -----------------------------------------------------------------------------------------------
