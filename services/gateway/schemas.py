@@ -121,6 +121,16 @@ class Progress(BaseModel):
     frames_done: int
     frames_total: int | None
     fraction: float | None
+    stage: str = Field(
+        ...,
+        description="queued, starting, analysing_portrait, reconstructing, preparing_paste_back, animating, "
+        "marking, encoding, signing, uploading; succeeded, failed or cancelled once finished",
+    )
+    stage_text: str = Field(..., description='the stage in words, e.g. "animating 40/75"')
+    eta_s: float | None = Field(
+        None,
+        description="seconds left, the worker's estimate from measured stage rates (None: nothing measured yet)",
+    )
 
 
 class JobError(BaseModel):

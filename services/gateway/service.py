@@ -55,7 +55,7 @@ from shared.platform.errors import (
     PlatformError,
 )
 from shared.platform.inputs import MediaInfo, MediaKind, inspect_media
-from shared.platform.jobs import JobState, JobType, job_links, transition
+from shared.platform.jobs import STAGES, JobState, JobType, job_links, transition
 from shared.platform.logging import log_context
 from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from shared.platform.models import Asset, Job, utcnow
@@ -511,6 +511,27 @@ def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None
     return round((end - start).total_seconds(), 3)
 
 
+def job_progress(job: Job, fraction: float | None, now: dt.datetime) -> Progress:
+    """Frames, the stage (the state's name unless running) and the worker's estimate of the time left,
+    counted down from when the worker wrote it."""
+    state = JobState(job.state)
+    stage = (job.progress_stage or "starting") if state is JobState.RUNNING else state.value
+    text = STAGES.get(stage, stage)
+    if stage in ("animating", "marking") and job.frames_total:
+        text = f"{text} {job.frames_done}/{job.frames_total}"
+    eta = None
+    if state is JobState.RUNNING and job.progress_eta_s is not None:
+        eta = round(max(0.0, job.progress_eta_s - (now - job.updated_at).total_seconds()), 1)
+    return Progress(
+        frames_done=job.frames_done,
+        frames_total=job.frames_total,
+        fraction=fraction,
+        stage=stage,
+        stage_text=text,
+        eta_s=eta,
+    )
+
+
 def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOut:
     now = now or utcnow()
     state = JobState(job.state)
@@ -525,6 +546,7 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
     fraction = None
     if job.frames_total:
         fraction = round(min(1.0, job.frames_done / job.frames_total), 4)
+    progress = job_progress(job, fraction, now)
     return JobOut(
         id=job.id,
         state=state,
@@ -533,7 +555,7 @@ def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOu
         updated_at=job.updated_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        progress=Progress(frames_done=job.frames_done, frames_total=job.frames_total, fraction=fraction),
+        progress=progress,
         timings=timings,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         options=job.options or {},

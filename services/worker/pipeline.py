@@ -38,6 +38,7 @@ from services.inference.backend import AnimateOutput, InferenceBackend
 from services.inference.errors import InferenceInputError, InferenceServerError
 from services.worker.errors import TRANSIENT_ERRORS, JobCancelled, JobFailure
 from services.worker.options import DEFAULT_ORBIT_FPS, DEFAULT_ORBIT_FRAMES, DEFAULT_OUTPUT_SIZE, JobOptions
+from services.worker.progress import StageClock
 from services.worker.settings import DEFAULT_PASTE_BACK_MAX_SIDE
 from shared.face.errors import FaceError
 from shared.face.morphable import MorphableModel
@@ -400,10 +401,11 @@ class ReenactmentPipeline:
         log.info("job failed", extra={"job_id": job_id, "error_code": code})
         return JobState.FAILED.value
 
-    def _progress(self, job_id: str, done: int, total: int | None) -> None:
+    def _progress(self, job_id: str, done: int, total: int | None, **stage: Any) -> None:
+        """Frames (and ``stage=``, ``eta_s=``: ``update_progress``); a cancelled job stops here."""
         with self.ctx.session_factory() as session:
             job = session.get(Job, job_id)
-            if job is None or not update_progress(session, job, done, total):
+            if job is None or not update_progress(session, job, done, total, **stage):
                 session.rollback()
                 raise JobCancelled(job_id)
             session.commit()
@@ -412,6 +414,7 @@ class ReenactmentPipeline:
     def _execute(self, inputs: JobInputs, tmp: Path, stats: RunStats) -> None:
         ctx, opts = self.ctx, inputs.options
         started = time.perf_counter()
+        clock = StageClock()  # the stage and the time left, from measured rates (services/worker/progress.py)
         with _Timer(stats, "fetch_s"):
             portrait_rgb = self._load_portrait(inputs.portrait_key)
             driving_path: Path | None = None
@@ -422,8 +425,10 @@ class ReenactmentPipeline:
                 ctx.storage.download_to(inputs.driving_key, driving_path)
                 if ctx.check_video is not None:  # a hostile file crashes a child, not this worker
                     ctx.check_video(driving_path)
+        self._progress(inputs.job_id, 0, None, stage="analysing_portrait", eta_s=None)
         with _Timer(stats, "portrait_analysis_s"):
             portrait = self.analyzer.analyze_portrait(portrait_rgb)
+        self._progress(inputs.job_id, 0, None, stage="reconstructing")
         with _Timer(stats, "reconstruct_s"):
             planes = self._source_planes(inputs.portrait_sha256, portrait)
         model_version = ctx.inference.model_version()
@@ -433,6 +438,7 @@ class ReenactmentPipeline:
         paste: PasteBack | None = None
         width = height = out_size
         if opts.paste_back:
+            self._progress(inputs.job_id, 0, None, stage="preparing_paste_back")
             with _Timer(stats, "paste_back_setup_s"):
                 paste = self._paste_back(portrait_rgb, portrait, planes)
             height, width = paste.shape
@@ -454,7 +460,9 @@ class ReenactmentPipeline:
             chunks = self._driving_chunks(driving_path, portrait, opts, fps, stats)
             audio_source = driving_path
 
-        self._progress(inputs.job_id, 0, total)
+        clock.start_loop()
+        self._progress(inputs.job_id, 0, total, stage="animating", eta_s=clock.eta(0, total))
+        animated = [0]  # frames the network has rendered (ahead of the delivered ones)
         with VideoWriter(
             video_path,
             fps=fps,
@@ -468,7 +476,9 @@ class ReenactmentPipeline:
             def animate(item: tuple[np.ndarray, np.ndarray]) -> AnimateOutput:
                 expr_renders, cams = item
                 with _Timer(stats, "animate_s"):
-                    return ctx.inference.animate(planes, expr_renders, cams)
+                    output = ctx.inference.animate(planes, expr_renders, cams)
+                animated[0] += len(cams)
+                return output
 
             def compose(output: AnimateOutput) -> list[np.ndarray]:
                 """The frames the user gets, before the guardrails: pasted back, or the square crop."""
@@ -494,8 +504,16 @@ class ReenactmentPipeline:
                     writer.write(marked)
                 stats.frames += len(marked)
                 record_frames(opts.job_type, len(marked))
-                # Progress (and the cancellation check) after every written chunk.
-                self._progress(inputs.job_id, stats.frames, max(total, stats.frames))
+                # Progress (and the cancellation check) after every written chunk; once every frame is
+                # animated, the chunks still in flight are being marked and encoded.
+                frames_total = max(total, stats.frames)
+                self._progress(
+                    inputs.job_id,
+                    stats.frames,
+                    frames_total,
+                    stage="animating" if animated[0] < frames_total else "marking",
+                    eta_s=clock.eta(stats.frames, frames_total),
+                )
 
             if ctx.config.pipeline_depth > 0:
                 # Encoding chunk k overlaps marking chunk k + 1: the encoder would otherwise leave the
@@ -506,9 +524,15 @@ class ReenactmentPipeline:
                 for item in chunks:
                     write(mark(compose(animate(item))))
             stats.add("watermark_refine_s", guardrails.refine_s)  # part of guardrails_s
+            clock.start_tail()  # the writer's exit flushes the encoder and muxes the audio
+            if stats.frames:
+                self._progress(
+                    inputs.job_id, stats.frames, stats.frames, stage="encoding", eta_s=clock.eta(0, 0)
+                )
         if stats.frames == 0:
             raise JobFailure("video_no_frames", "the driving video has no decodable frames")
 
+        self._progress(inputs.job_id, stats.frames, None, stage="signing", eta_s=clock.eta(0, 0))
         with _Timer(stats, "sign_s"):
             claim = ProvenanceClaim(
                 job_id=inputs.job_id,
@@ -518,6 +542,7 @@ class ReenactmentPipeline:
                 watermark_payload=payload,
             )
             signed = sign_video(video_path, video_path, claim, ctx.signing_chain)
+        self._progress(inputs.job_id, stats.frames, None, stage="uploading", eta_s=clock.eta(0, 0))
         with _Timer(stats, "upload_s"):
             digest = sha256_file(video_path)
             # One object per claim: a worker that lost its lease never overwrites a recorded result.
@@ -534,6 +559,7 @@ class ReenactmentPipeline:
             signed.manifest_sha256,
             stats,
         )
+        clock.finish(stats.frames)  # the next job's estimates start from this one's rates
 
     def _succeed(
         self,

@@ -53,6 +53,22 @@ class JobType(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
+# What a running job is doing (jobs.progress_stage), in the order the worker goes through them, with the
+# words clients show. "animating" covers the overlapped frame loop (animate, paste back, mark, encode);
+# "marking" is its tail once every frame has been animated; "encoding" the encoder's flush and the audio.
+STAGES: dict[str, str] = {
+    "starting": "starting",
+    "analysing_portrait": "analysing portrait",
+    "reconstructing": "reconstructing",
+    "preparing_paste_back": "preparing paste-back",
+    "animating": "animating",
+    "marking": "marking",
+    "encoding": "encoding",
+    "signing": "signing",
+    "uploading": "uploading",
+}
+_UNSET: Any = object()
+
 
 def job_links(job: Job, base_url: str = "") -> dict[str, str]:
     """The job's API links as clients see them (API answers, webhooks): ``cancel`` while it can be,
@@ -169,6 +185,8 @@ def transition(
         values["error_message"] = None
         values["owner_id"] = owner_id
         values["lease_expires_at"] = lease_until
+        values["progress_stage"] = "starting"
+        values["progress_eta_s"] = None
     if requested is JobState.QUEUED:
         values["enqueued_at"] = None  # handed back: the next enqueue stamps it
     if requested.terminal:
@@ -190,12 +208,29 @@ def transition(
     )
 
 
-def update_progress(session: Session, job: Job, frames_done: int, frames_total: int | None = None) -> bool:
+def update_progress(
+    session: Session,
+    job: Job,
+    frames_done: int,
+    frames_total: int | None = None,
+    *,
+    stage: str | None = None,
+    eta_s: float | None = _UNSET,
+) -> bool:
     """Write progress of a running job. Returns False when the job is no longer running (e.g. cancelled):
-    the worker should stop. Progress is not an event (too frequent); state changes are."""
+    the worker should stop. Progress is not an event (too frequent); state changes are.
+
+    ``stage``: one of ``STAGES`` (left as it was when None); ``eta_s``: the worker's estimate of the
+    seconds left, as of now (None: no estimate; left as it was when not given)."""
     values: dict[str, Any] = {"frames_done": max(0, int(frames_done)), "updated_at": utcnow()}
     if frames_total is not None:
         values["frames_total"] = max(0, int(frames_total))
+    if stage is not None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown progress stage {stage!r}")
+        values["progress_stage"] = stage
+    if eta_s is not _UNSET:
+        values["progress_eta_s"] = None if eta_s is None else round(max(0.0, float(eta_s)), 1)
     result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state == JobState.RUNNING.value)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -146,6 +147,10 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     frames_done: Mapped[int] = mapped_column(Integer, default=0)
     frames_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What a running job is doing now (shared.platform.jobs.STAGES) and the worker's estimate, made when
+    # it wrote it (updated_at), of the seconds left; None while nothing was measured yet.
+    progress_stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    progress_eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
