@@ -35,7 +35,14 @@ def test_full_round_trip(
 
     done = wait_for_state(client, tenant, job["id"], {"succeeded", "failed", "cancelled"})
     assert done["state"] == "succeeded", done
-    assert done["progress"] == {"frames_done": 8, "frames_total": 8, "fraction": 1.0}
+    assert done["progress"] == {
+        "frames_done": 8,
+        "frames_total": 8,
+        "fraction": 1.0,
+        "stage": "succeeded",
+        "stage_text": "succeeded",
+        "eta_s": None,
+    }
     assert done["error"] is None and done["attempts"] == 1
     assert {"queued_s", "running_s", "total_s"} <= set(done["timings"])
     assert done["links"]["result"] == f"/v1/jobs/{job['id']}/result"
