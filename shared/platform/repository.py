@@ -217,9 +217,12 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|", 1)
-        return dt.datetime.fromisoformat(stamp), job_id
+        created_at = dt.datetime.fromisoformat(stamp)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise PlatformError(INVALID_REQUEST, "invalid pagination cursor") from exc
+    if created_at.tzinfo is None:  # cursors are made with a timezone: a naive one was not ours
+        raise PlatformError(INVALID_REQUEST, "invalid pagination cursor")
+    return created_at, job_id
 
 
 def list_jobs(
