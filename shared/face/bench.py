@@ -9,7 +9,14 @@ The driving clip is the scikit-image astronaut portrait (512x512) moved by a smo
   backend) + the crop matrix;
 * ``fit_ms_per_frame``: the batched expression/pose fit of a chunk + One-Euro smoothing + cameras;
 * ``render_ms_per_frame``: I_exp at the crop size with ``shared.face.render.render_expression``
-  (batched per chunk), or null when the renderer cannot be imported.
+  (batched per chunk, supersample 1, ``--threads``), or null when the renderer cannot be imported;
+* ``render_ss2_ms_per_frame``: the same render at supersample 2 (256² averaged down to 128²) on ONE
+  torch thread, the way the worker renders I_exp (``render_ss2_cpu_ms_per_frame``: the CPU time of
+  the rendering thread; idle torch/OpenMP workers left spinning by the 2-thread steps are not in it,
+  but they do compete with it for the cores, so the wall time is an upper bound on a busy machine).
+
+``total_ms_per_frame`` adds the render at the supersample the worker uses (the training data's,
+``SyntheticConfig.supersample``, reported as ``render_supersample``), timed on one thread.
 
 Quality keys (``shared/face/bench_quality.py`` defines them): ``mouth_corr_fit``, ``eye_corr_fit``,
 ``pose_err_deg``, ``jitter_px``, ``matte_iou`` (+ a few details); ``--no-quality`` skips them.
@@ -52,6 +59,16 @@ def astronaut_clip(num_frames: int, size: int = 512, start: int = 0) -> list[np.
     return frames
 
 
+def worker_supersample() -> int:
+    """The I_exp supersampling the worker uses: the training data's factor (as
+    ``services.worker.pipeline.training_supersample``; 2 when the training package is absent)."""
+    try:
+        from shared.training.synthetic import SyntheticConfig
+    except ImportError:
+        return 2
+    return int(SyntheticConfig().supersample)
+
+
 def run(
     num_frames: int, chunk: int, crop_size: int, frame_size: int, detect_every: int, threads: int
 ) -> dict[str, object]:
@@ -69,7 +86,18 @@ def run(
     analyzer.analyze_frames(warmup, state=state)
     identity = state.identity
     assert identity is not None
+    if render_expression is not None:  # warm-up renders (first calls allocate and fault in memory)
+        warm_beta = torch.zeros(chunk, model.num_expression)
+        warm_alpha = identity.unsqueeze(0).expand(chunk, -1)
+        with torch.no_grad():
+            for factor in (1, 2, worker_supersample()):
+                render_expression(model, warm_alpha, warm_beta, crop_size, supersample=factor)
 
+    supersample = worker_supersample()
+    # Supersampling factors timed on one thread (the worker renders I_exp single-threaded).
+    single_thread_factors = sorted({2, supersample})
+    render_1t_s = dict.fromkeys(single_thread_factors, 0.0)
+    render_1t_cpu = dict.fromkeys(single_thread_factors, 0.0)
     detect_s = fit_s = render_s = 0.0
     detect_cpu = fit_cpu = render_cpu = 0.0
     measured = 0
@@ -86,6 +114,18 @@ def run(
             with torch.no_grad():
                 render_expression(model, identity.unsqueeze(0).expand(len(results), -1), beta, crop_size)
         t3, c3 = time.perf_counter(), time.process_time()
+        if render_expression is not None:
+            alpha = identity.unsqueeze(0).expand(len(results), -1)
+            torch.set_num_threads(1)
+            try:
+                for factor in single_thread_factors:
+                    t4, c4 = time.perf_counter(), time.thread_time()
+                    with torch.no_grad():
+                        render_expression(model, alpha, beta, crop_size, supersample=factor)
+                    render_1t_s[factor] += time.perf_counter() - t4
+                    render_1t_cpu[factor] += time.thread_time() - c4
+            finally:
+                torch.set_num_threads(threads)
         detect_cpu += c1 - c0
         fit_cpu += c2 - c1
         render_cpu += c3 - c2
@@ -97,11 +137,19 @@ def run(
     detect_ms = 1000.0 * detect_s / measured
     fit_ms = 1000.0 * fit_s / measured
     render_ms = 1000.0 * render_s / measured if render_expression is not None else None
-    total = detect_ms + fit_ms + (render_ms or 0.0)
+    one_thread_ms = {f: 1000.0 * t / measured for f, t in render_1t_s.items()}
+    ss2_ms = one_thread_ms.get(2) if render_expression is not None else None
+    worker_render_ms = one_thread_ms.get(supersample) if render_expression is not None else None
+    total = detect_ms + fit_ms + (worker_render_ms or 0.0)
     return {
         "detect_landmarks_ms": round(detect_ms, 3),
         "fit_ms_per_frame": round(fit_ms, 3),
         "render_ms_per_frame": None if render_ms is None else round(render_ms, 3),
+        "render_ss2_ms_per_frame": None if ss2_ms is None else round(ss2_ms, 3),
+        "render_ss2_cpu_ms_per_frame": (
+            None if ss2_ms is None else round(1000.0 * render_1t_cpu[2] / measured, 3)
+        ),
+        "render_supersample": supersample,
         "total_ms_per_frame": round(total, 3),
         "target_ms_per_frame": 40.0,
         "frames": measured,

@@ -2,14 +2,21 @@ import numpy as np
 import pytest
 import torch
 
-from shared.face.morphable import MorphableModel, load_procedural_model
-from shared.face.rasterizer import MeshRasterizer, RasterizerError
+from shared.face import rasterizer as rasterizer_module
+from shared.face.morphable import MorphableModel, load_procedural_model, vertex_normals
+from shared.face.rasterizer import Fragments, MeshRasterizer, RasterizerError
 from shared.face.render import (
+    AMBIENT,
+    DIFFUSE,
     EXPRESSION_CAMERA,
+    LIGHT_DIRECTION_CAMERA,
+    SHAPE_ALBEDO,
     RenderError,
     render_expression,
+    render_fragments,
     render_mesh,
     render_neutral,
+    shade,
 )
 from shared.model import cameras
 
@@ -174,3 +181,92 @@ def test_bad_inputs_raise_typed_errors(model: MorphableModel) -> None:
     with pytest.raises(RenderError) as err:
         render_mesh(model, verts.expand(2, -1, -1), cameras.spherical_camera(torch.zeros(3)), 32)
     assert err.value.code == "bad_cameras"
+
+
+def _assert_same_fragments(a: Fragments, b: Fragments) -> None:
+    assert torch.equal(a.face_index, b.face_index)
+    assert torch.equal(a.barycentric, b.barycentric)
+    assert torch.equal(a.depth, b.depth)
+
+
+@pytest.mark.parametrize("cull", [True, False])
+def test_stamps_and_pair_expansion_give_bit_identical_fragments(
+    model: MorphableModel, monkeypatch: pytest.MonkeyPatch, cull: bool
+) -> None:
+    generator = torch.Generator().manual_seed(5)
+    alpha = torch.randn(3, model.num_identity, generator=generator)
+    beta = torch.rand(3, model.num_expression, generator=generator)
+    verts = model.vertices(alpha, beta)
+    cams = cameras.spherical_camera(torch.tensor([0.0, 0.7, -0.4]), torch.tensor([0.0, 0.2, -0.3]))
+    for size in (64, 200):  # at 200 some boxes exceed the largest stamp: both paths in one call
+        stamped = MeshRasterizer(cull_backfaces=cull).rasterize(verts, model.faces, cams, size)
+        # Stamps only for 1x1 boxes: everything else through the (triangle, pixel) pair expansion.
+        with monkeypatch.context() as patch:
+            patch.setattr(rasterizer_module, "_STAMP_SIZES", (1,))
+            paired = MeshRasterizer(cull_backfaces=cull).rasterize(verts, model.faces, cams, size)
+        _assert_same_fragments(stamped, paired)
+
+
+def test_large_triangles_use_the_pair_expansion() -> None:
+    verts = _quad(64, 3.0, 5.0, 60.0, 40.0, 0.0).unsqueeze(0)
+    frags = MeshRasterizer().rasterize(verts, QUAD_FACES, FRONTAL, 64)
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[5:40, 3:60] = True
+    assert torch.equal(frags.mask[0], expected)
+
+
+def test_hits_match_the_dense_fragments(model: MorphableModel) -> None:
+    alpha, beta = model.zero_coefficients(2)
+    beta[1, model.expression_index("smile_left")] = 1.0
+    verts = model.vertices(alpha, beta)
+    cams = EXPRESSION_CAMERA.unsqueeze(0).expand(2, -1)
+    rasterizer = MeshRasterizer()
+    frags = rasterizer.rasterize(verts, model.faces, cams, 48)
+    hits = rasterizer.rasterize_hits(verts, model.faces, cams, 48)
+    plain = Fragments(frags.face_index, frags.barycentric, frags.depth)  # no cached hits
+    for a, b in zip(hits, plain.hits()):
+        assert torch.equal(a, b)
+    _assert_same_fragments(Fragments.from_hits(hits, (2, 48, 48)), frags)
+    assert torch.equal(plain.interpolate(verts, model.faces), frags.interpolate(verts, model.faces))
+    assert torch.equal(
+        plain.interpolate(model.albedo, model.faces), frags.interpolate(model.albedo, model.faces)
+    )
+
+
+@pytest.mark.parametrize("supersample", [1, 2])
+def test_shading_equals_the_interpolated_formula_bit_for_bit(model: MorphableModel, supersample: int) -> None:
+    """The fused renderer against the shading written out with Fragments.interpolate."""
+    generator = torch.Generator().manual_seed(9)
+    alpha = torch.randn(3, model.num_identity, generator=generator)
+    beta = torch.rand(3, model.num_expression, generator=generator)
+    verts = model.vertices(alpha, beta)
+    cams = EXPRESSION_CAMERA.unsqueeze(0).expand(3, -1)
+    frags = MeshRasterizer().rasterize(verts, model.faces, cams, 40 * supersample)
+    normals = torch.nn.functional.normalize(
+        frags.interpolate(vertex_normals(verts, model.faces), model.faces), dim=-1, eps=1e-12
+    )
+    rot, _ = cameras.world_to_camera(cams)
+    light = LIGHT_DIRECTION_CAMERA @ rot
+    intensity = AMBIENT + DIFFUSE * (normals * light[:, None, None, :]).sum(-1).clamp_min(0.0)
+    intensity = intensity * frags.interpolate(model.vertex_shading.unsqueeze(-1), model.faces)[..., 0]
+    mask = frags.mask.unsqueeze(-1)
+    for shading in ("shape", "albedo"):
+        if shading == "shape":
+            colour = SHAPE_ALBEDO * intensity.unsqueeze(-1).expand(*intensity.shape, 3)
+        else:
+            colour = frags.interpolate(model.albedo, model.faces) * intensity.unsqueeze(-1)
+        expected = torch.where(mask, colour.clamp(0, 1) * 2 - 1, torch.full_like(colour, -1.0))
+        expected = expected.permute(0, 3, 1, 2)
+        assert torch.equal(shade(model, verts, cams, frags, shading), expected)
+        image, fragments = render_fragments(model, verts, cams, 40 * supersample, shading=shading)
+        assert torch.equal(image, expected)
+        _assert_same_fragments(fragments, frags)
+        pooled = torch.nn.functional.avg_pool2d(expected, supersample) if supersample > 1 else expected
+        assert torch.equal(
+            render_expression(model, alpha, beta, 40, shading=shading, supersample=supersample), pooled
+        )
+        _, silhouette = render_mesh(model, verts, cams, 40, shading=shading, supersample=supersample)
+        coverage = frags.mask.unsqueeze(1).float()
+        if supersample > 1:
+            coverage = torch.nn.functional.avg_pool2d(coverage, supersample)
+        assert torch.equal(silhouette, (coverage >= 0.5).float())
