@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop-size", type=int, default=128, help="the tiny profile's crop/render size")
     parser.add_argument("--frame-size", type=int, default=512, help="driving frame side in pixels")
     parser.add_argument("--detect-every", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread: the worker runs the face stack and I_exp in its prepare thread on one torch thread.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--no-quality", action="store_true", help="timings only (skip ~30 s of quality checks)"
     )
