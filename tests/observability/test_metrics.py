@@ -117,7 +117,8 @@ class ArrayBackend:
         if self.down:
             raise InferenceUnavailable("connection refused")
         frames = expr_renders + planes.mean()
-        return AnimateOutput(low_res=frames[:, :, ::2, ::2], frames=frames)
+        low_res = frames[:, :, ::2, ::2]
+        return AnimateOutput(low_res=low_res, frames=frames, alpha=np.ones_like(low_res[:, :1]))
 
     def close(self) -> None:
         self.closed = True
