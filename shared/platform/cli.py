@@ -572,7 +572,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         stack.start()
         print(
             f"GOHA embedded stack is up ({stack.timings['startup_s']:.0f} s). Ctrl-C stops it.\n"
-            f"  API       {stack.url}   (OpenAPI: {stack.url}/docs)\n"
+            f"  web page  {stack.url}/   (paste the key below)\n"
+            f"  API       {stack.url}   (reference: {stack.url}/docs)\n"
             f"  API key   {stack.api_key}   (tenant {args.tenant}; revoked when the stack stops)\n"
             f"  state     {stack.var_dir}\n"
             f"  logs      {stack.log_dir}/{{triton,gateway,worker}}.log\n"

@@ -333,6 +333,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function followJob(jobId, generation) {
   let delay = POLL_INTERVAL_MS;
+  let lastState = "";
   while (generation === current.generation) {
     let job;
     try {
@@ -351,9 +352,12 @@ async function followJob(jobId, generation) {
     }
     if (generation !== current.generation) return;
     renderJob(job);
+    if (job.state !== lastState) {
+      lastState = job.state;
+      scheduleHistory(); // the history shows the new state too
+    }
     if (TERMINAL_STATES.has(job.state)) {
       setStatus("submit-status", `job ${job.state}`, job.state === "succeeded" ? "ok" : "error");
-      scheduleHistory();
       if (job.state === "succeeded" && !job.media_deleted_at) {
         try {
           await loadResult(jobId, generation);
@@ -562,6 +566,7 @@ function drivingChosen() {
   }
   preview.onloadedmetadata = () => {
     const { duration, videoWidth: width, videoHeight: height } = preview;
+    preview.currentTime = Math.min(0.1, duration / 2); // show a frame, not a black box
     const facts = `${duration.toFixed(1)} s, ${width}×${height}, ${megabytes(file.size)}`;
     const over = [];
     if (limits.max_video_seconds && duration > limits.max_video_seconds) over.push(`longer than ${limits.max_video_seconds} s`);
