@@ -6,7 +6,9 @@ running under another worker's live lease does nothing, a job started ``worker_m
 fails with ``worker_crashed``, and a heartbeat renews the lease while the job runs (a dead worker's
 job is recovered by the reconciler once its lease expires). Transient inference/storage/database
 failures are retried with exponential backoff under the same claim; past the budget
-(``Settings.worker_retries``, ``worker_retry_max_delay_s``) the job fails with its code.
+(``Settings.worker_retries``, ``worker_retry_max_delay_s``) the job fails with its code. The task never
+calls a job-finished webhook: the reconciler's dispatcher does (``shared.platform.webhooks``), so no
+receiver can hold a worker.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from services.worker.context import build_context
 from services.worker.errors import TRANSIENT_ERRORS, transient_code
 from services.worker.pipeline import ReenactmentPipeline
-from shared.platform import leases, webhooks
+from shared.platform import leases
 from shared.platform.errors import IllegalTransition
-from shared.platform.jobs import TERMINAL_STATES, ClaimOutcome, JobState, holding_claim
+from shared.platform.jobs import ClaimOutcome, JobState, holding_claim
 from shared.platform.logging import configure_logging, job_context
 from shared.platform.metrics import InstrumentedInference, mark_process_dead
 from shared.platform.queue import REENACT_TASK, make_celery
@@ -90,13 +92,13 @@ def reenact(self: Task, job_id: str, owner_id: str | None = None) -> str:
                 max_attempts=settings.worker_max_attempts,
             )
             if outcome is ClaimOutcome.EXHAUSTED:
-                return notify(pipeline, job_id, JobState.FAILED.value)
+                return JobState.FAILED.value
             if not outcome.runs:
                 return outcome.value
             with leases.leased(sessions, job_id, owner_id, lease_s=settings.worker_lease_s):
                 state = pipeline.run(job_id)
             leases.discard_unrecorded_result(sessions, pipeline.ctx.storage, job_id, owner_id)
-            return notify(pipeline, job_id, state)
+            return state
         except IllegalTransition as exc:
             # The job was handed to another claim (our lease expired) or cancelled: what this delivery
             # made is not recorded, and must not stay behind either.
@@ -116,7 +118,7 @@ def reenact(self: Task, job_id: str, owner_id: str | None = None) -> str:
                     # the reconciler recovers the job; nothing is lost by giving up here.
                     log.warning("could not record the failure: %s", final)
                     return "abandoned"
-                return notify(pipeline, job_id, failed)
+                return failed
             countdown = retry_delay(attempt, settings.worker_retry_max_delay_s)
             log.warning(
                 "transient failure, retrying",
@@ -129,16 +131,6 @@ def reenact(self: Task, job_id: str, owner_id: str | None = None) -> str:
             raise self.retry(
                 exc=exc, countdown=countdown, args=[job_id], kwargs={"owner_id": owner_id}
             ) from exc
-
-
-def notify(pipeline: ReenactmentPipeline, job_id: str, state: str) -> str:
-    """The job-finished webhook's first attempt, right away (the reconciler retries); returns ``state``."""
-    if state in TERMINAL_STATES:  # not for a duplicate delivery's "missing" or "skipped"
-        try:
-            webhooks.deliver_pending(pipeline.ctx.session_factory, get_settings(), job_ids=[job_id])
-        except Exception:  # the job is done whatever happens to its notification
-            log.exception("webhook delivery failed", extra={"job_id": job_id})
-    return state
 
 
 def retry_delay(attempt: int, max_delay_s: float) -> float:

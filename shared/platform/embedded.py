@@ -224,18 +224,29 @@ class EmbeddedStack:
 
     def serve_forever(self, poll_s: float = 1.0) -> None:
         """Block until a part of the stack dies (raises) or the caller is interrupted (Ctrl-C); meanwhile
-        the reconciler re-publishes jobs stuck in ``queued`` every ``reconcile_interval_s``."""
+        the reconciler re-publishes jobs stuck in ``queued`` every ``reconcile_interval_s`` and a thread
+        delivers job-finished webhooks (``shared.platform.webhooks.Dispatcher``)."""
+        from shared.platform import webhooks
+        from shared.platform.db import Database
+
         assert self._settings is not None
         next_reconcile = time.monotonic() + self._settings.reconcile_interval_s
-        while True:
-            self.check_alive()
-            if time.monotonic() >= next_reconcile:
-                next_reconcile = time.monotonic() + self._settings.reconcile_interval_s
-                try:
-                    recover_jobs(self._settings, hand_back_running=False)
-                except Exception as exc:  # the database being busy must not stop the stack
-                    LOGGER.warning("reconciler pass failed: %s", exc)
-            time.sleep(poll_s)
+        database = Database(self._settings.database_url)
+        # Job-finished webhooks are delivered here, never by the worker's task.
+        dispatcher = webhooks.Dispatcher(database.sessionmaker, self._settings).start()
+        try:
+            while True:
+                self.check_alive()
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + self._settings.reconcile_interval_s
+                    try:
+                        recover_jobs(self._settings, hand_back_running=False)
+                    except Exception as exc:  # the database being busy must not stop the stack
+                        LOGGER.warning("reconciler pass failed: %s", exc)
+                time.sleep(poll_s)
+        finally:
+            dispatcher.stop()
+            database.dispose()
 
     def stop(self) -> None:
         """Stop worker, gateway and Triton (SIGTERM, then SIGKILL per process group); idempotent."""

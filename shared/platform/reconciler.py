@@ -1,5 +1,5 @@
-"""Recover jobs whose message or worker was lost, and retry job-finished webhooks that were not
-delivered (``shared.platform.webhooks``).
+"""Recover jobs whose message or worker was lost, and deliver job-finished webhooks
+(``shared.platform.webhooks``: a dispatcher thread, every ``webhook_interval_s``).
 
 Queued: a job is re-published when its publish failed (``enqueued_at`` is NULL), or its last publish is
 older than ``reconcile_stale_after_s`` *and its message is no longer in the broker* (neither waiting
@@ -181,6 +181,7 @@ def run_forever(settings: Settings, *, once: bool = False) -> None:
 
     db = Database.from_settings(settings)
     app = make_celery(settings)
+    dispatcher: webhooks.Dispatcher | None = None
     while True:
         report = reconcile_once(
             db,
@@ -192,14 +193,16 @@ def run_forever(settings: Settings, *, once: bool = False) -> None:
         )
         if report.requeued or report.failed or report.publish_errors or report.crashed:
             log.info("reconciled: %s", report)
-        try:
-            delivered = webhooks.deliver_pending(db.sessionmaker, settings)
-            if delivered.delivered or delivered.failed:
-                log.info("webhooks: %s", delivered)
-        except Exception:  # a webhook problem must not stop the re-enqueueing
-            log.exception("webhook pass failed")
         if once:
+            try:
+                delivered = webhooks.deliver_pending(db.sessionmaker, settings)
+                if delivered.delivered or delivered.failed:
+                    log.info("webhooks: %s", delivered)
+            except Exception:  # a webhook problem must not stop the re-enqueueing
+                log.exception("webhook pass failed")
             return
+        if dispatcher is None:  # job-finished webhooks, every webhook_interval_s, in their own thread
+            dispatcher = webhooks.Dispatcher(db.sessionmaker, settings).start()
         time.sleep(settings.reconcile_interval_s)
 
 

@@ -111,11 +111,18 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(None, gt=0)
 
     # -- webhooks (shared.platform.webhooks) -----------------------------------------------------------
+    # Total deadline of one attempt: DNS, connect, TLS, request and the answer's status line together.
     webhook_timeout_s: float = Field(10.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)  # first try + retries 30 s, 1, 2, 4... min apart
-    # None: allowed in the embedded (single machine) mode only. Production keeps https and public hosts.
+    webhook_interval_s: float = Field(2.0, gt=0)  # the dispatcher's pass (reconciler, goha up)
+    webhook_concurrency: int = Field(8, ge=1)  # deliveries in flight at once per dispatcher
+    # Ports a callback URL may name besides 443 (and 80 where http is allowed).
+    webhook_allowed_ports: list[int] = Field(default_factory=list)
+    # None: allowed in the embedded (single machine) mode only. Production keeps https, public hosts
+    # and the allowed ports.
     webhook_allow_http: bool | None = None
     webhook_allow_private_hosts: bool | None = None
+    webhook_allow_any_port: bool | None = None
 
     # -- worker ----------------------------------------------------------------------------------------
     worker_chunk_frames: int = 16  # driving frames decoded, fitted and animated together (bounds memory)

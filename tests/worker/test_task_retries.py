@@ -1,6 +1,6 @@
 """The Celery task's retry budget (``Settings.worker_retries``): a transient failure that outlasts
 it fails the job with the failure's code instead of retrying forever or failing at once. And the
-task's immediate job-finished webhook.
+task leaves job-finished webhooks to the dispatcher.
 
 The object store is a dead endpoint (nothing listens on the port), so every attempt fails the way an
 S3 outage does; the task runs eagerly (``apply``), which replays Celery's retries in-process.
@@ -62,13 +62,14 @@ def test_a_storage_outage_is_retried_until_the_budget_then_fails_the_job(
 
 
 @pytest.mark.slow  # builds the worker's context
-def test_the_task_posts_the_job_finished_webhook_right_away(worker_env: Settings) -> None:
-    """A job that fails at its first stage (the portrait is not an image) is reported to its callback
-    by the task itself, without waiting for the reconciler's pass."""
+def test_the_task_never_calls_the_webhook_the_dispatcher_does(worker_env: Settings) -> None:
+    """A job that fails at its first stage (the portrait is not an image): the worker's task finishes
+    without calling the receiver (issue 16, item 5: no receiver can hold a worker); the dispatcher's
+    pass (reconciler, goha up) delivers it."""
     import json
 
     import services.worker.tasks as tasks
-    from shared.platform import repository
+    from shared.platform import repository, webhooks
     from shared.platform.models import Tenant
     from shared.platform.storage import LocalStorage
     from tests.webhook_receiver import webhook_receiver
@@ -84,6 +85,8 @@ def test_the_task_posts_the_job_finished_webhook_right_away(worker_env: Settings
             LocalStorage(worker_env.local_storage_dir).put_bytes(key, b"these bytes are not an image")
 
             assert tasks.reenact.apply(args=[job_id]).get() == "failed"
+            assert receiver.requests == []
+            assert webhooks.deliver_pending(db.sessionmaker, worker_env).delivered == [job_id]
 
         (request,) = receiver.requests
         body = json.loads(request.body)
