@@ -13,11 +13,19 @@ code. The port is checked against the ONNX session when it is built (random inpu
 <= ``PORT_TOLERANCE``) and falls back to ONNX Runtime if they ever disagree, so a changed model file
 can never silently change the mark. Detection stays on ONNX Runtime.
 
-Correction. ``Guardrails`` (one per output video) also reads one frame per chunk back with a torch port of
-RivaGAN's *decoder* (``TorchRivaGanDecoder``, checked against ONNX Runtime the same way) and, when a
-payload bit reads back weakly, adds a small gradient-computed correction to the mark of the chunk
-(``MarkRefiner``). RivaGAN alone left one payload in ~15 undetectable after H.264 on the tiny model's
-dark output; see docs/media.md for the numbers.
+Key frames. Even ported, the encoder (~55 ms per frame on a quiet core) cost more than the model (~40 ms).
+``Guardrails`` runs it on one *key frame* per chunk (the middle one), reuses a cached key frame while the
+picture stays close to it (``WatermarkConfig.key_refresh_mad``), and gives every other frame the key's
+mark moved along the dense optical flow from the key to that frame (``_follow_motion``): RivaGAN's mark
+is tied to the picture's content, so a mark left in place on a moved picture is misread, a moved one is
+not. Upsampling and adding the mark is the only work per frame that grows with the frame size.
+
+Correction. ``Guardrails`` also reads the key frame back with a torch port of RivaGAN's *decoder*
+(``TorchRivaGanDecoder``, checked against ONNX Runtime the same way) and, when a payload bit reads back
+weakly, adds a small gradient-computed correction to the key's mark (``MarkRefiner``; bfloat16 where the
+CPU has it natively; at most ``refine_budget_initial`` + ``refine_budget_per_chunk`` per chunk steps per
+video). RivaGAN alone left one payload in ~15 undetectable after H.264 on the tiny model's dark output;
+see docs/media.md for the numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
 from shared.media.label import DEFAULT_CORNER, DEFAULT_TEXT, Corner, LabelStyle, draw_label
@@ -88,15 +97,17 @@ class Guardrails:
     one intra-op thread: frames are independent, so this scales without the barrier waits of splitting
     one frame's convolutions over threads.
 
-    Per chunk: label every frame and compute its RivaGAN residual; read the middle frame back with the
-    decoder (as the verifier will, at the working size) and, if any bit's logit is below
-    ``watermark_config.refine_margin``, correct the mark (``MarkRefiner``); add residual + correction to
-    every frame of the chunk. The correction is kept for the next chunks, so a steady shot is corrected
-    once; after a chunk that read back well the next ``PROBE_SKIP`` chunks are not read back (the
-    verifier averages frames spread over the whole clip, so one weaker chunk does not decide it, and the
-    read-back costs ~1.6 frames' worth of marking). Why: RivaGAN's per-bit strength depends on the picture and the payload; on dark, flat frames
+    Per chunk: label every frame; take the middle frame as the key (a cached key frame within
+    ``key_refresh_mad`` of it, else one encoder pass); read the marked key back with the decoder (as the
+    verifier will, at the working size) and, if any bit's logit is below ``refine_margin``, correct the
+    key's mark (``MarkRefiner``); give every frame the key's mark + correction moved along the optical flow
+    to it. A key's correction is kept with it, and a new key starts from the nearest one's; after a
+    read-back that met the margin, that key's next ``probe_interval`` chunks are not read back (the
+    verifier averages frames spread over the whole clip, so one weaker chunk does not decide it). Why the
+    correction: RivaGAN's per-bit strength depends on the picture and the payload; on dark, flat frames
     (the tiny model's output) a few bits read back near zero and the verifier's vote missed the mark for
-    ~7 % of payloads (docs/media.md). Not thread-safe: one caller at a time.
+    ~7 % of payloads (docs/media.md). ``key_refresh_mad=0`` runs the encoder on every frame (the scheme
+    before key frames). Not thread-safe: one caller at a time.
     """
 
     def __init__(
@@ -111,14 +122,17 @@ class Guardrails:
     ) -> None:
         self.payload = _check_payload(payload)
         self.style = LabelStyle(corner=corner, text=label_text)
+        self.config = watermark_config
         self.watermarker = watermarker_for(watermark_config, engine)
         self.workers = workers
+        self._keys: list[_KeyFrame] = []  # recently used key frames, least recent first
+        self.key_frames = 0  # encoder passes (key frames) so far
         self.refiner = MarkRefiner.create(payload, watermark_config)
         self.correction: np.ndarray | None = None  # working-size (h, w, 3) RGB grey levels
         self.chunks = 0
         self.probes = 0  # chunks read back with the decoder
         self.corrected_chunks = 0  # chunks whose correction had to change (gradient steps taken)
-        self._unprobed = 0  # chunks still to mark without reading back (see PROBE_SKIP)
+        self.unprobed = 0  # chunks still to mark without reading back (per-frame mode)
         self.refine_steps = 0
         self.probe_min_logit: float | None = None  # weakest bit of the last probe, after correction
         self.refine_s = 0.0  # wall seconds spent reading probes back and correcting
@@ -127,37 +141,96 @@ class Guardrails:
         frames = list(frames_rgb)
         if not frames:
             return []
-
-        def prepare(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            labelled = draw_label(frame, style=self.style)
-            return labelled, self.watermarker.residual(labelled, self.payload)
-
-        prepared = self._map(prepare, frames)
+        labelled = self._map(lambda frame: draw_label(frame, style=self.style), frames)
         self.chunks += 1
-        if self._unprobed > 0:
-            self._unprobed -= 1
-        elif self.refiner is not None:
-            started = time.perf_counter()
-            self.probes += 1
-            labelled, residual = prepared[len(prepared) // 2]
-            view = self.watermarker._to_work(self.watermarker.apply_residual(labelled, residual))
-            outcome = self.refiner.refine(view, self.correction)
-            self.refine_s += time.perf_counter() - started
-            self.correction, self.probe_min_logit = outcome.correction, outcome.min_logit
-            if outcome.steps:
-                self.corrected_chunks += 1
-                self.refine_steps += outcome.steps
-            else:
-                self._unprobed = PROBE_SKIP
+        if not self.config.key_refresh_mad > 0:
+            return self._mark_every_frame(labelled)
+        middle = len(labelled) // 2
+        entry = self._key_for(labelled[middle])
+        self.correction = entry.correction
+        self._probe(labelled[middle], entry.residual, entry)
+        entry.correction = self.correction
+        mark = entry.residual if entry.correction is None else entry.residual + entry.correction
+
+        def finish(item: tuple[int, np.ndarray]) -> np.ndarray:
+            index, frame = item
+            # The key frame gets its mark as is; the others get it moved with the picture (below).
+            warped = mark if index == middle else _follow_motion(mark, entry.grey, self._work_grey(frame))
+            return self.watermarker.apply_residual(frame, warped)
+
+        return self._map(finish, list(enumerate(labelled)))
+
+    def _work_grey(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the working size, grey uint8 (what the optical flow compares)."""
+        height, width = frame.shape[:2]
+        size = self.watermarker._work_size(height, width)
+        interpolation = cv2.INTER_AREA if size[0] < width else cv2.INTER_LINEAR
+        return cv2.cvtColor(cv2.resize(frame, size, interpolation=interpolation), cv2.COLOR_RGB2GRAY)
+
+    def _key_for(self, key: np.ndarray) -> _KeyFrame:
+        """The cached key frame nearest to ``key`` if it is within ``key_refresh_mad``, else a new one
+        (one encoder pass) that starts from the nearest one's correction."""
+        view = self.watermarker._to_work(key)
+        nearest, distance = None, float("inf")
+        for entry in self._keys:
+            if entry.view.shape == view.shape:
+                # Mean absolute difference in grey levels ([-1, 1] units are 127.5 grey levels each).
+                drift = float(np.abs(view - entry.view).mean()) * 127.5
+                if drift < distance:
+                    nearest, distance = entry, drift
+        if nearest is not None and distance <= self.config.key_refresh_mad:
+            self._keys.remove(nearest)
+            self._keys.append(nearest)  # most recently used last
+            return nearest
+        entry = _KeyFrame(
+            view=view,
+            grey=self._work_grey(key),
+            residual=self.watermarker.residual(key, self.payload),
+            correction=None if nearest is None else nearest.correction,
+        )
+        self.key_frames += 1
+        self._keys.append(entry)
+        del self._keys[:-KEY_CACHE]
+        return entry
+
+    def _probe(self, key: np.ndarray, residual: np.ndarray, entry: _KeyFrame | None = None) -> None:
+        """Read the marked key frame back (as the verifier will) and correct weak bits, when due."""
+        state: Any = entry if entry is not None else self
+        if state.unprobed > 0:
+            state.unprobed -= 1
+            return
+        if self.refiner is None:
+            return
+        started = time.perf_counter()
+        self.probes += 1
+        view = self.watermarker._to_work(self.watermarker.apply_residual(key, residual))
+        budget = self.config.refine_budget_initial + self.config.refine_budget_per_chunk * self.chunks
+        outcome = self.refiner.refine(
+            view, self.correction, max_steps=max(0, int(budget) - self.refine_steps)
+        )
+        self.refine_s += time.perf_counter() - started
+        self.correction, self.probe_min_logit = outcome.correction, outcome.min_logit
+        if outcome.steps:
+            self.corrected_chunks += 1
+            self.refine_steps += outcome.steps
+        else:
+            state.unprobed = self.config.probe_interval
+
+    def _mark_every_frame(self, labelled: list[np.ndarray]) -> list[np.ndarray]:
+        """``key_refresh_mad`` = 0: the encoder on every frame, the middle frame read back (the scheme
+        before key frames; kept to compare against and for plain per-frame RivaGAN)."""
+        residuals = self._map(lambda frame: self.watermarker.residual(frame, self.payload), labelled)
+        middle = len(labelled) // 2
+        self._probe(labelled[middle], residuals[middle])
         correction = self.correction
 
         def finish(item: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-            labelled, residual = item
+            frame, residual = item
             if correction is not None and correction.shape == residual.shape:
                 residual = residual + correction
-            return self.watermarker.apply_residual(labelled, residual)
+            return self.watermarker.apply_residual(frame, residual)
 
-        return self._map(finish, prepared)
+        return self._map(finish, list(zip(labelled, residuals, strict=True)))
 
     def _map(self, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         if self.workers <= 1 or len(items) <= 1:
@@ -165,10 +238,52 @@ class Guardrails:
         return list(_marking_pool(self.workers).map(function, items))
 
 
-# After a chunk that read back above the margin without correcting, this many chunks reuse the correction
-# unchecked. On 250 frames of the tiny model (chunks of 16) the margin was met in 12-14 of 16 chunks, and
-# probing all of them cost ~1.4 s of the job's ~11 s.
-PROBE_SKIP = 3
+@dataclass
+class _KeyFrame:
+    """A frame the encoder ran on, its working-size mark and the correction that mark needed."""
+
+    view: np.ndarray  # (1, 3, 1, h, w) working image, the network's BGR [-1, 1]
+    grey: np.ndarray  # (h, w) uint8 working image, grey (optical flow)
+    residual: np.ndarray  # (h, w, 3) RGB grey levels
+    correction: np.ndarray | None
+    unprobed: int = 0  # chunks still to mark with it without reading back
+
+
+# Key frames kept per video: a talking head comes back to the same poses, and a returning pose reuses
+# its mark and correction instead of paying the encoder and the read-back again. 8 x ~0.9 MB at 192 px.
+KEY_CACHE = 8
+
+
+_flows = threading.local()
+
+
+def _follow_motion(mark: np.ndarray, key_grey: np.ndarray, frame_grey: np.ndarray) -> np.ndarray:
+    """The key frame's working-size mark moved to where the key's content is in this frame.
+
+    RivaGAN's mark is tied to the picture: its encoder writes, at each pixel, the payload bits that its
+    content-driven attention picks there, and the decoder reads each pixel through the same attention.
+    The key frame's mark left in place on a moved picture is read through the wrong channels: on the tiny
+    model's swaying head (mean absolute difference 4.6 grey levels from the key frame) the weakest bit
+    read -5.8 and 6 of 32 bits flipped; a scikit-image astronaut shifted by 18 px read 5 of 32 bits.
+    Moved along the dense optical flow (DIS, ultrafast preset, at the working size: ~2 ms), the same
+    marks read 32 of 32 with the key frame's margins (measured in docs/media.md).
+    """
+    flow_engine = getattr(_flows, "dis", None)
+    if flow_engine is None:
+        flow_engine = _flows.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    if frame_grey.shape != key_grey.shape:
+        return mark
+    flow = flow_engine.calc(frame_grey, key_grey, None)  # frame(x) ~ key(x + flow(x))
+    height, width = frame_grey.shape
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return cv2.remap(
+        np.ascontiguousarray(mark, dtype=np.float32),
+        grid_x + flow[..., 0],
+        grid_y + flow[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -560,6 +675,17 @@ def _build_decoder(num_threads: int) -> TorchRivaGanDecoder | None:
     return decoder
 
 
+def native_bf16() -> bool:
+    """Does this CPU run bfloat16 convolutions natively (oneDNN, AVX-512 BF16 / AMX)? Elsewhere bfloat16
+    is emulated and slower than float32, so the correction stays in float32 there."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 @dataclass(frozen=True)
 class RefineOutcome:
     correction: np.ndarray | None  # working-size (h, w, 3) RGB grey levels, None when none was needed
@@ -592,6 +718,7 @@ class MarkRefiner:
         self.config = config
         self.decoder = decoder
         self.signs = torch.from_numpy(payload_to_bits(payload).astype(np.float32) * 2.0 - 1.0)
+        self.bf16 = config.refine_bf16 and native_bf16()
 
     @classmethod
     def create(cls, payload: int, config: WatermarkConfig) -> MarkRefiner | None:
@@ -600,9 +727,12 @@ class MarkRefiner:
         decoder = verified_decoder(config.num_threads)
         return None if decoder is None else cls(payload, config, decoder)
 
-    def refine(self, view: np.ndarray, start: np.ndarray | None = None) -> RefineOutcome:
+    def refine(
+        self, view: np.ndarray, start: np.ndarray | None = None, *, max_steps: int | None = None
+    ) -> RefineOutcome:
         """view: (1, 3, 1, h, w) working image of the marked frame (BGR, [-1, 1]); start: the previous
-        chunk's correction ((h, w, 3) RGB grey levels), reused when the size matches."""
+        chunk's correction ((h, w, 3) RGB grey levels), reused when the size matches; ``max_steps``: at
+        most this many steps (and never more than ``refine_max_steps``)."""
         import torch
 
         image = torch.from_numpy(np.ascontiguousarray(view[:, :, 0], dtype=np.float32))
@@ -613,9 +743,11 @@ class MarkRefiner:
         else:
             start, delta = None, torch.zeros_like(image)
         with torch.inference_mode(False), torch.enable_grad():  # also when the caller disabled autograd
-            return self._refine(image, delta, start)
+            return self._refine(image, delta, start, max_steps)
 
-    def _refine(self, image: Any, delta: Any, start: np.ndarray | None) -> RefineOutcome:
+    def _refine(
+        self, image: Any, delta: Any, start: np.ndarray | None, max_steps: int | None = None
+    ) -> RefineOutcome:
         import torch
 
         margin = float(self.config.refine_margin)
@@ -623,14 +755,20 @@ class MarkRefiner:
         target = margin + float(self.config.refine_headroom)
         limit = float(self.config.refine_max_delta) / 127.5
         steps = 0
+        limit_steps = (
+            self.config.refine_max_steps
+            if max_steps is None
+            else min(max_steps, self.config.refine_max_steps)
+        )
         best: tuple[float, Any] | None = None  # (weakest logit, delta) of the best iterate
         while True:
             delta = delta.detach().requires_grad_(True)
-            signed = self.decoder(image + delta)[0] * self.signs
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                signed = self.decoder(image + delta)[0].float() * self.signs
             weakest = float(signed.detach().min())
             if best is None or weakest > best[0]:
                 best = (weakest, delta.detach())
-            if weakest >= (margin if steps == 0 else target) or steps >= self.config.refine_max_steps:
+            if weakest >= (margin if steps == 0 else target) or steps >= limit_steps:
                 break
             deficit = torch.relu(target - signed).sum()
             (gradient,) = torch.autograd.grad(deficit, delta)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from skimage import data
 
 from shared.media import guardrails
 from shared.media.guardrails import DECODER_TOLERANCE, Guardrails, verified_decoder, watermarker_for
@@ -27,7 +28,8 @@ from shared.media.watermark import (
 )
 from tests.media.conftest import FPS, WATERMARK_SECRET, astronaut_motion_frames, dark_head_frames
 
-UNCORRECTED = dataclasses.replace(DEFAULT_CONFIG, refine_margin=0)
+UNCORRECTED = dataclasses.replace(DEFAULT_CONFIG, refine_margin=0, key_refresh_mad=0)  # plain RivaGAN
+KEYED_UNCORRECTED = dataclasses.replace(DEFAULT_CONFIG, refine_margin=0)  # key frames, no correction
 WEAK_JOB = "dark-job-10"  # uncorrected: 25 confident bits after H.264 on dark_head_frames(12), not found
 # Uncorrected 28-29 confident bits there: found, but at the threshold.
 MARGINAL_JOBS = ("dark-job-1", "dark-job-4", "dark-job-5")
@@ -91,7 +93,7 @@ def test_a_decoder_port_that_disagrees_is_not_used(monkeypatch, dark_frames) -> 
     payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
     marker = Guardrails(payload)
     assert marker.refiner is None  # marks plain RivaGAN rather than steering by a wrong decoder
-    plain = Guardrails(payload, watermark_config=UNCORRECTED)
+    plain = Guardrails(payload, watermark_config=KEYED_UNCORRECTED)
     assert all(
         np.array_equal(a, b) for a, b in zip(marker(dark_frames[:2]), plain(dark_frames[:2]), strict=True)
     )
@@ -106,10 +108,87 @@ def test_uncorrected_marking_is_plain_rivagan(dark_frames) -> None:
         np.testing.assert_array_equal(got, watermarker.embed_frame(draw_label(frame), payload))
 
 
+def test_a_chunk_carries_its_key_frames_mark_moved_with_the_picture() -> None:
+    """The encoder runs on the chunk's middle frame only; that frame gets its mark as ``apply_residual``
+    adds it, the others the same mark moved along the optical flow, and every one reads the payload."""
+    frames = astronaut_motion_frames(5)
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    marker = Guardrails(payload, watermark_config=KEYED_UNCORRECTED)
+    watermarker = watermarker_for(KEYED_UNCORRECTED, "torch")
+    marked = marker(frames)
+    assert marker.key_frames == 1
+    key = draw_label(frames[2])
+    np.testing.assert_array_equal(
+        marked[2], watermarker.apply_residual(key, watermarker.residual(key, payload))
+    )
+    for got, frame in zip(marked, frames, strict=True):
+        assert np.abs(got.astype(np.int16) - draw_label(frame).astype(np.int16)).mean() > 0.5  # marked
+        np.testing.assert_array_equal(RivaGanWatermarker().detect_frame(got), payload_to_bits(payload))
+
+
+def test_a_mark_left_in_place_on_a_moved_picture_is_misread_and_following_the_motion_fixes_it() -> None:
+    """Why the mark follows the flow: RivaGAN reads each pixel through content-driven attention."""
+    image = cv2.resize(data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
+    moved = np.roll(image, 18, axis=1)
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    watermarker = watermarker_for(KEYED_UNCORRECTED, "torch")
+    residual = watermarker.residual(image, payload)
+    bits = payload_to_bits(payload)
+    in_place = watermarker.detect_frame(watermarker.apply_residual(moved, residual))
+    assert int((in_place == bits).sum()) < 28
+    grey = [
+        cv2.cvtColor(cv2.resize(x, (192, 192), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        for x in (image, moved)
+    ]
+    followed = guardrails._follow_motion(residual, grey[0], grey[1])
+    np.testing.assert_array_equal(watermarker.detect_frame(watermarker.apply_residual(moved, followed)), bits)
+
+
+def test_a_steady_shot_reuses_its_key_frame_and_a_new_picture_gets_its_own(dark_frames) -> None:
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    marker = Guardrails(payload, watermark_config=KEYED_UNCORRECTED)
+    for start in range(0, 12, 4):
+        marker(dark_frames[start : start + 4])
+    assert marker.chunks == 3 and marker.key_frames == 1  # one encoder pass for the whole steady shot
+    cut = astronaut_motion_frames(4)
+    marked = marker(cut)
+    assert marker.key_frames == 2  # a scene cut: the mark follows the new picture
+    for frame in marked:
+        np.testing.assert_array_equal(RivaGanWatermarker().detect_frame(frame), payload_to_bits(payload))
+    marker(dark_frames[:4])
+    assert marker.key_frames == 2  # the earlier shot comes back: its cached key frame is reused
+
+
+def test_the_cost_does_not_grow_with_the_frame_and_non_square_frames_are_marked() -> None:
+    """Paste-back frames: the portrait's framing (not square, up to 1024 px). The encoder and the
+    read-back run at the working size (short side 192) whatever the frame size."""
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    wide = [
+        cv2.resize(frame, (1024, 576), interpolation=cv2.INTER_AREA) for frame in astronaut_motion_frames(3)
+    ]
+    marker = Guardrails(payload)
+    marked = marker(wide)
+    assert [frame.shape for frame in marked] == [(576, 1024, 3)] * 3
+    assert marker.key_frames == 1 and marker._keys[0].residual.shape == (192, 341, 3)
+    for frame in marked:
+        np.testing.assert_array_equal(RivaGanWatermarker().detect_frame(frame), payload_to_bits(payload))
+
+
+def test_the_correction_budget_bounds_the_steps(dark_frames) -> None:
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    config = dataclasses.replace(DEFAULT_CONFIG, refine_budget_initial=1, refine_budget_per_chunk=1.0)
+    marker = Guardrails(payload, watermark_config=config)
+    marker(dark_frames[:4])
+    assert marker.refine_steps <= 2  # 1 + 1 per chunk marked
+    marker(dark_frames[4:8])
+    assert marker.refine_steps <= 3  # the correction goes on in the next chunk, within the budget
+    assert marker.probes == 2
+
+
 def test_the_correction_lifts_the_weak_bits_and_is_faint(dark_frames) -> None:
     payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
     chunk = dark_frames[:8]
-    plain = Guardrails(payload, watermark_config=UNCORRECTED)(chunk)
+    plain = Guardrails(payload, watermark_config=KEYED_UNCORRECTED)(chunk)
     marker = Guardrails(payload)
     corrected = marker(chunk)
     assert marker.corrected_chunks == 1 and 0 < marker.refine_steps <= DEFAULT_CONFIG.refine_max_steps

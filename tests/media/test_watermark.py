@@ -19,6 +19,7 @@ from shared.media.watermark import (
     payload_for_job,
     payload_to_bits,
     sample_frames,
+    vote_decided,
     vote_logits,
 )
 from tests.media.conftest import JOB_ID, WATERMARK_SECRET, MarkedClip, astronaut_motion_frames, write_av_clip
@@ -53,6 +54,22 @@ def test_bits_round_trip_msb_first() -> None:
 def _logits_for(payload: int, frames: int, magnitude: float) -> np.ndarray:
     signs = payload_to_bits(payload).astype(np.float32) * 2 - 1
     return np.tile(signs * magnitude, (frames, 1))
+
+
+def test_the_vote_is_decided_early_only_when_the_rest_cannot_change_found() -> None:
+    payload = 0x5A5A1234
+    strong = _logits_for(payload, 8, 8.0)
+    assert not vote_decided(strong[:5], 8)  # 3 contrary frames could still break the 0.75 agreement
+    assert vote_decided(strong[:6], 8)  # 6 of 8 agree whatever the last two say, with margin on the mean
+    assert vote_logits(strong[:6]).found
+    weak = _logits_for(payload, 8, 2.5)
+    assert not vote_decided(weak[:7], 8)  # one contrary frame of the same size would pull the mean under 2
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 3.0, (8, 32)).astype(np.float32)
+    decided_at = next(k for k in range(1, 9) if vote_decided(noise[:k], 8))
+    assert decided_at < 8 and not vote_logits(noise[:decided_at]).found  # unmarked: not found, early
+    assert not vote_logits(noise).found  # and the full vote agrees
+    assert vote_decided(noise, 8)  # everything read: decided
 
 
 def test_vote_finds_a_consistent_confident_payload() -> None:
@@ -128,8 +145,10 @@ def test_non_square_and_small_frames() -> None:
 def test_watermark_survives_h264_crf28_and_075_resize(marked_clip: MarkedClip, tmp_path: Path) -> None:
     """The issue's requirement: still verifiable after re-encoding at CRF 28 and a 0.75x resize."""
     expected = payload_for_job(JOB_ID, WATERMARK_SECRET)
-    direct = detect_video(marked_clip.path, max_samples=6)
+    direct = detect_video(marked_clip.path, max_samples=6, early_stop=False)
     assert direct.found and direct.payload == expected and direct.frames_sampled == 6
+    early = detect_video(marked_clip.path, max_samples=6)  # stops once the vote is decided
+    assert early.found and early.payload == expected and 1 <= early.frames_sampled <= 6
 
     attacked = tmp_path / "attacked.mp4"
     reencode(marked_clip.path, attacked, crf=28, scale=0.75)
