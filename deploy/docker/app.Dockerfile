@@ -35,7 +35,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    GOHA_EMBEDDED=false
+    GOHA_EMBEDDED=false \
+    GOHA_PRODUCTION=true
 RUN groupadd --system --gid 10001 goha \
  && useradd --system --uid 10001 --gid goha --home-dir /tmp --shell /usr/sbin/nologin goha
 COPY --from=deps /opt/venv /opt/venv

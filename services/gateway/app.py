@@ -29,6 +29,7 @@ from shared.media.video import DecodeLimits, set_decode_limits
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.logging import configure_logging
+from shared.platform.production import require_production_ready
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings, get_settings
 from shared.platform.storage import ObjectStorage, make_storage
@@ -62,6 +63,7 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. The keyword arguments let tests and the bench share clients they own."""
     settings = settings or get_settings()
+    require_production_ready(settings, "gateway")  # GOHA_PRODUCTION: no embedded default, no placeholder
     # One JSON object per line, uvicorn's lines included (GOHA_LOG_FORMAT=text for a terminal).
     configure_logging(settings.log_level)
     # /v1/verify decodes uploads in this process: every frame is held to the video size limits.

@@ -16,6 +16,7 @@ from shared.media.video import DecodeLimits, set_decode_limits
 from shared.platform.db import Database
 from shared.platform.errors import ConfigurationError
 from shared.platform.mediasandbox import SandboxLimits, check_video
+from shared.platform.production import require_production_ready
 from shared.platform.provenance import load_signing_key
 from shared.platform.settings import Settings
 from shared.platform.storage import make_storage
@@ -70,6 +71,7 @@ def signing_chain(settings: Settings) -> SigningChain:
 
 
 def build_context(settings: Settings) -> PipelineContext:
+    require_production_ready(settings, "worker")  # GOHA_PRODUCTION: no embedded default, no placeholder
     database = Database.from_settings(settings)
     inference = make_inference(settings)
     provenance_key = load_signing_key(settings)

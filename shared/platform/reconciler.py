@@ -36,6 +36,7 @@ from shared.platform.errors import IllegalTransition
 from shared.platform.jobs import JobState, fail_crashed, transition
 from shared.platform.metrics import ENQUEUE_FAILURES, JOBS_REENQUEUED, record_job_failure
 from shared.platform.models import Job, utcnow
+from shared.platform.production import require_production_ready
 from shared.platform.repository import audit, mark_enqueue_failed
 from shared.platform.settings import Settings, get_settings
 
@@ -179,6 +180,7 @@ def reconcile_once(
 def run_forever(settings: Settings, *, once: bool = False) -> None:
     from shared.platform.queue import enqueue_job, make_celery
 
+    require_production_ready(settings, "reconciler")  # GOHA_PRODUCTION: no embedded default, no placeholder
     db = Database.from_settings(settings)
     app = make_celery(settings)
     dispatcher: webhooks.Dispatcher | None = None

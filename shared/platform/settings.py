@@ -3,7 +3,9 @@
 Every field is read from the environment with the ``GOHA_`` prefix (``GOHA_DATABASE_URL``,
 ``GOHA_STORAGE_BACKEND``...). The defaults are the *embedded* mode: one machine, nothing to install —
 a SQLite file, Celery's filesystem transport and a local storage directory, all under ``./var``.
-Production sets PostgreSQL / Redis / S3 URLs and ``GOHA_EMBEDDED=false``.
+Production sets PostgreSQL / Redis / S3 URLs, ``GOHA_EMBEDDED=false`` and ``GOHA_PRODUCTION=true`` (then
+every server process refuses to start on an embedded default, a placeholder or a short secret:
+``shared.platform.production``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Settings(BaseSettings):
 
     # -- mode and places -------------------------------------------------------------------------------
     embedded: bool = True  # single machine: streams results instead of redirecting, may auto-migrate
+    # Production mode (set by the app image, compose and k8s): gateway, worker and reconciler refuse to
+    # start with an embedded default, a placeholder or a short secret (shared.platform.production).
+    production: bool = False
     var_dir: Path = Path("var")  # root of every embedded default below
 
     # -- database --------------------------------------------------------------------------------------

@@ -49,11 +49,18 @@ def main_container(resource: df.Resource) -> dict[str, Any]:
     return spec["containers"][0]
 
 
-def secrets_example() -> tuple[set[str], set[str]]:
-    """Keys of goha-secrets (KEY= lines) and of goha-c2pa (--from-file=KEY=...) in secrets.example.env."""
+def secrets_example() -> tuple[set[str], dict[str, set[str]]]:
+    """Keys of goha-secrets (KEY= lines) and, per file Secret (``create secret generic NAME
+    --from-file=KEY=...``), its keys, from secrets.example.env."""
     text = (df.K8S_DIR / "secrets.example.env").read_text()
     plain = {line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
-    files = set(re.findall(r"--from-file=([A-Za-z0-9_.-]+)=", text))
+    files: dict[str, set[str]] = {}
+    commands = re.split(r"create secret generic ", text.replace("\\\n#", " "))[1:]
+    for command in commands:
+        name = command.split()[0]
+        keys = set(re.findall(r"--from-file=([A-Za-z0-9_.-]+)=", command.split("kubectl")[0]))
+        if keys:
+            files[name] = keys
     return plain, files
 
 
@@ -196,20 +203,53 @@ def test_secret_keys_match_the_documented_template(k8s: list[df.Resource]) -> No
         for ref in auth.doc["spec"]["secretTargetRef"]
     }
     assert keda_keys <= documented
-    # The C2PA files: mounted from goha-c2pa, and every path the settings name is one of its keys.
-    config = df.config_maps(k8s)["goha-config"]
+    # The C2PA files: every path a container's settings name lies in a mounted file Secret holding it.
+    assert set(c2pa_files) == {"goha-c2pa-signer", "goha-c2pa-trust"}
+    maps = df.config_maps(k8s)
+    checked = 0
     for resource, spec in workloads(k8s):
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         for container in df.containers(spec):
-            for mount in container.get("volumeMounts") or []:
-                secret = volumes.get(mount["name"], {}).get("secret")
-                if secret:
-                    assert secret["secretName"] == "goha-c2pa"
-                    for key in ("GOHA_C2PA_CERTIFICATE_CHAIN_PATH", "GOHA_C2PA_PRIVATE_KEY_PATH"):
-                        directory, _, file = config[key].rpartition("/")
-                        assert directory == mount["mountPath"] and file in c2pa_files, (resource, key)
-    _, _, anchors_file = config["GOHA_C2PA_TRUST_ANCHORS_PATH"].rpartition("/")
-    assert anchors_file in c2pa_files
+            mounted = {
+                mount["mountPath"]: volumes[mount["name"]]["secret"]["secretName"]
+                for mount in container.get("volumeMounts") or []
+                if "secret" in volumes.get(mount["name"], {})
+            }
+            assert set(mounted.values()) <= set(c2pa_files), (resource, mounted)
+            if not mounted:
+                continue
+            env = df.container_env(container, maps)
+            for key in (
+                "GOHA_C2PA_CERTIFICATE_CHAIN_PATH",
+                "GOHA_C2PA_PRIVATE_KEY_PATH",
+                "GOHA_C2PA_TRUST_ANCHORS_PATH",
+            ):
+                if key in env:
+                    directory, _, file = env[key].rpartition("/")
+                    assert directory in mounted and file in c2pa_files[mounted[directory]], (resource, key)
+                    checked += 1
+    assert checked >= 4  # worker: chain, key, anchors; gateway: anchors
+
+
+def test_the_gateway_never_holds_the_c2pa_signing_key(k8s: list[df.Resource]) -> None:
+    """Issue 16, item 8: the internet-facing gateway verifies with the trust anchors only; the signer
+    (chain + private key) is a Secret only the workers mount."""
+    maps = df.config_maps(k8s)
+    gateway = by_kind(k8s, "Deployment")["goha-gateway"]
+    spec = df.pod_spec(gateway)
+    assert spec is not None
+    secrets = {v["secret"]["secretName"] for v in spec.get("volumes") or [] if "secret" in v}
+    assert secrets == {"goha-c2pa-trust"}
+    env = df.container_env(main_container(gateway), maps)
+    assert "GOHA_C2PA_PRIVATE_KEY_PATH" not in env and "GOHA_C2PA_CERTIFICATE_CHAIN_PATH" not in env
+    assert env["GOHA_C2PA_TRUST_ANCHORS_PATH"]
+    signer_users = {
+        str(resource)
+        for resource, pod in workloads(k8s)
+        for v in pod.get("volumes") or []
+        if v.get("secret", {}).get("secretName") == "goha-c2pa-signer"
+    }
+    assert signer_users and all("goha-worker" in user for user in signer_users), signer_users
 
 
 def test_volume_mounts_name_declared_volumes(k8s: list[df.Resource]) -> None:
