@@ -53,6 +53,7 @@ from shared.media.hashing import sha256_file
 from shared.media.video import DEFAULT_PRESET, VideoWriter, iter_frame_chunks, probe_video
 from shared.media.watermark import payload_for_job
 from shared.model import cameras
+from shared.platform.erasure import discard_avatar_if_erased
 from shared.platform.errors import PlatformError
 from shared.platform.jobs import JobState, set_result, transition, update_progress
 from shared.platform.leases import DATABASE_UNAVAILABLE_ERRORS, current_result_name
@@ -430,7 +431,7 @@ class ReenactmentPipeline:
             portrait = self.analyzer.analyze_portrait(portrait_rgb)
         self._progress(inputs.job_id, 0, None, stage="reconstructing")
         with _Timer(stats, "reconstruct_s"):
-            planes = self._source_planes(inputs.portrait_sha256, portrait)
+            planes = self._source_planes(inputs, portrait)
         model_version = ctx.inference.model_version()
         payload = payload_for_job(inputs.job_id, ctx.watermark_secret)
         # 512 by default whatever the profile: the watermark survives re-encoding + resizing at that size.
@@ -600,10 +601,10 @@ class ReenactmentPipeline:
         except (OSError, ValueError) as exc:
             raise JobFailure("image_unreadable", f"the portrait cannot be decoded: {exc}") from exc
 
-    def _source_planes(self, portrait_sha256: str, portrait: PortraitAnalysis) -> np.ndarray:
-        """T_c + T_p of the portrait, cached in object storage per (model version, portrait hash)."""
+    def _source_planes(self, inputs: JobInputs, portrait: PortraitAnalysis) -> np.ndarray:
+        """T_c + T_p of the portrait, cached in object storage per (model version, tenant, portrait hash)."""
         version = self.ctx.inference.model_version()
-        cache_key = avatar_cache_key(version, portrait_sha256)
+        cache_key = avatar_cache_key(version, inputs.portrait_sha256, tenant_id=inputs.tenant_id)
         if self.ctx.storage.exists(cache_key):
             try:
                 return np.load(io.BytesIO(self.ctx.storage.get_bytes(cache_key)), allow_pickle=False)
@@ -616,6 +617,8 @@ class ReenactmentPipeline:
         buffer = io.BytesIO()
         np.save(buffer, planes, allow_pickle=False)
         self.ctx.storage.put_bytes(cache_key, buffer.getvalue(), content_type="application/octet-stream")
+        # Erased while this reconstructed (cancelled, then deleted): the entry must not outlive it.
+        discard_avatar_if_erased(self.ctx.session_factory, self.ctx.storage, inputs.job_id, cache_key)
         return planes
 
     def _paste_back(

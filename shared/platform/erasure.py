@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import or_, select
@@ -33,6 +33,7 @@ from shared.platform.models import Asset, Job, utcnow
 from shared.platform.storage import AVATAR_CACHE_PREFIX, ObjectStorage
 
 log = logging.getLogger("goha.erasure")
+ORPHAN_GRACE = dt.timedelta(hours=1)  # objects younger than this are never judged orphans
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,45 @@ def jobs_holding(session: Session, asset: Asset, *, besides: str | None = None) 
     return list(session.scalars(query.order_by(Job.created_at)))
 
 
-def avatar_cache_keys(storage: ObjectStorage, portrait_sha256: str) -> list[str]:
-    """The cached avatars of a portrait, whatever model version computed them: one existence check
-    per model version (a few), not a listing of every cached avatar (many)."""
-    candidates = (
-        f"{version}{portrait_sha256}.npy" for version in storage.list_prefixes(f"{AVATAR_CACHE_PREFIX}/")
-    )
+def avatar_cache_keys(storage: ObjectStorage, portrait_sha256: str, tenant_id: str) -> list[str]:
+    """The tenant's cached avatars of a portrait, whatever model version computed them (and any entry of
+    the earlier layout shared by all tenants): one existence check per model version (a few), not a
+    listing of every cached avatar (many)."""
+    candidates = []
+    for version in storage.list_prefixes(f"{AVATAR_CACHE_PREFIX}/"):
+        candidates += [f"{version}{tenant_id}/{portrait_sha256}.npy", f"{version}{portrait_sha256}.npy"]
     return [key for key in candidates if storage.exists(key)]
 
 
 def _asset_keys(storage: ObjectStorage, asset: Asset) -> list[str]:
     keys = [asset.storage_key]
     if asset.kind == "image":
-        keys += avatar_cache_keys(storage, asset.sha256)
+        keys += avatar_cache_keys(storage, asset.sha256, asset.tenant_id)
     return keys
+
+
+def discard_avatar_if_erased(
+    sessions: Callable[[], Session], storage: ObjectStorage, job_id: str, cache_key: str
+) -> bool:
+    """Called by the worker right after it wrote ``cache_key`` for ``job_id``: when the job's data or
+    its portrait were erased meanwhile (a job cancelled and deleted while it reconstructed), the entry
+    is deleted again and True returned. (An erasure racing this very check is caught by the retention
+    pass's orphan sweep.)"""
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        portrait = job.portrait_asset if job is not None else None
+        erased = (
+            job is None
+            or job.media_deleted_at is not None
+            or portrait is None
+            or portrait.deleted_at is not None
+        )
+    if erased:
+        storage.delete(cache_key)
+        log.info(
+            "avatar cache entry written after an erasure: deleted", extra={"job_id": job_id, "key": cache_key}
+        )
+    return erased
 
 
 def _record(
@@ -188,6 +214,7 @@ class Purge:
     asset_ids: list[str] = field(default_factory=list)
     deleted_keys: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # job or asset id -> error
+    orphan_keys: list[str] = field(default_factory=list)  # objects no record accounts for (swept)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -196,6 +223,7 @@ class Purge:
             "jobs_erased": len(self.job_ids),
             "assets_erased": len(self.asset_ids),
             "objects_deleted": self.deleted_keys,
+            "orphans_deleted": len(self.orphan_keys),
             "failures": self.failures,
             "job_ids": self.job_ids,
             "asset_ids": self.asset_ids,
@@ -212,6 +240,7 @@ def purge_expired(
     older_than: dt.timedelta,
     now: dt.datetime | None = None,
     dry_run: bool = False,
+    orphan_grace: dt.timedelta = ORPHAN_GRACE,
 ) -> Purge:
     """The retention pass: erase the media of every job that finished before ``now - older_than``,
     then every input uploaded before the cutoff that no job holding its media uses (uploads never
@@ -276,4 +305,82 @@ def purge_expired(
         except Exception as exc:
             log.exception("retention: could not erase asset %s", asset_id)
             purge.failures[asset_id] = f"{type(exc).__name__}: {exc}"
+    sweep_orphans(db, storage, purge, now=now, grace=orphan_grace)
     return purge
+
+
+def _orphan_keys(session: Session, objects: list[tuple[str, dt.datetime]], cutoff: dt.datetime) -> list[str]:
+    """Which of ``objects`` (older than ``cutoff``) no live record accounts for."""
+    orphans = []
+    for key, modified in objects:
+        if modified >= cutoff:
+            continue  # a submission or a job may be writing its row right now
+        parts = key.split("/")
+        if parts[0] == "tenants" and len(parts) == 4 and parts[2] == "inputs":
+            live = session.scalar(
+                select(Asset.id).where(
+                    Asset.tenant_id == parts[1], Asset.sha256 == parts[3], Asset.deleted_at.is_(None)
+                )
+            )
+            if live is None:
+                orphans.append(key)  # stored while the database was down at submission, or erased
+        elif parts[0] == "tenants" and len(parts) >= 5 and parts[2] == "jobs":
+            job = session.get(Job, parts[3])
+            if job is None or job.tenant_id != parts[1] or job.media_deleted_at is not None:
+                orphans.append(key)
+            elif JobState(job.state).terminal and job.result_key != key:
+                orphans.append(key)  # a superseded or cancelled claim's output
+        elif key.startswith(f"{AVATAR_CACHE_PREFIX}/") and key.endswith(".npy"):
+            rest = parts[2:]  # after cache/avatars: <version>/<tenant>/<sha>.npy
+            if len(rest) != 3:
+                orphans.append(key)  # the earlier layout, shared across tenants
+                continue
+            live = session.scalar(
+                select(Asset.id).where(
+                    Asset.tenant_id == rest[1],
+                    Asset.sha256 == rest[2].removesuffix(".npy"),
+                    Asset.kind == "image",
+                    Asset.deleted_at.is_(None),
+                )
+            )
+            if live is None:
+                orphans.append(key)  # written after its portrait was erased
+    return orphans
+
+
+def sweep_orphans(
+    db: Database,
+    storage: ObjectStorage,
+    purge: Purge,
+    *,
+    now: dt.datetime | None = None,
+    grace: dt.timedelta = ORPHAN_GRACE,
+) -> None:
+    """Delete the objects no record accounts for (part of the retention pass): inputs whose asset row
+    was never written (the database was down at submission) or was erased, outputs of missing,
+    erased, superseded or cancelled jobs, and cached avatars of portraits that are gone (or in the
+    earlier cross-tenant layout). Only objects older than ``grace`` are judged."""
+    cutoff = (now or utcnow()) - grace
+    for prefix in ("tenants/", f"{AVATAR_CACHE_PREFIX}/"):
+        try:
+            objects = storage.list_objects(prefix)
+            with db.session() as session:
+                orphans = _orphan_keys(session, objects, cutoff)
+        except Exception as exc:
+            log.exception("retention: could not list %s", prefix)
+            purge.failures[prefix] = f"{type(exc).__name__}: {exc}"
+            continue
+        for key in orphans:
+            if not purge.dry_run:
+                try:
+                    storage.delete(key)
+                except Exception as exc:
+                    purge.failures[key] = f"{type(exc).__name__}: {exc}"
+                    continue
+            purge.orphan_keys.append(key)
+    if purge.orphan_keys:
+        log.warning(
+            "retention: %d orphaned objects %s",
+            len(purge.orphan_keys),
+            "found" if purge.dry_run else "deleted",
+        )

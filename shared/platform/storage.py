@@ -52,13 +52,15 @@ def output_key(tenant_id: str, job_id: str, name: str = "result.mp4") -> str:
     return validate_key(f"tenants/{tenant_id}/jobs/{job_id}/{name}")
 
 
-# Source avatars (T_c + T_p of a portrait) cached by the worker: per model version and portrait hash,
-# shared by every tenant that uploads the same bytes.
+# Source avatars (T_c + T_p of a portrait) cached by the worker: per model version, tenant and portrait
+# hash. Never shared across tenants: a cache hit (a fast reconstruct) must not tell one tenant that
+# another uploaded the same face. Entries of the earlier shared layout (<version>/<sha256>.npy) are
+# swept by the retention pass.
 AVATAR_CACHE_PREFIX = "cache/avatars"
 
 
-def avatar_cache_key(model_version: str, portrait_sha256: str) -> str:
-    return validate_key(f"{AVATAR_CACHE_PREFIX}/{model_version}/{portrait_sha256}.npy")
+def avatar_cache_key(model_version: str, portrait_sha256: str, *, tenant_id: str) -> str:
+    return validate_key(f"{AVATAR_CACHE_PREFIX}/{model_version}/{tenant_id}/{portrait_sha256}.npy")
 
 
 @runtime_checkable
@@ -88,6 +90,10 @@ class ObjectStorage(Protocol):
     def presigned_get_url(self, key: str, expires_s: int) -> str: ...
 
     def list_keys(self, prefix: str = "") -> list[str]: ...
+
+    def list_objects(self, prefix: str = "") -> list[tuple[str, dt.datetime]]:
+        """(key, last modified, UTC) of every object under ``prefix``."""
+        ...
 
     def list_prefixes(self, prefix: str) -> list[str]:
         """The "folders" directly under ``prefix`` (which ends in '/'), each ending in '/': one level,
@@ -178,6 +184,12 @@ class LocalStorage:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_objects(self, prefix: str = "") -> list[tuple[str, dt.datetime]]:
+        return [
+            (key, dt.datetime.fromtimestamp((self.root / key).stat().st_mtime, dt.UTC))
+            for key in self.list_keys(prefix)
+        ]
 
     def list_prefixes(self, prefix: str) -> list[str]:
         folder = self.root / validate_key(prefix.rstrip("/"))
@@ -327,6 +339,13 @@ class S3Storage:
         self.ensure_bucket()
         return sorted(
             obj.object_name for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        )
+
+    def list_objects(self, prefix: str = "") -> list[tuple[str, dt.datetime]]:
+        self.ensure_bucket()
+        listed = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return sorted(
+            (obj.object_name, obj.last_modified.astimezone(dt.UTC)) for obj in listed if not obj.is_dir
         )
 
     def list_prefixes(self, prefix: str) -> list[str]:

@@ -45,7 +45,8 @@ def test_deleting_a_finished_job_erases_its_media_and_keeps_its_record(
     assert done["state"] == "succeeded" and "result" in done["links"]
     keys = _job_keys(db, job["id"])
     # What the worker caches per portrait (under two model versions): derived from the face, erased too.
-    avatars = [avatar_cache_key(v, hashlib.sha256(portrait).hexdigest()) for v in ("goha-a", "goha-b")]
+    sha = hashlib.sha256(portrait).hexdigest()
+    avatars = [avatar_cache_key(v, sha, tenant_id=tenant.tenant_id) for v in ("goha-a", "goha-b")]
     for key in avatars:
         storage.put_bytes(key, b"planes")
     assert all(storage.exists(key) for key in [*keys.values(), *avatars] if key)

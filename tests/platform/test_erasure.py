@@ -47,9 +47,9 @@ def _job(db: Database, storage: LocalStorage, *, finish: bool) -> tuple[str, str
             transition(session, job, JobState.CANCELLED, reason="test")
         session.commit()
         portrait = job.portrait_asset
-        job_id, key, sha = job.id, portrait.storage_key, portrait.sha256
+        job_id, key, sha, tenant_id = job.id, portrait.storage_key, portrait.sha256, job.tenant_id
     storage.put_bytes(key, b"portrait bytes")
-    cache = avatar_cache_key("goha-test", sha)
+    cache = avatar_cache_key("goha-test", sha, tenant_id=tenant_id)
     storage.put_bytes(cache, b"planes")
     return job_id, key, cache
 
