@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     s3_access_key: str = "minioadmin"
     s3_secret_key: SecretStr = SecretStr("minioadmin")
     s3_bucket: str = "goha"
-    s3_secure: bool = False
+    s3_secure: bool = False  # TLS to s3_endpoint (the internal connection)
+    # Scheme of presigned URLs (clients reach s3_public_endpoint); None: as s3_secure.
+    s3_public_secure: bool | None = None
     s3_region: str = "us-east-1"  # fixed so presigning never needs a network round trip
     presign_ttl_s: int = 900
 

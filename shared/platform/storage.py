@@ -217,6 +217,7 @@ class S3Storage:
         secure: bool = False,
         region: str = "us-east-1",
         public_endpoint: str | None = None,
+        public_secure: bool | None = None,
     ) -> None:
         import urllib3
         from minio import Minio  # imported here: the embedded mode never needs it
@@ -236,12 +237,19 @@ class S3Storage:
             region=region,
             http_client=http,
         )
-        # Presigning is offline maths; with the region fixed, minio never calls the public endpoint.
-        self._presign_client = (
-            Minio(public_endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
-            if public_endpoint
-            else self._client
-        )
+        # Presigning is offline maths; with the region fixed, minio never calls the public endpoint. Its
+        # scheme is its own (public_secure): a public HTTPS name in front of an internal plain-HTTP store.
+        public_secure = secure if public_secure is None else public_secure
+        if public_endpoint or public_secure != secure:
+            self._presign_client = Minio(
+                public_endpoint or endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=public_secure,
+                region=region,
+            )
+        else:
+            self._presign_client = self._client
         self._bucket_checked = False
 
     @classmethod
@@ -254,6 +262,7 @@ class S3Storage:
             secure=settings.s3_secure,
             region=settings.s3_region,
             public_endpoint=settings.s3_public_endpoint,
+            public_secure=settings.s3_public_secure,
         )
 
     def ensure_bucket(self) -> None:

@@ -526,3 +526,18 @@ def test_monitoring_podmonitors_name_real_ports(k8s: list[df.Resource]) -> None:
         names = {p.get("name") for c in matches[0]["containers"] for p in c.get("ports") or []}
         for endpoint in monitor.doc["spec"]["podMetricsEndpoints"]:
             assert endpoint["port"] in names, f"{monitor.name}: no container port named {endpoint['port']}"
+
+
+def test_presigned_result_urls_are_https(
+    k8s: list[df.Resource], settings_from_env: Callable[[Mapping[str, str]], Settings]
+) -> None:
+    """Issue 16, item 11: the gateway presigns with the public endpoint over https, whatever the
+    internal connection to MinIO speaks."""
+    from shared.platform.storage import S3Storage
+
+    maps = df.config_maps(k8s)
+    gateway = settings_from_env(
+        df.container_env(main_container(by_kind(k8s, "Deployment")["goha-gateway"]), maps)
+    )
+    url = S3Storage.from_settings(gateway).presigned_get_url("tenants/t/jobs/j/result.mp4", 60)
+    assert url.startswith(f"https://{gateway.s3_public_endpoint}/"), url

@@ -102,3 +102,18 @@ def test_local_presign_is_a_file_uri(tmp_path: Path) -> None:
     storage.put_bytes("a/b", b"x")
     assert storage.presigned_get_url("a/b", 10) == (tmp_path / "a" / "b").resolve().as_uri()
     assert not storage.supports_presign
+
+
+@pytest.mark.integration
+def test_presigned_urls_can_be_https_in_front_of_a_plain_http_store(goha_s3_settings: dict[str, Any]) -> None:
+    """Issue 16, item 11: the internal connection speaks plain HTTP to SeaweedFS while the URLs handed
+    to clients are https on the public name (GOHA_S3_PUBLIC_SECURE)."""
+    settings = Settings(**goha_s3_settings, s3_public_endpoint="s3.example.com", s3_public_secure=True)
+    storage = make_storage(settings)
+    key = output_key("tenant-1", "job-1")
+    storage.put_bytes(key, b"video bytes")  # over the internal plain-HTTP endpoint
+    assert storage.get_bytes(key) == b"video bytes"
+    url = storage.presigned_get_url(key, 60)
+    assert url.startswith(f"https://s3.example.com/{settings.s3_bucket}/{key}?"), url
+    plain = make_storage(Settings(**goha_s3_settings, s3_public_endpoint="s3.example.com"))
+    assert plain.presigned_get_url(key, 60).startswith("http://s3.example.com/")  # as s3_secure
