@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
-from shared.model.canonical import LEAKY_SLOPE
 from shared.model.config import COLOUR_CHANNELS, ModelConfig
+from shared.model.constants import LEAKY_SLOPE
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
 from shared.model.triplane import NUM_PLANES, PLANE_NAMES, cell_centres, project_to_planes

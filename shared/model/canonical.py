@@ -20,11 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from shared.model.config import ModelConfig
+from shared.model.constants import LEAKY_SLOPE
 from shared.model.encoders import SegFormerEncoder
 from shared.model.errors import ModelInputError
 from shared.model.triplane import NUM_PLANES
-
-LEAKY_SLOPE = 0.2
 
 
 class PlaneHead(nn.Module):

@@ -22,28 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.model.errors import ConfigError
-
-try:  # The super-resolution module is written in parallel; its config is the one source of truth.
-    from shared.model.superres import SuperResConfig, paper_superres_config, tiny_superres_config
-except ModuleNotFoundError as exc:  # pragma: no cover - only before superres.py exists
-    if exc.name != "shared.model.superres":
-        raise
-
-    @dataclass
-    class SuperResConfig:  # type: ignore[no-redef]
-        in_size: int
-        out_size: int
-        num_style_feat: int = 512
-        channel_multiplier: float = 2
-        narrow: float = 1.0
-        sft_half: bool = True
-
-    def tiny_superres_config() -> SuperResConfig:  # type: ignore[misc]
-        return SuperResConfig(in_size=32, out_size=128, num_style_feat=64, channel_multiplier=1, narrow=0.125)
-
-    def paper_superres_config() -> SuperResConfig:  # type: ignore[misc]
-        return SuperResConfig(in_size=224, out_size=512, num_style_feat=512, channel_multiplier=2, narrow=1.0)
-
+from shared.model.superres import SuperResConfig, paper_superres_config, tiny_superres_config
 
 __all__ = [
     "AppearanceConfig",
@@ -275,7 +254,7 @@ def tiny_config() -> ModelConfig:
     T_p also carries the source's colour lifted at 64² (``colour_resolution``), the planes'
     resolution: E_p's features are 32² only. The decoder outputs RGB only (``feature_channels`` 3):
     the SR reads RGB, so further feature channels would never be trained. The SR is
-    `tiny_superres_config` at half its width (narrow 1/16, 32-d styles).
+    `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64.
     """
     encoder = EncoderConfig(
         hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=64

@@ -29,10 +29,8 @@ from transformers import SegformerConfig, SegformerModel
 from transformers.models.segformer.modeling_segformer import SegformerMLP
 
 from shared.model.config import EncoderConfig
+from shared.model.constants import IMAGENET_MEAN, IMAGENET_STD
 from shared.model.errors import CheckpointError, ModelInputError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def segformer_config(config: EncoderConfig) -> SegformerConfig:

@@ -6,13 +6,10 @@
     T_e = Embed2Plane(E_e(I_exp))                                         expression.py  (§3.3)
     I_{c+e+p} = R_V(T_c + T_p + T_e, C_t);  I_o = SR(I_{c+e+p})          renderer.py, superres.py
 
-Serving splits the computation at the sum: `reconstruct` runs everything that depends on the
-source only (E_c, depth render, E_p, rasterisation, upsampler) once per portrait and returns a
-`SourceAvatar` holding T_c + T_p; `animate` adds each frame's T_e to it, renders and
-super-resolves many frames per call. This is exact because the lifting depth comes from T_c (the
-paper's formulation). With ``appearance.depth_source = "canonical_expression"`` (the released
-code) T_p depends on the frame, so the avatar keeps T_c and the source inputs and `animate`
-recomputes T_p per frame.
+This module holds the network (its branches, the paper's steps and the training forward).
+Serving splits the computation at the sum: `reconstruct` / `animate` live in serving.py (the
+methods of the same names call them) and the per-portrait `SourceAvatar` with its file format in
+avatar.py; both names are re-exported here for callers that import them from this module.
 
 Inputs: images NCHW in [-1, 1] at ``config.image_size``; the keep-mask (B, 1, S, S) is 1 where
 the portrait is kept and 0 on eyes/brows/mouth; cameras are EG3D 25-vectors (cameras.py).
@@ -20,25 +17,33 @@ the portrait is kept and 0 on eyes/brows/mouth; cameras are EG3D 25-vectors (cam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.model import cameras as cams
+from shared.model import serving
 from shared.model.appearance import AppearanceBranch
+from shared.model.avatar import AVATAR_FORMAT, SourceAvatar
 from shared.model.canonical import CanonicalBranch, check_image
 from shared.model.config import ModelConfig, config_hash
-from shared.model.errors import CheckpointError, ModelInputError
+from shared.model.errors import ModelInputError
 from shared.model.expression import ExpressionBranch, LinearExpressionBranch
 from shared.model.renderer import RenderOutput, VolumeRenderer
+from shared.model.serving import AnimationOutput
 from shared.model.superres import SuperResolution
 from shared.model.triplane import sum_planes
 
-AVATAR_FORMAT = "goha-avatar/1"
+__all__ = [
+    "AVATAR_FORMAT",
+    "AnimationOutput",
+    "GOHABatch",
+    "GOHANetwork",
+    "SourceAvatar",
+    "TrainingOutput",
+]
 
 
 @dataclass
@@ -78,116 +83,6 @@ class TrainingOutput:
     @property
     def depth(self) -> Tensor:
         return self.final.depth
-
-
-@dataclass
-class AnimationOutput:
-    low_res: Tensor  # (N, 3, r, r)
-    frames: Tensor | None  # (N, 3, out, out) super-resolved (None when superres=False)
-    depth: Tensor  # (N, 1, r, r)
-    alpha: Tensor  # (N, 1, r, r) accumulated opacity of the render in [0, 1] (0 = background)
-
-
-@dataclass
-class SourceAvatar:
-    """Everything `animate` needs from one or more source portraits (batch B, usually 1).
-
-    Cacheable (default): ``planes`` = T_c + T_p. Otherwise (lifting depth from T_c + T_e):
-    ``canonical`` = T_c plus the source inputs to recompute T_p per frame.
-    """
-
-    model_version: str
-    config_hash: str
-    planes: Tensor | None = None
-    canonical: Tensor | None = None
-    source_image: Tensor | None = None
-    source_mask: Tensor | None = None
-    source_camera: Tensor | None = None
-    appearance_features: Tensor | None = None
-
-    _TENSORS = (
-        "planes",
-        "canonical",
-        "source_image",
-        "source_mask",
-        "source_camera",
-        "appearance_features",
-    )
-
-    @property
-    def cacheable(self) -> bool:
-        return self.planes is not None
-
-    @property
-    def batch_size(self) -> int:
-        tensor = self.planes if self.planes is not None else self.canonical
-        assert tensor is not None
-        return tensor.shape[0]
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {k: getattr(self, k) for k in self._TENSORS if getattr(self, k) is not None}
-
-    def _map(self, fn: Any) -> SourceAvatar:
-        return replace(self, **{k: fn(k, v) for k, v in self.tensors().items()})
-
-    def to(self, *args: Any, **kwargs: Any) -> SourceAvatar:
-        """Like ``Tensor.to`` (dtype and/or device), e.g. ``avatar.to(torch.float16)`` for transport.
-        Cameras always stay float32 (fp16 would shift rays by millimetres)."""
-
-        def move(name: str, t: Tensor) -> Tensor:
-            out = t.to(*args, **kwargs)
-            return out.to(torch.float32) if name == "source_camera" else out
-
-        return self._map(move)
-
-    def detach(self) -> SourceAvatar:
-        return self._map(lambda _, t: t.detach())
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        payload = {
-            "format": AVATAR_FORMAT,
-            "model_version": self.model_version,
-            "config_hash": self.config_hash,
-            "tensors": {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()},
-        }
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        map_location: str | torch.device = "cpu",
-        expected_config_hash: str | None = None,
-        expected_model_version: str | None = None,
-    ) -> SourceAvatar:
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # torch raises several types for foreign/corrupt files
-            raise CheckpointError(
-                "model.avatar_unreadable", f"{path}: not a readable avatar file ({exc})"
-            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != AVATAR_FORMAT:
-            raise CheckpointError("model.avatar_unreadable", f"{path}: not a {AVATAR_FORMAT} file")
-        avatar = cls(
-            model_version=payload["model_version"], config_hash=payload["config_hash"], **payload["tensors"]
-        )
-        if expected_config_hash is not None and avatar.config_hash != expected_config_hash:
-            raise CheckpointError(
-                "model.avatar_mismatch",
-                f"avatar was made by config {avatar.config_hash}, this network is {expected_config_hash}",
-            )
-        if expected_model_version is not None and avatar.model_version != expected_model_version:
-            raise CheckpointError(
-                "model.avatar_mismatch",
-                f"avatar was made by model {avatar.model_version}, this network is {expected_model_version}",
-            )
-        return avatar
 
 
 class GOHANetwork(nn.Module):
@@ -314,7 +209,7 @@ class GOHANetwork(nn.Module):
         generator: torch.Generator | None,
     ) -> RenderOutput:
         """Render of the base planes from the source camera at the lifting resolution (no gradient:
-        positions only select nearest neighbours)."""
+        positions only select nearest neighbours, so always the renderer's inference computation)."""
         with torch.no_grad():
             return self.renderer(
                 base_planes,
@@ -323,6 +218,7 @@ class GOHANetwork(nn.Module):
                 deterministic=deterministic,
                 generator=generator,
                 rgb_only=True,
+                inference=True,
             )
 
     def appearance_planes(
@@ -368,11 +264,20 @@ class GOHANetwork(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
         rgb_only: bool = False,
+        inference: bool | None = None,
     ) -> RenderOutput:
-        """R_V(T, C) (low resolution)."""
+        """R_V(T, C) (low resolution). ``inference``: the renderer's serving computation (no
+        autograd) or its training one; ``None`` = serving exactly when autograd is off
+        (``VolumeRenderer.forward``)."""
         self._check_cameras(cameras, planes.shape[0], "cameras")
         return self.renderer(
-            planes, cameras, resolution, deterministic=deterministic, generator=generator, rgb_only=rgb_only
+            planes,
+            cameras,
+            resolution,
+            deterministic=deterministic,
+            generator=generator,
+            rgb_only=rgb_only,
+            inference=inference,
         )
 
     def super_resolve(
@@ -384,9 +289,9 @@ class GOHANetwork(nn.Module):
             image = self.superres(low_res, generator=generator, deterministic=deterministic)
         return image.to(low_res.dtype)
 
-    def query(self, planes: Tensor, points: Tensor) -> Tensor:
+    def query(self, planes: Tensor, points: Tensor, *, inference: bool | None = None) -> Tensor:
         """Raw decoder output (B, N, 1 + F) at world points; channel 0 is σ (TV loss)."""
-        return self.renderer.query(planes, points)
+        return self.renderer.query(planes, points, inference=inference)
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -398,11 +303,13 @@ class GOHANetwork(nn.Module):
         generator: torch.Generator | None = None,
         intermediate_renders: bool = True,
         return_features: bool = True,
+        inference: bool | None = None,
     ) -> TrainingOutput:
         """All branches at once, renders at the target camera (paper Eq. 2).
 
         ``intermediate_renders=False`` renders only the final image (what inference needs);
-        ``deterministic`` turns off all sampling noise (renderer jitter, SR noise).
+        ``deterministic`` turns off all sampling noise (renderer jitter, SR noise); ``inference``
+        picks the renderer's computation (see `render`; ``True`` only without autograd).
         """
         src, mask, src_cam = batch.source_image, batch.source_mask, batch.source_camera
         self._check_source(src, mask, src_cam)
@@ -428,14 +335,24 @@ class GOHANetwork(nn.Module):
             source_depth = rendered.depth
         source_planes = sum_planes(t_c, t_p)
         planes = sum_planes(source_planes, t_e)
+        # The final render is I_c itself when neither T_e nor T_p is active.
+        canonical_only = t_e is None and t_p is None
 
         def render(p: Tensor, rgb_only: bool = True) -> RenderOutput:
             return self.render(
-                p, batch.target_camera, deterministic=deterministic, generator=generator, rgb_only=rgb_only
+                p,
+                batch.target_camera,
+                deterministic=deterministic,
+                generator=generator,
+                rgb_only=rgb_only,
+                inference=inference,
             )
 
         final = render(planes, rgb_only=not return_features)
-        canonical = final.rgb if planes is t_c else (render(t_c).rgb if intermediate_renders else None)
+        if canonical_only:
+            canonical = final.rgb
+        else:
+            canonical = render(t_c).rgb if intermediate_renders else None
         canonical_expression = None
         if t_e is not None:
             if t_p is None:
@@ -459,7 +376,7 @@ class GOHANetwork(nn.Module):
             planes=planes,
         )
 
-    # --- serving ---------------------------------------------------------------------------------
+    # --- serving (shared/model/serving.py) ------------------------------------------------------
 
     def reconstruct(
         self,
@@ -470,30 +387,12 @@ class GOHANetwork(nn.Module):
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> SourceAvatar:
-        """Source-only work, once per portrait: T_c (+ T_p) → `SourceAvatar`.
+        """Source-only work, once per portrait: T_c (+ T_p) → `SourceAvatar` (``serving.reconstruct``).
 
         Runs under the caller's grad mode; wrap in ``torch.inference_mode()`` for serving.
         """
-        self._check_source(portrait, mask, camera)
-        t_c = self.canonical_planes(portrait, mask)
-        common = {"model_version": self.version_label, "config_hash": self.config_hash}
-        if self.appearance is None:
-            return SourceAvatar(planes=t_c, **common)
-        if self.lifting_is_cacheable:
-            t_p, _ = self.appearance_planes(
-                portrait, mask, camera, t_c, deterministic=deterministic, generator=generator
-            )
-            return SourceAvatar(planes=sum_planes(t_c, t_p), **common)
-        features = None
-        if self.config.appearance.input_mode == "masked_source":
-            features = self.appearance.encode(portrait, mask)
-        return SourceAvatar(
-            canonical=t_c,
-            source_image=portrait,
-            source_mask=mask,
-            source_camera=camera.to(torch.float32),
-            appearance_features=features,
-            **common,
+        return serving.reconstruct(
+            self, portrait, mask, camera, deterministic=deterministic, generator=generator
         )
 
     def animate(
@@ -507,82 +406,17 @@ class GOHANetwork(nn.Module):
         generator: torch.Generator | None = None,
         superres: bool = True,
     ) -> AnimationOutput:
-        """N frames from one avatar (batch 1, broadcast) or N avatars (batch N).
+        """N frames from one avatar (batch 1, broadcast) or N avatars (batch N) (``serving.animate``).
 
         ``expression_renders`` (N, 3, H, W) frontal 3DMM renders I_exp; ``cameras`` (N, 25).
         """
-        if avatar.config_hash != self.config_hash:
-            raise CheckpointError(
-                "model.avatar_mismatch",
-                f"avatar config {avatar.config_hash} != network config {self.config_hash}",
-            )
-        if self.model_version is not None and avatar.model_version != self.model_version:
-            raise CheckpointError(
-                "model.avatar_mismatch",
-                f"avatar model {avatar.model_version} != network model {self.model_version}",
-            )
-        n = cameras.shape[0] if cameras.ndim == 2 else -1
-        self._check_cameras(cameras, n, "cameras")
-        if avatar.batch_size not in (1, n):
-            raise ModelInputError(
-                "model.batch_mismatch", f"avatar batch {avatar.batch_size} must be 1 or N={n}"
-            )
-        for name, t in (
-            ("expression renders", expression_renders),
-            ("coefficients", expression_coefficients),
-        ):
-            if t is not None and t.shape[0] != n:
-                raise ModelInputError("model.batch_mismatch", f"{name} batch {t.shape[0]} != cameras N={n}")
-        dtype = next(self.parameters()).dtype
-        device = cameras.device
-        avatar = avatar.to(device=device, dtype=dtype)
-        low, high, depth, alpha = [], [], [], []
-        step = max(1, self.max_frames_per_chunk)
-        for start in range(0, n, step):
-            sl = slice(start, start + step)
-            count = len(range(n)[sl])
-
-            def pick(t: Tensor | None, sl: slice = sl, count: int = count) -> Tensor | None:
-                if t is None:
-                    return None
-                return t[sl] if t.shape[0] == n and n != 1 else t.expand(count, *t.shape[1:])
-
-            t_e = self.expression_planes(
-                expression_renders[sl].to(dtype) if expression_renders is not None else None,
-                expression_coefficients[sl] if expression_coefficients is not None else None,
-            )
-            if avatar.cacheable:
-                source_planes = pick(avatar.planes)
-            else:
-                t_c = pick(avatar.canonical)
-                assert t_c is not None
-                if self.appearance is None:
-                    source_planes = t_c
-                else:
-                    t_p, _ = self.appearance_planes(
-                        pick(avatar.source_image),  # type: ignore[arg-type]
-                        pick(avatar.source_mask),  # type: ignore[arg-type]
-                        pick(avatar.source_camera),  # type: ignore[arg-type]
-                        t_c + t_e,
-                        deterministic=deterministic,
-                        generator=generator,
-                        features=pick(avatar.appearance_features),
-                    )
-                    source_planes = sum_planes(t_c, t_p)
-            planes = sum_planes(source_planes, t_e)
-            rendered = self.render(
-                planes, cameras[sl], deterministic=deterministic, generator=generator, rgb_only=True
-            )
-            low.append(rendered.rgb)
-            depth.append(rendered.depth)
-            alpha.append(rendered.opacity.clamp(0.0, 1.0))
-            if superres:
-                high.append(
-                    self.super_resolve(rendered.rgb, deterministic=deterministic, generator=generator)
-                )
-        return AnimationOutput(
-            low_res=torch.cat(low),
-            frames=torch.cat(high) if superres else None,
-            depth=torch.cat(depth),
-            alpha=torch.cat(alpha),
+        return serving.animate(
+            self,
+            avatar,
+            expression_renders,
+            cameras,
+            expression_coefficients=expression_coefficients,
+            deterministic=deterministic,
+            generator=generator,
+            superres=superres,
         )

@@ -80,12 +80,17 @@ class TriPlaneDecoder(nn.Module):
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]."""
         return self.from_first_layer(self.net[0](plane_features), feature_channels)
 
-    def from_first_layer(self, first: Tensor, feature_channels: int | None = None) -> Tensor:
-        """The decoder after its first layer: ``first`` = net[0](features) (..., hidden)."""
+    def from_first_layer(
+        self, first: Tensor, feature_channels: int | None = None, *, inference: bool = False
+    ) -> Tensor:
+        """The decoder after its first layer: ``first`` = net[0](features) (..., hidden).
+
+        ``inference=True`` (only without autograd: it updates its output in place) computes the
+        same values channel-major, the faster order for serving."""
         n_out = None if feature_channels is None else 1 + feature_channels
         hidden = self.net[1](first)
-        if not torch.is_grad_enabled():
-            # Inference: compute the output channel-major, (1 + F', N), so the feature rows are
+        if inference:
+            # Compute the output channel-major, (1 + F', N), so the feature rows are
             # contiguous and mapped in place; the caller's concatenation of chunks absorbs the
             # transpose (measured 2x faster than (N, 1 + F') with strided in-place updates).
             weight, bias = self.net[2].effective(n_out)
@@ -344,17 +349,24 @@ class VolumeRenderer(nn.Module):
 
     # -- tri-planes --
 
-    def planes_field(self, planes: Tensor, feature_channels: int | None = None) -> Field:
+    def planes_field(
+        self, planes: Tensor, feature_channels: int | None = None, *, fold_first_layer: bool = False
+    ) -> Field:
+        """The field σ + features at world points of these planes.
+
+        ``fold_first_layer=True`` (inference, no autograd): the decoder's first layer is linear, so
+        it is applied once per texel (3·R² per plane set) instead of once per sample (millions per
+        render) and the table gathers its outputs. Same function up to float rounding (see
+        PlaneTable). Training keeps the plain order, whose backward is the tested one.
+        """
         decoder = self.decoder
-        if not torch.is_grad_enabled():
-            # Inference: the decoder's first layer is linear, so it is applied once per texel
-            # (3·R² per plane set) instead of once per sample (millions per render) and the table
-            # gathers its outputs. Same function up to float rounding (see PlaneTable). Training
-            # keeps the plain order, whose backward is the tested one.
+        if fold_first_layer:
             table = PlaneTable(planes, self.box_warp, linear=decoder.net[0].effective())
 
             def folded(points: Tensor, batch_ids: Tensor) -> Tensor:
-                return decoder.from_first_layer(table.sample(points, batch_ids), feature_channels)
+                return decoder.from_first_layer(
+                    table.sample(points, batch_ids), feature_channels, inference=True
+                )
 
             return folded
         table = PlaneTable(planes, self.box_warp)
@@ -364,9 +376,11 @@ class VolumeRenderer(nn.Module):
 
         return field
 
-    def query(self, planes: Tensor, points: Tensor) -> Tensor:
-        """Raw decoder output (B, N, 1 + F) at world points (B, N, 3), e.g. for the TV loss on σ."""
-        field = self.planes_field(planes)
+    def query(self, planes: Tensor, points: Tensor, *, inference: bool | None = None) -> Tensor:
+        """Raw decoder output (B, N, 1 + F) at world points (B, N, 3), e.g. for the TV loss on σ.
+
+        ``inference``: as in ``forward``."""
+        field = self.planes_field(planes, fold_first_layer=resolve_inference(inference))
         return torch.stack(
             [
                 torch.cat([field(p, b) for p in points[b].split(self.point_chunk)])
@@ -384,18 +398,25 @@ class VolumeRenderer(nn.Module):
         generator: torch.Generator | None = None,
         rgb_only: bool = False,
         skip_empty: bool | None = None,
+        inference: bool | None = None,
     ) -> RenderOutput:
         """Render tri-planes (B, 3, C, R, R) from EG3D cameras (B, 25) at ``resolution``².
 
         ``rgb_only`` decodes σ + RGB only (the other feature channels are never used downstream at
-        inference). ``skip_empty`` defaults to on exactly in deterministic no-grad (inference) calls.
+        inference). ``inference=True`` selects the serving computation (the decoder's first layer
+        folded into the planes, in-place channel-major output; only without autograd), ``False``
+        the training one whose backward is tested; same values up to float rounding. The caller
+        chooses; ``None`` (direct calls that do not say) means "inference exactly when autograd
+        is off" (``resolve_inference``). ``skip_empty`` defaults to on exactly in deterministic
+        inference calls.
         """
         check_planes(planes)
         res = resolution or self.config.resolution
+        inference = resolve_inference(inference)
         if skip_empty is None:
-            skip_empty = deterministic and not torch.is_grad_enabled()
+            skip_empty = deterministic and inference
         origins, directions = cams.generate_rays(cameras.float(), res)  # float32 rays for any plane dtype
-        field = self.planes_field(planes, 3 if rgb_only else None)
+        field = self.planes_field(planes, 3 if rgb_only else None, fold_first_layer=inference)
         rays = self.render_rays(
             field,
             origins,
@@ -409,6 +430,12 @@ class VolumeRenderer(nn.Module):
             image.features = image.features.to(planes.dtype)
             image.rgb = image.features[:, :3]
         return image
+
+
+def resolve_inference(inference: bool | None) -> bool:
+    """The renderer's computation for a caller that did not choose (``None``): the inference one
+    exactly when autograd is off (its in-place updates would break a backward pass)."""
+    return (not torch.is_grad_enabled()) if inference is None else inference
 
 
 def rays_to_image(rays: RayOutput, resolution: int) -> RenderOutput:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model.constants import LEAKY_SLOPE
 from shared.model.errors import CheckpointError
 
-LEAKY_SLOPE = 0.2
 # Gain that keeps the activation variance of a leaky ReLU at ~1 (StyleGAN2's "fused lrelu" gain).
 LEAKY_GAIN = math.sqrt(2.0)
 

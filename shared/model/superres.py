@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model.constants import LEAKY_SLOPE
 from shared.model.errors import ConfigError, ModelInputError
 from shared.model.stylegan2_layers import (
-    LEAKY_SLOPE,
     ConstantInput,
     LoadReport,
     ModelWeightsError,

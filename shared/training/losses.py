@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model.constants import IMAGENET_MEAN, IMAGENET_STD
 from shared.training.errors import TrainingError, WeightsError
 from shared.training.lpips import LPIPS, load_state_file, lpips_at_least, match_state
 
@@ -39,8 +40,6 @@ VGG_LAYER_WEIGHTS: dict[str, float] = {
     "conv4_4": 1.0,
     "conv5_4": 1.0,
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _vgg_layer_names() -> dict[str, int]:
