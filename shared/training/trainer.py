@@ -35,6 +35,9 @@ Determinism: every step seeds its own generators from (seed, rank, step) (data i
 jitter, SR noise, drop-path), and the RNG states are saved too, so a resumed run continues
 exactly like an uninterrupted one.
 
+Layout: this module orchestrates (data, seeding, optimisers, state files, logs, sample grids); the
+maths of a step (its type, its network inputs, the loss it assembles) is in steps.py.
+
 Multi-process: under ``torchrun`` (WORLD_SIZE > 1) the trained module is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPUs); each rank draws its own samples.
 """
@@ -61,7 +64,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.face.morphable import load_procedural_model
-from shared.face.render import render_expression
 from shared.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
 from shared.model.config import ModelConfig, config_from_dict, config_to_dict, get_profile
 from shared.model.discriminator import (
@@ -69,18 +71,41 @@ from shared.model.discriminator import (
     paper_discriminator_config,
     tiny_discriminator_config,
 )
-from shared.model.gan_losses import R1Config, d_logistic_loss, g_nonsaturating_loss, lazy_r1_loss
-from shared.model.network import GOHABatch, GOHANetwork
+from shared.model.gan_losses import R1Config
+from shared.model.network import GOHANetwork
 from shared.training.errors import TrainingError
-from shared.training.losses import (
-    neutral_expression_loss,
-    opacity_loss,
-    perceptual_loss_for_stage,
-    reconstruction_loss,
-    resize_image,
-    tv_density_loss,
+from shared.training.losses import perceptual_loss_for_stage, resize_image
+from shared.training.steps import (
+    dual_pairs,
+    make_batch,
+    source_expression_renders,
+    stage1_loss,
+    stage2_discriminator_loss,
+    stage2_generator_loss,
+    step_kind,
+    tv_due,
 )
 from shared.training.synthetic import PairDataset, collate
+
+__all__ = [  # the step helpers (steps.py) stay importable from here
+    "CSV_FIELDS",
+    "STATE_FORMAT",
+    "VARIANTS",
+    "DistInfo",
+    "PartialLoad",
+    "StepResult",
+    "TrainConfig",
+    "Trainer",
+    "dual_pairs",
+    "init_distributed",
+    "load_partial",
+    "make_batch",
+    "sample_indices",
+    "source_expression_renders",
+    "step_kind",
+    "tv_due",
+    "variant_config",
+]
 
 Variant = Literal["full", "no_appearance", "linear_expression"]
 VARIANTS: tuple[str, ...] = ("full", "no_appearance", "linear_expression")
@@ -150,21 +175,6 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
             config, expression=dataclasses.replace(config.expression, mode="linear", num_bases=num)
         )
     raise TrainingError("training.bad_variant", f"variant must be one of {VARIANTS}, got {variant!r}")
-
-
-def step_kind(step: int, config: TrainConfig) -> str:
-    """Stage-1 step type of an iteration (official-code-notes.md §7 schedule)."""
-    if step < config.expression_from:
-        return "cano"
-    return ("full_src", "full_tar", "coarse", "coarse", "cano", "cano")[step % 6]
-
-
-def tv_due(step: int, kind: str) -> bool:
-    if kind.startswith("full"):
-        return True
-    if kind == "coarse":
-        return step % 4 == 0
-    return step % 6 == 4
 
 
 # --- distributed helpers -------------------------------------------------------------------------
@@ -289,71 +299,6 @@ def load_partial(network: nn.Module, source: dict[str, Tensor]) -> PartialLoad:
 def sample_indices(config: TrainConfig, rank: int, step: int, dataset_size: int) -> list[int]:
     g = torch.Generator().manual_seed(_seed_for(config, rank, step, 1))
     return torch.randint(dataset_size, (config.batch_size,), generator=g).tolist()
-
-
-def source_expression_renders(samples: dict[str, Tensor], size: int, supersample: int = 2) -> Tensor:
-    """I_exp(α, β_source) for ``full_src`` steps (the dataset stores only the target's), rendered
-    like the dataset's own I_exp (pass its ``SyntheticConfig.supersample``)."""
-    model = load_procedural_model()
-    return render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=supersample)
-
-
-def make_batch(
-    samples: dict[str, Tensor],
-    kind: str,
-    network: GOHANetwork,
-    config: TrainConfig,
-    step: int,
-    *,
-    expression_supersample: int = 2,
-) -> tuple[GOHABatch, Tensor]:
-    """The network inputs of one step type and the image it must reproduce."""
-    at_source = kind == "full_src"
-    use_expression = kind in ("full_src", "full_tar", "coarse")
-    use_appearance = (
-        kind.startswith("full") and step >= config.appearance_from and network.appearance is not None
-    )
-    if at_source:
-        expression = (
-            source_expression_renders(samples, network.config.image_size, expression_supersample)
-            if use_expression
-            else None
-        )
-        coefficients, camera, target = (
-            samples["source_beta"],
-            samples["source_camera"],
-            samples["source_image"],
-        )
-    else:
-        expression = samples["expression_image"]
-        coefficients, camera, target = (
-            samples["target_beta"],
-            samples["target_camera"],
-            samples["target_image"],
-        )
-    batch = GOHABatch(
-        source_image=samples["source_image"],
-        source_mask=samples["source_keep"],
-        source_camera=samples["source_camera"],
-        target_camera=camera,
-        expression_render=expression,
-        expression_coefficients=coefficients,
-        use_expression=use_expression,
-        use_appearance=use_appearance,
-        use_superres=False,
-    )
-    return batch, target
-
-
-def dual_pairs(real: Tensor, fake: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
-    """The dual discriminator's 6-channel inputs: [real image, condition] and [SR, condition].
-
-    ``condition`` is the frozen low-res render up-sampled to the SR size, the same for both: it is
-    the SR's input, not something the SR can change, so conditioning real pairs on anything else
-    (EG3D uses the down-and-up-sampled real image) would let D tell real from fake on those three
-    channels alone."""
-    condition = condition.detach()
-    return torch.cat([real, condition], 1).detach(), torch.cat([fake, condition], 1)
 
 
 # --- the trainer -----------------------------------------------------------------------------------
@@ -573,37 +518,9 @@ class Trainer:
         out = self.trained_module(
             batch, generator=generator, intermediate_renders=False, return_features=False
         )
-        pred = out.final.rgb
-        parts: dict[str, float] = {}
-        if kind == "cano":
-            total, parts = neutral_expression_loss(
-                pred,
-                samples["neutral_image"],
-                samples["neutral_mask"],
-                samples["target_image"],
-                samples["target_keep"],
-                self.perceptual,
-                neutral_perceptual_weight=config.neutral_perceptual_weight,
-            )
-        else:
-            l1, perc = reconstruction_loss(pred, target, self.perceptual)
-            total = l1 + perc
-            parts = {"l1": float(l1.detach()), "perceptual": float(perc.detach())}
-        if config.opacity_weight > 0:
-            coverage = samples["source_alpha" if kind == "full_src" else "target_alpha"]
-            alpha = opacity_loss(out.final.opacity, coverage)
-            total = total + config.opacity_weight * alpha
-            parts["alpha"] = float(alpha.detach())
-        if config.tv_weight > 0 and tv_due(step, kind):
-            tv = tv_density_loss(
-                self.network.query,
-                out.planes,
-                box_warp=self.network.config.plane.box_warp,
-                num_points=config.tv_points,
-                generator=generator,
-            )
-            total = total + config.tv_weight * tv
-            parts["tv"] = float(tv.detach())
+        total, parts = stage1_loss(
+            out, samples, target, kind, step, config, self.perceptual, self.network, generator
+        )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters, config.grad_clip)
@@ -630,7 +547,11 @@ class Trainer:
         )
         with torch.no_grad():
             low = self.network(
-                batch, deterministic=True, intermediate_renders=False, return_features=False
+                batch,
+                deterministic=True,
+                intermediate_renders=False,
+                return_features=False,
+                inference=True,
             ).final.rgb
         sr = self.trained_module(low, generator=generator)
         size = sr.shape[-1]
@@ -638,33 +559,20 @@ class Trainer:
         up_low = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
         # Generator (SR) update.
         self.discriminator.requires_grad_(False)
-        l1 = (sr - real).abs().mean()
-        perc = self.perceptual(sr, real)
-        g_gan = g_nonsaturating_loss(self.ddp_discriminator(torch.cat([sr, up_low], 1)))
-        total = l1 + perc + config.gan_weight * g_gan
+        total, parts = stage2_generator_loss(
+            sr, real, up_low, self.perceptual, self.ddp_discriminator, config.gan_weight
+        )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters, config.grad_clip)
         self.optimizer.step()
         # Discriminator update (every iteration in stage 2), lazy R1.
         self.discriminator.requires_grad_(True)
-        real_pair, fake_pair = dual_pairs(real, sr.detach(), up_low)
         self.d_steps += 1
-        r1_due = self.r1.is_due(self.d_steps)
-        if r1_due:
-            real_pair.requires_grad_(True)
-        real_logits = self.ddp_discriminator(real_pair)
-        d_loss = d_logistic_loss(real_logits, self.ddp_discriminator(fake_pair))
-        parts = {
-            "l1": float(l1.detach()),
-            "perceptual": float(perc.detach()),
-            "g_gan": float(g_gan.detach()),
-            "d_loss": float(d_loss.detach()),
-        }
-        if r1_due:
-            r1 = lazy_r1_loss(real_logits, real_pair, self.r1)
-            d_loss = d_loss + r1
-            parts["r1"] = float(r1.detach())
+        d_loss, d_parts = stage2_discriminator_loss(
+            real, sr.detach(), up_low, self.ddp_discriminator, self.r1, self.d_steps
+        )
+        parts.update(d_parts)
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()

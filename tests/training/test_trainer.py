@@ -83,6 +83,7 @@ def test_a_few_steps_on_the_opacity_loss_alone_reduce_it(tiny_data: Path, tmp_pa
 def test_opacity_loss_uses_the_coverage_of_the_rendered_camera(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import shared.training.steps as steps_module
     import shared.training.trainer as trainer_module
 
     trainer = Trainer(
@@ -91,14 +92,14 @@ def test_opacity_loss_uses_the_coverage_of_the_rendered_camera(
     samples = trainer._samples(0)
     samples["source_alpha"] = torch.zeros_like(samples["target_alpha"])  # tell the two apart
     used: list[str] = []
-    original = trainer_module.opacity_loss
+    original = steps_module.opacity_loss
 
     def recording(opacity: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
         assert opacity.shape[1] == 1 and opacity.requires_grad
         used.append("source" if coverage is samples["source_alpha"] else "target")
         return original(opacity, coverage)
 
-    monkeypatch.setattr(trainer_module, "opacity_loss", recording)
+    monkeypatch.setattr(steps_module, "opacity_loss", recording)  # the step maths live in steps.py
     kinds = []
     for step in (6, 7, 8, 10):  # full_src, full_tar, coarse, cano
         trainer.step = step
