@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.platform.jobs import JobState, JobType
+from shared.platform.jobs import OUTPUT_FPS_MAX, OUTPUT_FPS_MIN, JobState, JobType
 
 # -- inputs ----------------------------------------------------------------------------------------------
 
@@ -40,7 +40,12 @@ class JobOptions(BaseModel):
         multiple_of=2,
         description="square output side in pixels (even: H.264 4:2:0) with paste_back=false",
     )
-    output_fps: float | None = Field(None, gt=0.0, le=120.0, description="default: the driving video's rate")
+    output_fps: float | None = Field(
+        None,
+        ge=OUTPUT_FPS_MIN,
+        le=OUTPUT_FPS_MAX,
+        description="frames per second of the result (default: the driving video's rate)",
+    )
     frame_limit: int | None = Field(
         None, ge=1, description="render at most this many frames (orbit: how many)"
     )

@@ -94,6 +94,7 @@ def build_context(settings: Settings) -> PipelineContext:
             chunk_frames=settings.worker_chunk_frames,
             max_missing_face_ratio=settings.max_missing_face_ratio,
             paste_back_max_side=output.paste_back_max_side,
+            allowed_audio_codecs=frozenset(c.lower() for c in settings.allowed_audio_codecs),
             expression_supersample=output.expression_supersample,
         ),
         check_video=lambda path: check_video(path, sandbox),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.worker.errors import JobFailure
+from shared.platform.jobs import OUTPUT_FPS_MAX, OUTPUT_FPS_MIN
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 CORNERS: tuple[str, ...] = ("bottom-right", "bottom-left", "top-right", "top-left")
@@ -72,8 +73,10 @@ class JobOptions:
             raise JobFailure("invalid_options", "output_size must be an even number of pixels >= 64")
         if parsed.frame_limit is not None and parsed.frame_limit < 1:
             raise JobFailure("invalid_options", "frame_limit must be >= 1")
-        if parsed.output_fps is not None and not 1 <= parsed.output_fps <= 60:
-            raise JobFailure("invalid_options", "output_fps must be between 1 and 60")
+        if parsed.output_fps is not None and not OUTPUT_FPS_MIN <= parsed.output_fps <= OUTPUT_FPS_MAX:
+            raise JobFailure(
+                "invalid_options", f"output_fps must be between {OUTPUT_FPS_MIN:g} and {OUTPUT_FPS_MAX:g}"
+            )
         return parsed
 
 

@@ -61,6 +61,7 @@ from shared.platform.logging import log_context
 from shared.platform.metrics import observe_job_run, record_frames, record_job_failure
 from shared.platform.models import Job
 from shared.platform.provenance import complete_provenance
+from shared.platform.settings import DEFAULT_AUDIO_CODECS
 from shared.platform.storage import ObjectStorage, avatar_cache_key, output_key
 
 log = logging.getLogger("goha.worker")
@@ -81,6 +82,19 @@ class PipelineConfig:
     paste_back_max_side: int = DEFAULT_PASTE_BACK_MAX_SIDE  # long side of pasted-back frames
     # I_exp supersampling; None: the training data's factor (training_supersample()).
     expression_supersample: int | None = None
+    # Audio carried into the result only in these codecs (admission refuses others; a clip admitted
+    # before that rule, or under a wider list, gets a silent result instead of another decoder run).
+    allowed_audio_codecs: frozenset[str] = frozenset(DEFAULT_AUDIO_CODECS)
+
+
+def audio_source_for(driving_path: Path, audio_codec: str | None, allowed: frozenset[str]) -> Path | None:
+    """The driving clip as the result's audio source, or None (silent) when its audio codec is not allowed."""
+    if audio_codec is None:
+        return driving_path  # no audio: nothing to carry, nothing decoded
+    if audio_codec.lower() not in allowed:
+        log.warning("audio dropped: codec not allowed", extra={"audio_codec": audio_codec})
+        return None
+    return driving_path
 
 
 @dataclass
@@ -459,7 +473,7 @@ class ReenactmentPipeline:
                 estimate = int(round(info.duration_s * fps))
             total = min(estimate, opts.frame_limit) if opts.frame_limit else estimate
             chunks = self._driving_chunks(driving_path, portrait, opts, fps, stats)
-            audio_source = driving_path
+            audio_source = audio_source_for(driving_path, info.audio_codec, ctx.config.allowed_audio_codecs)
 
         clock.start_loop()
         self._progress(inputs.job_id, 0, total, stage="animating", eta_s=clock.eta(0, total))

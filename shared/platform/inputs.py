@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from shared.platform.errors import (
+    AUDIO_CODEC_NOT_ALLOWED,
     CORRUPT_MEDIA,
     EMPTY_UPLOAD,
     IMAGE_TOO_LARGE,
@@ -33,7 +34,7 @@ from shared.platform.errors import (
     WRONG_MEDIA_KIND,
     InputRejected,
 )
-from shared.platform.settings import Settings
+from shared.platform.settings import DEFAULT_AUDIO_CODECS, Settings
 
 MediaKind = Literal["image", "video"]
 SNIFF_BYTES = 64
@@ -55,6 +56,7 @@ class InputLimits:
     max_video_height: int
     max_video_frames: int
     allowed_video_codecs: frozenset[str]
+    allowed_audio_codecs: frozenset[str] = frozenset(DEFAULT_AUDIO_CODECS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputLimits:
@@ -68,6 +70,7 @@ class InputLimits:
             max_video_height=settings.max_video_height,
             max_video_frames=settings.max_video_frames,
             allowed_video_codecs=frozenset(c.lower() for c in settings.allowed_video_codecs),
+            allowed_audio_codecs=frozenset(c.lower() for c in settings.allowed_audio_codecs),
         )
 
 
@@ -155,8 +158,11 @@ def inspect_image(path: str | os.PathLike[str], sniffed: Sniffed, limits: InputL
     except InputRejected:
         raise
     except Image.DecompressionBombError as exc:  # Pillow refused at open: far beyond any sane limit
+        # Pillow's message quotes its own global limit (178,956,970 pixels); the user's limit is ours.
         raise _reject(
-            IMAGE_TOO_LARGE, f"image refused before decoding: {exc}", max_pixels=limits.max_image_pixels
+            IMAGE_TOO_LARGE,
+            f"image is far larger than the limit of {_pixels(limits.max_image_pixels)}; refused before decoding",
+            max_pixels=limits.max_image_pixels,
         ) from exc
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
         raise _reject(CORRUPT_MEDIA, f"the image could not be decoded (truncated or corrupt): {exc}") from exc
@@ -174,7 +180,7 @@ def _check_image_size(width: int, height: int, limits: InputLimits) -> None:
     if width * height > limits.max_image_pixels:
         raise _reject(
             IMAGE_TOO_LARGE,
-            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}",
+            f"image is {width}x{height} = {width * height:,} pixels; the limit is {_pixels(limits.max_image_pixels)}",
             width=width,
             height=height,
             max_pixels=limits.max_image_pixels,
@@ -186,6 +192,11 @@ def _check_image_size(width: int, height: int, limits: InputLimits) -> None:
             width=width,
             height=height,
         )
+
+
+def _pixels(count: int) -> str:
+    """``25,000,000 pixels (25 MP)``: the platform's limit as users read it."""
+    return f"{count:,} pixels ({count / 1e6:g} MP)"
 
 
 def _rate(stream: Any) -> Fraction | None:
@@ -210,18 +221,12 @@ def inspect_video(path: str | os.PathLike[str], sniffed: Sniffed, limits: InputL
             )
         if not container.streams.video:
             raise _reject(WRONG_MEDIA_KIND, "the file holds no video stream", 415)
+        _check_stream_codecs(container, limits)
         stream = container.streams.video[0]
-        codec = (stream.codec_context.name or "").lower()
+        codec = _codec_name(stream)
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         fps = _rate(stream)
         header_duration = _header_duration(container, stream)
-        if codec not in limits.allowed_video_codecs:
-            raise _reject(
-                VIDEO_CODEC_NOT_ALLOWED,
-                f"video codec {codec!r} is not accepted; use one of {sorted(limits.allowed_video_codecs)}",
-                415,
-                codec=codec,
-            )
         if width <= 0 or height <= 0:
             raise _reject(CORRUPT_MEDIA, "the video stream declares no frame size")
         if width > limits.max_video_width or height > limits.max_video_height:
@@ -280,6 +285,38 @@ def inspect_video(path: str | os.PathLike[str], sniffed: Sniffed, limits: InputL
             codec=codec,
             has_audio=bool(container.streams.audio),
         )
+
+
+def _codec_name(stream: Any) -> str:
+    context = stream.codec_context
+    return ((context.name if context is not None else None) or "").lower()
+
+
+def _check_stream_codecs(container: Any, limits: InputLimits) -> None:
+    """Every video and every audio stream against its allow-list, not only the stream we animate from:
+    a decoder reachable through a second track is attack surface all the same."""
+    for stream in container.streams.video:
+        codec = _codec_name(stream)
+        if codec not in limits.allowed_video_codecs:
+            raise _reject(
+                VIDEO_CODEC_NOT_ALLOWED,
+                f"video stream {stream.index} uses codec {codec!r}, which is not accepted; "
+                f"use one of {sorted(limits.allowed_video_codecs)}",
+                415,
+                codec=codec,
+                stream=stream.index,
+            )
+    for stream in container.streams.audio:
+        codec = _codec_name(stream)
+        if codec not in limits.allowed_audio_codecs:
+            raise _reject(
+                AUDIO_CODEC_NOT_ALLOWED,
+                f"audio stream {stream.index} uses codec {codec!r}, which is not accepted; "
+                f"use one of {sorted(limits.allowed_audio_codecs)} (or remove the audio)",
+                415,
+                codec=codec,
+                stream=stream.index,
+            )
 
 
 def _header_duration(container: Any, stream: Any) -> float | None:

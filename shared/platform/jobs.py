@@ -53,6 +53,12 @@ class JobType(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
+# The output frame rates a job may ask for (options.output_fps): the gateway's schema and the worker's
+# options both hold to these, so nothing the gateway accepts fails in the worker. The gateway also caps
+# it at GOHA_MAX_VIDEO_FPS when that is lower.
+OUTPUT_FPS_MIN = 1.0
+OUTPUT_FPS_MAX = 60.0
+
 # What a running job is doing (jobs.progress_stage), in the order the worker goes through them, with the
 # words clients show. "animating" covers the overlapped frame loop (animate, paste back, mark, encode);
 # "marking" is its tail once every frame has been animated; "encoding" the encoder's flush and the audio.

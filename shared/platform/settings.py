@@ -20,6 +20,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MiB = 1024 * 1024
 
 
+# Audio codecs a driving clip may carry (GOHA_ALLOWED_AUDIO_CODECS); FFmpeg decoder names.
+DEFAULT_AUDIO_CODECS: tuple[str, ...] = (
+    "aac",
+    "mp3",
+    "opus",
+    "vorbis",
+    "flac",
+    "alac",
+    "ac3",
+    "pcm_s16le",
+    "pcm_s16be",
+    "pcm_s24le",
+    "pcm_s24be",
+    "pcm_f32le",
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GOHA_", extra="ignore", validate_default=True)
 
@@ -74,6 +91,9 @@ class Settings(BaseSettings):
     allowed_video_codecs: list[str] = Field(
         default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"]
     )
+    # Every audio stream of a driving clip must use one of these (the worker decodes audio it cannot copy
+    # into the MP4 as is); a clip with any other audio codec is refused at admission.
+    allowed_audio_codecs: list[str] = Field(default_factory=lambda: list(DEFAULT_AUDIO_CODECS))
     max_output_size: int = 1024
     max_form_fields: int = 64
     max_form_field_bytes: int = 64 * 1024  # one text field of a multipart form

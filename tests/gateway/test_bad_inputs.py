@@ -95,6 +95,11 @@ BAD_CASES: dict[str, tuple[Callable[[bytes, bytes], dict[str, object]], int, str
         422,
         "invalid_options",
     ),
+    "output fps under one": (  # passed the gateway and failed in the worker (issue 16)
+        lambda p, d: {"portrait": p, "driving": d, "data": {"output_fps": "0.5"}},
+        422,
+        "invalid_options",
+    ),
     "unknown job type": (
         lambda p, d: {"portrait": p, "driving": d, "data": {"job_type": "deepfake"}},
         422,

@@ -138,3 +138,76 @@ def test_video_limits(tmp_path: Path) -> None:
     with pytest.raises(InputRejected) as caught:
         inspect_media(vp9, strict)
     assert (caught.value.code, caught.value.status) == (errors.VIDEO_CODEC_NOT_ALLOWED, 415)
+
+
+def _write_clip(path: Path, extra: list[tuple[str, str]]) -> Path:
+    """An H.264 clip (64x48, 6 frames at 6 fps) plus extra streams: ("video", codec) / ("audio", codec)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as container:
+        main = container.add_stream("libx264", rate=6)
+        main.width, main.height, main.pix_fmt = 64, 48, "yuv420p"
+        streams: list[tuple[str, object]] = []
+        for kind, codec in extra:
+            if kind == "video":
+                other = container.add_stream(codec, rate=6)
+                other.width, other.height = 64, 48
+                other.pix_fmt = "yuv420p"
+            else:
+                other = container.add_stream(codec, rate=16000)
+                other.layout = "mono"
+            streams.append((kind, other))
+        for index in range(6):
+            image = np.full((48, 64, 3), 40 * index, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in main.encode(frame):
+                container.mux(packet)
+            for kind, other in streams:
+                if kind == "video":
+                    packets = other.encode(frame)  # type: ignore[attr-defined]
+                else:
+                    fmt = other.codec_context.format.name  # type: ignore[attr-defined]
+                    samples = np.zeros((1, 16000 // 6), np.int16 if fmt.startswith("s16") else np.float32)
+                    audio = av.AudioFrame.from_ndarray(samples, format=fmt, layout="mono")
+                    audio.sample_rate, audio.pts = 16000, index * (16000 // 6)
+                    packets = other.encode(audio)  # type: ignore[attr-defined]
+                for packet in packets:
+                    container.mux(packet)
+        for stream in [main] + [s for _, s in streams]:
+            for packet in stream.encode():  # type: ignore[attr-defined]
+                container.mux(packet)
+    return path
+
+
+def test_every_video_stream_is_held_to_the_codec_allow_list(tmp_path: Path) -> None:
+    # The first stream is H.264 (allowed); a second video track in FFV1 is a decoder all the same.
+    clip = _write_clip(tmp_path / "two.mkv", [("video", "ffv1")])
+    refused = _reject(clip)
+    assert (refused.code, refused.status) == (errors.VIDEO_CODEC_NOT_ALLOWED, 415)
+    assert refused.details["codec"] == "ffv1" and refused.details["stream"] == 1
+
+
+def test_unknown_audio_codecs_are_refused_and_known_ones_pass(tmp_path: Path) -> None:
+    odd = _write_clip(tmp_path / "odd-audio.avi", [("audio", "adpcm_ima_wav")])
+    refused = _reject(odd)
+    assert (refused.code, refused.status) == (errors.AUDIO_CODEC_NOT_ALLOWED, 415)
+    assert refused.details["codec"] == "adpcm_ima_wav" and "adpcm_ima_wav" in refused.message
+    fine = _write_clip(tmp_path / "aac.mp4", [("audio", "aac")])
+    info = inspect_media(fine, LIMITS, "video")
+    assert info.has_audio and info.codec == "h264"
+    # The list is a setting: an operator may allow the odd codec.
+    wider = InputLimits.from_settings(
+        Settings(max_video_width=320, max_video_height=240, allowed_audio_codecs=["adpcm_ima_wav"])
+    )
+    assert inspect_media(odd, wider, "video").has_audio
+
+
+def test_a_decompression_bomb_refusal_names_the_platform_limit(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(make_png_bomb(50_000, 50_000))  # beyond Pillow's own limit: refused at open
+    refused = _reject(bomb)
+    assert refused.code == errors.IMAGE_TOO_LARGE
+    assert "1,000,000 pixels (1 MP)" in refused.message
+    assert "178956970" not in refused.message and "178,956,970" not in refused.message
+    assert refused.details["max_pixels"] == 1_000_000
