@@ -5,13 +5,13 @@ worker that only talks to Triton never loads torch:
 
 * `services.inference.client.InferenceClient` - gRPC client (shared memory when colocated)
 * `services.inference.engine.InProcessInference` - same interface, runs the network in-process
-* `services.inference.backend.InferenceBackend` - the protocol both implement; `open_backend`
-  picks one from configuration
+* `services.inference.interface.InferenceBackend` - the protocol both implement, and
+  `AnimateOutput`; `services.inference.backend.open_backend` picks one from configuration
 * `services.inference.server.launch_server` - PyTriton-launched Triton in a subprocess
 * `services.inference.repository` - the model repository for NVIDIA's Triton container
 """
 
-from services.inference.backend import AnimateOutput, InferenceBackend, open_backend
+from services.inference.backend import open_backend
 from services.inference.client import InferenceClient
 from services.inference.errors import (
     InferenceAuthError,
@@ -21,6 +21,7 @@ from services.inference.errors import (
     InferenceServerStartError,
     InferenceUnavailable,
 )
+from services.inference.interface import AnimateOutput, InferenceBackend
 
 __all__ = [
     "AnimateOutput",

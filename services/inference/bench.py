@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.backend import AnimateOutput
 from services.inference.client import InferenceClient
 from services.inference.contract import PLANES, ServingContract
+from services.inference.interface import AnimateOutput
 
 LOGGER = logging.getLogger("services.inference.bench")
 

@@ -28,7 +28,6 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from services.inference.backend import AnimateOutput
 from services.inference.contract import (
     ALPHA,
     ANIMATE_MODEL,
@@ -55,6 +54,7 @@ from services.inference.errors import (
     InferenceServerError,
     InferenceUnavailable,
 )
+from services.inference.interface import AnimateOutput
 
 LOGGER = logging.getLogger(__name__)
 

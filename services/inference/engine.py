@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.backend import AnimateOutput
 from services.inference.contract import (
     CAMERA,
     CAMERAS,
@@ -35,6 +34,7 @@ from services.inference.contract import (
     triton_datatype,
 )
 from services.inference.errors import InferenceInputError, InferenceServerError
+from services.inference.interface import AnimateOutput
 
 LOGGER = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def avatar_planes(avatar: Any) -> Any:
 
 def make_avatar(network: Any, planes: Any) -> Any:
     """A ``SourceAvatar`` around tri-planes received over the wire (made by this network's reconstruct)."""
-    from shared.model.network import SourceAvatar
+    from shared.model.avatar import SourceAvatar
 
     return SourceAvatar(model_version=network.version_label, config_hash=network.config_hash, planes=planes)
 

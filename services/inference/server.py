@@ -61,8 +61,8 @@ from shared.platform.processes import stop_process_group
 if TYPE_CHECKING:
     import numpy as np
 
-    from services.inference.backend import AnimateOutput
     from services.inference.contract import ServingContract
+    from services.inference.interface import AnimateOutput
 
 
 class ServableEngine(Protocol):
