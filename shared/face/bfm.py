@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.face.morphable import NUM_LANDMARKS, MorphableModel, MorphableModelError, load_procedural_model
+from shared.face.head_model import NUM_LANDMARKS, MorphableModel, MorphableModelError, load_procedural_model
 
 REQUIRED_KEYS = ("meanshape", "idBase", "exBase", "tri", "keypoints")
 
