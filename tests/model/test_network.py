@@ -321,3 +321,31 @@ def test_freeze_in_eval_survives_train_calls() -> None:
     assert not any(m.training for m in network.expression.modules())
     network.eval()
     assert not network.superres.training
+
+
+def test_canonical_only_forward_reuses_the_final_render_and_serving_is_re_exported(
+    micro_network: GOHANetwork,
+) -> None:
+    """Without T_e and T_p the final render IS I_c (one render, chosen explicitly); the serving
+    functions behind reconstruct/animate and the avatar type are the same objects as before."""
+    from shared.model import avatar as avatar_module
+    from shared.model import network as network_module
+    from shared.model import serving
+
+    batch = dataclasses.replace(
+        make_batch(micro_network.config), use_expression=False, use_appearance=False, use_superres=False
+    )
+    with torch.no_grad():
+        out = micro_network(batch, deterministic=True)
+    assert out.canonical is out.final.rgb
+    assert out.canonical_expression is None and out.full is None
+    assert network_module.SourceAvatar is avatar_module.SourceAvatar
+    assert network_module.AnimationOutput is serving.AnimationOutput
+    full = make_batch(micro_network.config)
+    with torch.no_grad():
+        by_method = micro_network.reconstruct(full.source_image, full.source_mask, full.source_camera)
+        by_function = serving.reconstruct(
+            micro_network, full.source_image, full.source_mask, full.source_camera
+        )
+    assert by_method.planes is not None and by_function.planes is not None
+    assert torch.equal(by_method.planes, by_function.planes)

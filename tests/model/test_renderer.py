@@ -171,6 +171,29 @@ def test_inference_folds_the_first_decoder_layer_into_the_planes_without_changin
     torch.testing.assert_close(folded.opacity, plain.opacity.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_the_caller_chooses_the_computation_whatever_the_grad_mode() -> None:
+    """``inference=`` decides folded vs plain; only ``None`` follows the grad mode."""
+    torch.manual_seed(1)
+    renderer = make_renderer(feature_channels=6)
+    planes = torch.randn(1, 3, 4, 16, 16)
+    camera = cams.spherical_camera(0.2, -0.1).unsqueeze(0)
+    calls: list[bool] = []
+    original = renderer.planes_field
+
+    def spy(*args: object, fold_first_layer: bool = False, **kwargs: object) -> object:
+        calls.append(fold_first_layer)
+        return original(*args, fold_first_layer=fold_first_layer, **kwargs)  # type: ignore[arg-type]
+
+    renderer.planes_field = spy  # type: ignore[method-assign]
+    with torch.no_grad():
+        plain = renderer(planes, camera, 12, deterministic=True, skip_empty=False, inference=False)
+        folded = renderer(planes, camera, 12, deterministic=True, skip_empty=False, inference=True)
+        renderer(planes, camera, 12, deterministic=True, skip_empty=False)
+    renderer(planes, camera, 12, deterministic=True, skip_empty=False)
+    assert calls == [False, True, True, False]
+    torch.testing.assert_close(folded.features, plain.features, atol=1e-5, rtol=1e-5)
+
+
 def test_equalised_learning_rate_scales_weights_at_run_time() -> None:
     layer = FullyConnectedLayer(16, 4, lr_multiplier=0.5)
     x = torch.randn(3, 16)
