@@ -269,7 +269,7 @@ def shapes_from_config(config: Any, float_datatype: str = "FP32") -> ServingShap
         image_size=int(config.image_size),
         # E_e reads the frontal 3DMM render at the portrait's resolution.
         expr_size=int(config.image_size),
-        plane_channels=int(config.plane.channels),
+        plane_channels=int(config.plane_channels),
         plane_resolution=int(config.plane.resolution),
         low_res_size=int(config.renderer.resolution),
         output_size=int(config.superres.out_size),

@@ -26,7 +26,10 @@
    are lifted at ``colour_resolution`` with the depth rendered there, and
    rasterised (same exact-nearest rule) into the XY plane only, resized to the plane resolution and
    scaled by ``colour_scale`` × a learned per-channel gain (the planes' own values are O(10)); they
-   are added to channels 0..3 of T_p's XY plane.
+   become four channels of T_p's XY plane of their own (XZ / ZY zero there, and T_c / T_e are zero in
+   them: ``ModelConfig.plane_channels``), so the decoder reads the colour unmixed. (Added to T_p's
+   first channels instead, the colour drowned in T_c's values there: 700 steps moved its effect on
+   the render from 0.041 to 0.047 while T_c's channels grew.)
    Only XY: a (near-)frontal portrait projects onto XY one-to-one, while on XZ / ZY whole columns
    of the face collapse onto one texel (the nearest of them wins arbitrarily).
 
@@ -255,7 +258,8 @@ class AppearanceBranch(nn.Module):
 
     @staticmethod
     def add_colour(planes: Tensor, colour: Tensor) -> Tensor:
-        """T_p with the lifted colour (B, 4, R, R) added to channels 0..3 of its XY plane."""
-        k = colour.shape[1]
-        xy = torch.cat([planes[:, 0, :k] + colour, planes[:, 0, k:]], dim=1)
-        return torch.cat([xy.unsqueeze(1), planes[:, 1:]], dim=1)
+        """T_p (B, 3, C, R, R) with the lifted colour (B, 4, R, R) appended as four channels of its
+        own: the colour in the XY plane, zeros in XZ and ZY."""
+        b, _, r, _ = colour.shape
+        blank = colour.new_zeros(b, NUM_PLANES - 1, colour.shape[1], r, r)
+        return torch.cat([planes, torch.cat([colour.unsqueeze(1), blank], dim=1)], dim=2)

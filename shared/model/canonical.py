@@ -23,7 +23,7 @@ from shared.model.config import ModelConfig
 from shared.model.constants import LEAKY_SLOPE
 from shared.model.encoders import SegFormerEncoder
 from shared.model.errors import ModelInputError
-from shared.model.triplane import NUM_PLANES
+from shared.model.triplane import NUM_PLANES, pad_channels
 
 
 class PlaneHead(nn.Module):
@@ -76,6 +76,8 @@ class CanonicalBranch(nn.Module):
             config.plane.channels,
             config.head_upsamples,
         )
+        self.plane_channels = config.plane_channels  # zero beyond plane.channels (T_p's colour)
 
     def forward(self, source: Tensor, keep_mask: Tensor | None) -> Tensor:
-        return self.embedding2plane(self.encoder(source, keep_mask=keep_mask))
+        planes = self.embedding2plane(self.encoder(source, keep_mask=keep_mask))
+        return pad_channels(planes, self.plane_channels)

@@ -113,10 +113,10 @@ class AppearanceConfig:
     depth_source: Literal["canonical", "canonical_expression"] = "canonical"
     upsampler_hidden: int = 128
     mask_erosion: int = 7  # kernel of the keep-mask erosion in "composite" mode
-    # Colour lifting (§3.2: "mapping pixel values from the input image"): the source RGB
-    # and the keep-mask are lifted at this resolution (depth rendered there) and rasterised
-    # into the first four channels of T_p's XY plane, so T_p holds the portrait's real colour at a
-    # finer grid than E_p's features. 0 = off (features only, as the released code).
+    # Colour lifting (§3.2: "mapping pixel values from the input image"): the source RGB and the
+    # keep-mask are lifted at this resolution (depth rendered there) and rasterised into four channels
+    # of T_p's XY plane of their own (``ModelConfig.plane_channels``), so T_p holds the portrait's real
+    # colour at a finer grid than E_p's features. 0 = off (features only, as the released code).
     colour_resolution: int = 0
     # Fixed scale of the lifted colour (× a learned per-channel gain starting at 1): the planes'
     # values are O(10) in the trained tiny model (T_c per-channel std 3-23), and colour in [-1, 1]
@@ -175,6 +175,15 @@ class ModelConfig:
         return self.image_size // self.canonical_encoder.output_stride
 
     @property
+    def plane_channels(self) -> int:
+        """Channels of the summed tri-planes the decoder reads: ``plane.channels``, plus the lifted
+        colour's own ``COLOUR_CHANNELS`` when colour lifting is on. Only T_p writes those (T_c and T_e
+        are zero there), so the decoder reads the source's colour without other planes' values mixed
+        into the same channels."""
+        colour = self.appearance.enabled and self.appearance.colour_resolution > 0
+        return self.plane.channels + (COLOUR_CHANNELS if colour else 0)
+
+    @property
     def head_upsamples(self) -> int:
         """Stride-2 transposed convolutions from the feature map to the plane resolution."""
         return int(round(math.log2(self.plane.resolution / self.feature_resolution)))
@@ -216,13 +225,11 @@ class ModelConfig:
                     f"depth_resolution ({r.depth_resolution}) must equal the encoder feature resolution ({feat})",
                 )
             colour = self.appearance.colour_resolution
-            if colour and (
-                colour % feat or colour > self.image_size or self.plane.channels < COLOUR_CHANNELS
-            ):
+            if colour and (colour % feat or colour > self.image_size):
                 raise ConfigError(
                     "config.appearance",
-                    f"colour_resolution ({colour}) must be a multiple of the feature resolution ({feat}), "
-                    f"at most image_size, with at least {COLOUR_CHANNELS} plane channels",
+                    f"colour_resolution ({colour}) must be a multiple of the feature resolution ({feat}) "
+                    "and at most image_size",
                 )
             want = 6 if self.appearance.input_mode == "composite" else 3
             if self.appearance.encoder.in_channels != want:

@@ -21,7 +21,7 @@ from shared.model.canonical import PlaneHead
 from shared.model.config import ModelConfig
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
-from shared.model.triplane import NUM_PLANES
+from shared.model.triplane import NUM_PLANES, pad_channels
 
 
 class ExpressionBranch(nn.Module):
@@ -37,9 +37,10 @@ class ExpressionBranch(nn.Module):
             config.plane.channels,
             config.head_upsamples,
         )
+        self.plane_channels = config.plane_channels  # zero beyond plane.channels (T_p's colour)
 
     def forward(self, expression_render: Tensor) -> Tensor:
-        return self.embedding2plane(self.encoder(expression_render))
+        return pad_channels(self.embedding2plane(self.encoder(expression_render)), self.plane_channels)
 
 
 class LinearExpressionBranch(nn.Module):
@@ -50,6 +51,7 @@ class LinearExpressionBranch(nn.Module):
         k, c, r = config.expression.num_bases, config.plane.channels, config.plane.resolution
         # Zero bases: training starts from "no expression offset", like an untrained residual.
         self.bases = nn.Parameter(torch.zeros(k, NUM_PLANES, c, r, r))
+        self.plane_channels = config.plane_channels
 
     def forward(self, coefficients: Tensor) -> Tensor:
         if coefficients.ndim != 2 or coefficients.shape[1] != self.bases.shape[0]:
@@ -57,4 +59,5 @@ class LinearExpressionBranch(nn.Module):
                 "model.bad_coefficients",
                 f"expression coefficients must be (B, {self.bases.shape[0]}), got {tuple(coefficients.shape)}",
             )
-        return torch.einsum("bk,kpcij->bpcij", coefficients.to(self.bases.dtype), self.bases)
+        planes = torch.einsum("bk,kpcij->bpcij", coefficients.to(self.bases.dtype), self.bases)
+        return pad_channels(planes, self.plane_channels)

@@ -97,7 +97,7 @@ class GOHANetwork(nn.Module):
             if config.expression.mode == "encoder"
             else LinearExpressionBranch(config)
         )
-        self.renderer = VolumeRenderer(config.renderer, config.plane)
+        self.renderer = VolumeRenderer(config.renderer, config.plane, config.plane_channels)
         self.superres = SuperResolution(config.superres)
         # Set by checkpoint.save_checkpoint / load_checkpoint: "goha-<profile>-<12 hex>".
         self.model_version: str | None = None

@@ -218,11 +218,13 @@ class RenderOutput:
 class VolumeRenderer(nn.Module):
     """Renders tri-planes (or any density field) along camera rays."""
 
-    def __init__(self, config: RendererConfig, plane: PlaneConfig) -> None:
+    def __init__(self, config: RendererConfig, plane: PlaneConfig, channels: int | None = None) -> None:
+        """``channels``: of the planes the decoder reads (default ``plane.channels``; the network passes
+        ``ModelConfig.plane_channels``)."""
         super().__init__()
         self.config = config
         self.box_warp = plane.box_warp
-        self.decoder = TriPlaneDecoder(plane.channels, config)
+        self.decoder = TriPlaneDecoder(channels or plane.channels, config)
         # Performance knobs only (never change results): rays per compositing chunk, points per
         # decoder call.
         self.ray_chunk = 4096

@@ -71,6 +71,14 @@ def sum_planes(*planes: Tensor | None) -> Tensor:
     return total
 
 
+def pad_channels(planes: Tensor, channels: int) -> Tensor:
+    """Tri-planes (B, 3, C, R, R) with zero channels appended up to ``channels``."""
+    extra = channels - planes.shape[2]
+    if extra < 0:
+        raise ModelInputError("model.bad_planes", f"planes have {planes.shape[2]} > {channels} channels")
+    return planes if extra == 0 else F.pad(planes, (0, 0, 0, 0, 0, extra))
+
+
 class PlaneTable:
     """The tri-planes of a batch, padded by one zero texel and laid out channels-last for gathering.
 

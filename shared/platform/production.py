@@ -103,6 +103,9 @@ def production_problems(settings: Settings, role: Role) -> list[str]:
         required=role == "worker" and settings.inference_backend == "triton",
         min_chars=MIN_SECRET_CHARS,
     )
+    problems += _secret(
+        "metrics_token", settings.metrics_token, required=role == "gateway", min_chars=MIN_SECRET_CHARS
+    )
     for name in ("database_url", "broker_url", "result_backend", "rate_limit_redis_url"):
         problems += _url_password(name, getattr(settings, name) or "")
     if role == "worker":

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     triton_url: str = "127.0.0.1:8000"
     inference_backend: Literal["in_process", "triton"] = "in_process"  # embedded default: no server needed
     triton_access_token: SecretStr | None = None  # PyTriton's token for the shared-memory API
+    # Bearer token the gateway's /metrics requires (Authorization: Bearer <token>); Prometheus reads it from
+    # a file (deploy/prometheus). None: /metrics is open (embedded mode); a production gateway requires it.
+    metrics_token: SecretStr | None = None
     morphable_model: str | None = None  # None: the shipped procedural head; else a BFM_model_front.mat path
     # CPU in-process backend only: glibc keeps freed activations for reuse (far fewer page faults, much
     # faster network calls) but the resident size then stays at the largest call's peak.

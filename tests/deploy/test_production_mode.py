@@ -57,6 +57,8 @@ def test_the_env_example_placeholders_are_refused_by_name(
             "GOHA_BROKER_URL",
         ):
             assert f"{name} " in message and "placeholder" in message, (service, name, message)
+        if role == "gateway":
+            assert "GOHA_METRICS_TOKEN is a placeholder" in message
         if role == "worker":
             assert "GOHA_WATERMARK_SECRET is a placeholder" in message
             assert "GOHA_TRITON_ACCESS_TOKEN is a placeholder" in message
@@ -93,6 +95,7 @@ def _strong(**overrides: Any) -> Settings:
         "provenance_signing_key": "k" * 40,
         "watermark_secret": "w" * 32,
         "triton_access_token": "t" * 32,
+        "metrics_token": "m" * 32,
         "inference_backend": "triton",
         "c2pa_certificate_chain_path": "/run/secrets/chain.pem",
         "c2pa_private_key_path": "/run/secrets/signer.key",
@@ -117,6 +120,15 @@ def test_short_secrets_default_credentials_and_the_gateways_private_key_are_name
         == []
     )
     assert production_problems(_strong(), "worker") == []
+
+
+def test_a_production_gateway_needs_a_metrics_token() -> None:
+    """Issue 16 (Low): /metrics is on the internet-facing API port; production never serves it open."""
+    problems = production_problems(_strong(metrics_token=None, c2pa_private_key_path=None), "gateway")
+    assert problems == ["GOHA_METRICS_TOKEN is not set"]
+    short = production_problems(_strong(metrics_token="m" * 8, c2pa_private_key_path=None), "gateway")
+    assert short == ["GOHA_METRICS_TOKEN is shorter than 16 characters"]
+    assert production_problems(_strong(metrics_token=None), "worker") == []  # only the gateway serves it
 
 
 def test_tests_and_the_embedded_mode_are_not_production() -> None:

@@ -164,10 +164,11 @@ def test_colour_lifting_writes_the_source_pixels_into_the_xy_plane_only() -> Non
     # region, which is dark (-1 × keep).
     assert red[14:18, 14:18].min() > 0.99
     assert red[0, 0] < -0.99 and (colour[0, 3] > 0.99).all()
-    planes = torch.zeros(1, 3, cfg.plane.channels, 32, 32)
+    planes = torch.ones(1, 3, cfg.plane.channels, 32, 32)
     added = branch.add_colour(planes, colour)
-    torch.testing.assert_close(added[:, 0, :4], colour)
-    assert added[:, 0, 4:].abs().max() == 0 and added[:, 1:].abs().max() == 0
+    assert added.shape[2] == cfg.plane_channels == cfg.plane.channels + 4
+    torch.testing.assert_close(added[:, 0, -4:], colour)
+    assert added[:, 1:, -4:].abs().max() == 0 and torch.equal(added[:, :, :-4], planes)
 
 
 def test_network_source_colour_reaches_t_p() -> None:
@@ -192,4 +193,7 @@ def test_network_source_colour_reaches_t_p() -> None:
         brighter = (batch.source_image + 0.5).clamp(-1, 1)
         planes_b = network.reconstruct(brighter, batch.source_mask, batch.source_camera).planes
     assert network.lifting_resolution == 32
-    assert (planes_b - planes_a)[:, 0, :3].abs().max() > 0.1
+    assert (planes_b - planes_a)[:, 0, -4:-1].abs().max() > 0.1
+    # The colour's channels are T_p's alone: T_c is zero there.
+    t_c = network.canonical_planes(batch.source_image, batch.source_mask)
+    assert t_c.shape[2] == cfg.plane_channels and t_c[:, :, -4:].abs().max() == 0
