@@ -156,7 +156,7 @@ class Guardrails:
             index, frame = item
             # The key frame gets its mark as is; the others get it moved with the picture (below).
             warped = mark if index == middle else _follow_motion(mark, entry.grey, self._work_grey(frame))
-            return self.watermarker.apply_residual(frame, warped)
+            return add_mark(frame, warped)
 
         return self._map(finish, list(enumerate(labelled)))
 
@@ -203,7 +203,8 @@ class Guardrails:
             return
         started = time.perf_counter()
         self.probes += 1
-        view = self.watermarker._to_work(self.watermarker.apply_residual(key, residual))
+        marked = self.watermarker.apply_residual(key, residual) if entry is None else add_mark(key, residual)
+        view = self.watermarker._to_work(marked)
         budget = self.config.refine_budget_initial + self.config.refine_budget_per_chunk * self.chunks
         outcome = self.refiner.refine(
             view, self.correction, max_steps=max(0, int(budget) - self.refine_steps)
@@ -254,7 +255,21 @@ class _KeyFrame:
 KEY_CACHE = 8
 
 
+def add_mark(frame: np.ndarray, mark: np.ndarray) -> np.ndarray:
+    """``RivaGanWatermarker.apply_residual`` in one OpenCV pass: the working-size mark upsampled
+    (bilinear, the same sample positions) and added with rounding and saturation to uint8. Equal up to
+    exact .5 rounding ties (~4e-6 of the pixels, one grey level); ~10x faster (7 against 77 ms at 512²
+    on the loaded 2-core machine, 19 against 102 ms at 1024x576): it is the marking's only per-frame
+    work that grows with the frame size."""
+    height, width = frame.shape[:2]
+    mark = np.ascontiguousarray(mark, dtype=np.float32)
+    if mark.shape[:2] != (height, width):
+        mark = cv2.resize(mark, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.add(frame, mark, dtype=cv2.CV_8U)
+
+
 _flows = threading.local()
+_grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _follow_motion(mark: np.ndarray, key_grey: np.ndarray, frame_grey: np.ndarray) -> np.ndarray:
@@ -275,7 +290,11 @@ def _follow_motion(mark: np.ndarray, key_grey: np.ndarray, frame_grey: np.ndarra
         return mark
     flow = flow_engine.calc(frame_grey, key_grey, None)  # frame(x) ~ key(x + flow(x))
     height, width = frame_grey.shape
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    if (height, width) not in _grids:  # a few working sizes per process; read-only once made
+        _grids[(height, width)] = tuple(  # type: ignore[assignment]
+            np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        )
+    grid_x, grid_y = _grids[(height, width)]
     return cv2.remap(
         np.ascontiguousarray(mark, dtype=np.float32),
         grid_x + flow[..., 0],

@@ -118,9 +118,9 @@ def test_a_chunk_carries_its_key_frames_mark_moved_with_the_picture() -> None:
     marked = marker(frames)
     assert marker.key_frames == 1
     key = draw_label(frames[2])
-    np.testing.assert_array_equal(
-        marked[2], watermarker.apply_residual(key, watermarker.residual(key, payload))
-    )
+    expected = watermarker.apply_residual(key, watermarker.residual(key, payload))
+    difference = np.abs(marked[2].astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-4  # rounding ties only (add_mark)
     for got, frame in zip(marked, frames, strict=True):
         assert np.abs(got.astype(np.int16) - draw_label(frame).astype(np.int16)).mean() > 0.5  # marked
         np.testing.assert_array_equal(RivaGanWatermarker().detect_frame(got), payload_to_bits(payload))
