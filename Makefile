@@ -7,7 +7,7 @@ PROFILE ?= tiny
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference bench-e2e bench-quality demo clean
+.PHONY: install test test-fast lint bench-model bench-train bench-face bench-gateway bench-worker bench-inference bench-e2e bench-quality bench-watermark demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-inference: install
 
 bench-e2e: install
 	$(PYTHON) -m services.worker.bench --seconds 10 --fps 25
+
+# Watermark robustness (11 attacks, 50 payloads, 1,000 unmarked sets) on the shipped model's output through
+# the worker pipeline, and its cost; slow on 2 cores (docs/media.md gives the duration). Last line JSON.
+bench-watermark: install
+	$(PYTHON) -m shared.media.watermark_bench --payloads 50 --negatives 1000
 
 # The served output's quality (face rate, identity, mouth/yaw following, holdout PSNR); last line JSON.
 bench-quality: install
