@@ -32,6 +32,7 @@ from services.gateway.schemas import (
     CallbackOut,
     ConsentAttestation,
     JobError,
+    JobList,
     JobOptions,
     JobOut,
     Progress,
@@ -39,11 +40,13 @@ from services.gateway.schemas import (
 from services.gateway.uploads import ReceivedFile
 from shared.platform import erasure, repository, webhooks
 from shared.platform.errors import (
+    AMBIGUOUS_JOB_ID,
     ASSET_DELETED,
     CONSENT_REQUIRED,
     IDEMPOTENCY_KEY_REUSED,
     INVALID_OPTIONS,
     INVALID_REQUEST,
+    JOB_ID_TOO_SHORT,
     JOB_NOT_CANCELLABLE,
     MISSING_INPUT,
     TOO_MANY_ACTIVE_JOBS,
@@ -530,6 +533,57 @@ def job_progress(job: Job, fraction: float | None, now: dt.datetime) -> Progress
         stage_text=text,
         eta_s=eta,
     )
+
+
+MIN_JOB_ID_PREFIX = 8  # characters of a job id that name it (the CLI prints 8)
+_JOB_ID_CHARS = frozenset("0123456789abcdef-")
+AMBIGUOUS_SHOWN = 10  # candidates listed in an ambiguous_job_id answer
+
+
+def list_jobs(
+    ctx: GatewayContext,
+    who: Principal,
+    *,
+    state: JobState | None,
+    limit: int,
+    cursor: str | None,
+    id_prefix: str | None,
+) -> JobList:
+    """The tenant's jobs, newest first. ``id_prefix`` names one job by the start of its id: at least
+    ``MIN_JOB_ID_PREFIX`` characters (400 ``job_id_too_short``), matched literally (a character no job
+    id holds matches nothing); a prefix several of the tenant's jobs share is 409 ``ambiguous_job_id``
+    with ``details.job_ids``; none is an empty list. Other tenants' jobs are never matched."""
+    prefix = None
+    if id_prefix is not None:
+        prefix = id_prefix.strip().lower()
+        if len(prefix) < MIN_JOB_ID_PREFIX:
+            raise PlatformError(
+                JOB_ID_TOO_SHORT,
+                f"id_prefix needs at least {MIN_JOB_ID_PREFIX} characters of the job id",
+                status=400,
+                details={"min_length": MIN_JOB_ID_PREFIX},
+            )
+        if not set(prefix) <= _JOB_ID_CHARS:  # no job id holds anything else (nor a LIKE wildcard)
+            return JobList(items=[], next_cursor=None)
+        limit = max(limit, AMBIGUOUS_SHOWN)
+    with ctx.db.session() as session:
+        jobs, next_cursor = repository.list_jobs(
+            session,
+            who.tenant_id,
+            state=state.value if state else None,
+            limit=limit,
+            cursor=cursor,
+            id_prefix=prefix,
+        )
+    if prefix is not None and len(jobs) > 1:
+        shown = [job.id for job in jobs[:AMBIGUOUS_SHOWN]]
+        raise Conflict(
+            AMBIGUOUS_JOB_ID,
+            f"{prefix!r} starts several of your job ids ({', '.join(shown[:3])}...); give more characters",
+            details={"job_ids": shown, "more": next_cursor is not None},
+        )
+    now = utcnow()
+    return JobList(items=[job_to_out(job, ctx.base_url, now) for job in jobs], next_cursor=next_cursor)
 
 
 def job_to_out(job: Job, base_url: str, now: dt.datetime | None = None) -> JobOut:

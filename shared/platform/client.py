@@ -41,7 +41,7 @@ AMBIGUOUS_JOB_ID = "ambiguous_job_id"
 JOB_ID_TOO_SHORT = "job_id_too_short"
 MIN_JOB_ID_PREFIX = 8
 FULL_JOB_ID_LENGTH = 36  # a UUID
-PREFIX_SCAN_JOBS = 1000  # how many of the latest jobs a short id is looked up among
+PREFIX_SCAN_JOBS = 1000  # a gateway without GET /v1/jobs?id_prefix=: how many latest jobs are searched
 CHUNK_BYTES = 1 << 20
 
 # The media type is decided by the gateway from the bytes; this only names the part sensibly.
@@ -239,21 +239,31 @@ class GohaClient:
         return dict(self._request("GET", f"/v1/jobs/{job_id}").json())
 
     def list_jobs(
-        self, *, state: str | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        id_prefix: str | None = None,
     ) -> dict[str, Any]:
-        """One page, newest first: ``{"items": [...], "next_cursor": str | None}``."""
+        """One page, newest first: ``{"items": [...], "next_cursor": str | None}``. ``id_prefix``: only
+        the job whose id starts with it (the gateway answers 409 ``ambiguous_job_id`` when several do)."""
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state
         if cursor:
             params["cursor"] = cursor
+        if id_prefix:
+            params["id_prefix"] = id_prefix
         return dict(self._request("GET", "/v1/jobs", params=params).json())
 
     def resolve_job_id(self, job_id: str) -> str:
         """A full job id for ``job_id``, which may be a unique prefix of at least 8 characters (as the CLI
-        prints ``6f0c1a2b``). Prefixes are matched among the tenant's latest ``PREFIX_SCAN_JOBS`` jobs:
-        ``not_found`` when none matches, ``ambiguous_job_id`` (with the candidates) when several do,
-        ``job_id_too_short`` under 8 characters. A full-length id is returned as it is."""
+        prints ``6f0c1a2b``). The gateway looks the prefix up among all of the tenant's jobs
+        (``GET /v1/jobs?id_prefix=``): ``not_found`` when none matches, ``ambiguous_job_id`` (with the
+        candidates) when several do, ``job_id_too_short`` under 8 characters. A full-length id is
+        returned as it is. A gateway too old to filter (it answers other ids) is searched the old way,
+        among the latest ``PREFIX_SCAN_JOBS`` jobs."""
         job_id = job_id.strip().lower()
         if len(job_id) >= FULL_JOB_ID_LENGTH:
             return job_id
@@ -263,6 +273,25 @@ class GohaClient:
                 JOB_ID_TOO_SHORT,
                 f"give at least {MIN_JOB_ID_PREFIX} characters of the job id, not {job_id!r}",
             )
+        items = self.list_jobs(id_prefix=job_id, limit=10).get("items", [])
+        ids = [str(item["id"]) for item in items]
+        if any(not found.startswith(job_id) for found in ids):
+            matches, scope = self._scan_for_prefix(job_id), f" among your latest {PREFIX_SCAN_JOBS} jobs"
+        else:
+            matches, scope = ids, ""
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ApiError(404, "not_found", f"no job id starts with {job_id!r}{scope}")
+        raise ApiError(
+            409,
+            AMBIGUOUS_JOB_ID,
+            f"{job_id!r} starts several job ids ({', '.join(matches[:5])}); give more characters",
+            details={"job_ids": matches},
+        )
+
+    def _scan_for_prefix(self, job_id: str) -> list[str]:
+        """The ids starting with ``job_id`` among the latest ``PREFIX_SCAN_JOBS`` jobs (old gateways)."""
         matches: list[str] = []
         cursor: str | None = None
         seen = 0
@@ -274,20 +303,7 @@ class GohaClient:
             cursor = page.get("next_cursor")
             if not cursor or len(matches) > 1:
                 break
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise ApiError(
-                404,
-                "not_found",
-                f"no job id starts with {job_id!r} among your latest {PREFIX_SCAN_JOBS} jobs",
-            )
-        raise ApiError(
-            0,
-            AMBIGUOUS_JOB_ID,
-            f"{job_id!r} starts several job ids ({', '.join(matches[:5])}); give more characters",
-            details={"job_ids": matches},
-        )
+        return matches
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())

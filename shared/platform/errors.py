@@ -31,6 +31,8 @@ EMPTY_UPLOAD = "empty_upload"
 MISSING_INPUT = "missing_input"
 CONSENT_REQUIRED = "consent_required"
 INVALID_REQUEST = "invalid_request"
+JOB_ID_TOO_SHORT = "job_id_too_short"  # GET /v1/jobs?id_prefix= under MIN_JOB_ID_PREFIX characters
+AMBIGUOUS_JOB_ID = "ambiguous_job_id"  # GET /v1/jobs?id_prefix= matching several of the tenant's jobs
 INVALID_OPTIONS = "invalid_options"
 INVALID_CALLBACK_URL = "invalid_callback_url"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"

@@ -226,12 +226,21 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
 
 
 def list_jobs(
-    session: Session, tenant_id: str, *, state: str | None = None, limit: int = 20, cursor: str | None = None
+    session: Session,
+    tenant_id: str,
+    *,
+    state: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+    id_prefix: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first; returns the page and the cursor of the next page (None at the end)."""
+    """Newest first; returns the page and the cursor of the next page (None at the end). ``id_prefix``:
+    only jobs whose id starts with it (matched literally: LIKE wildcards in it are escaped)."""
     query = select(Job).where(Job.tenant_id == tenant_id)
     if state is not None:
         query = query.where(Job.state == state)
+    if id_prefix:
+        query = query.where(Job.id.startswith(id_prefix, autoescape=True))
     if cursor:
         created_at, job_id = _decode_cursor(cursor)
         query = query.where(

@@ -131,3 +131,49 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on(
     assert f"goha wait {job_id} -o x.mp4" in err and f"goha cancel {job_id}" in err
     code, out, _ = run_cli(capsys, "status", job_id, "--json", *api(local_gateway))
     assert json.loads(out)["state"] == "queued"  # nothing was cancelled
+
+
+@pytest.mark.integration
+def test_a_short_id_is_found_by_the_gateway_beyond_the_latest_1000_jobs(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Issue 18: the client used to look a short id up among the tenant's latest 1,000 jobs; the gateway
+    now finds it among all of them (GET /v1/jobs?id_prefix=), in one request."""
+    import secrets
+
+    from shared.platform import repository
+    from shared.platform.db import Database
+    from shared.platform.settings import Settings
+    from shared.platform.testing import make_job_for_tests
+    from tests.cli.conftest import serve_gateway
+
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        embedded=True,
+        queue_name=f"goha-cli-{secrets.token_hex(4)}",
+        rate_limit_per_minute=10_000,
+    )
+    with serve_gateway(settings) as gateway:
+        db = Database.from_settings(settings)
+        try:
+            with db.session() as session:
+                tenant = repository.authenticate(session, gateway.api_key).tenant  # type: ignore[union-attr]
+                oldest = make_job_for_tests(session, tenant=tenant).id
+                for _ in range(1000):
+                    make_job_for_tests(session, tenant=tenant)
+                session.commit()
+        finally:
+            db.dispose()
+        requests: list[str] = []
+        real_send = httpx.Client.send
+
+        def counting_send(self: httpx.Client, request: httpx.Request, **kwargs: object) -> httpx.Response:
+            requests.append(str(request.url))
+            return real_send(self, request, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(httpx.Client, "send", counting_send)
+        code, out, err = run_cli(capsys, "status", oldest[:8], *api(gateway))
+    assert code == 0, err
+    assert dict(line.split(None, 1) for line in out.strip().splitlines())["job"] == oldest
+    lookups = [url for url in requests if "/v1/jobs?" in url]
+    assert len(lookups) == 1 and f"id_prefix={oldest[:8]}" in lookups[0], requests

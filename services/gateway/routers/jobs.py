@@ -141,15 +141,16 @@ def list_jobs(
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            max_length=36,
+            description="only the job whose id starts with this (at least 8 characters, as the CLI prints "
+            "ids); 409 ambiguous_job_id when several of your jobs match, 400 job_id_too_short under 8",
+        ),
+    ] = None,
 ) -> JobList:
-    with ctx.db.session() as session:
-        jobs, next_cursor = repository.list_jobs(
-            session, who.tenant_id, state=state.value if state else None, limit=limit, cursor=cursor
-        )
-    now = utcnow()
-    return JobList(
-        items=[service.job_to_out(job, ctx.base_url, now) for job in jobs], next_cursor=next_cursor
-    )
+    return service.list_jobs(ctx, who, state=state, limit=limit, cursor=cursor, id_prefix=id_prefix)
 
 
 @router.get(
