@@ -12,11 +12,14 @@ Starts, all on 127.0.0.1:
 - one Celery worker (``celery -A services.worker.tasks worker``) on Celery's filesystem broker;
 
 with SQLite, the broker folder, local object storage, the provenance key and the C2PA dev chain all
-under ``var_dir``. Migrations run first; a tenant (``demo``) gets a fresh API key for this session,
-revoked again when the stack stops. One stack per ``var_dir`` (a lock file says so). Jobs a previous
+under ``var_dir``. Migrations run first; a tenant (``demo``) gets one stable API key, kept in
+``<var_dir>/api.key`` (mode 0600) and reused by every later start while it is still valid (not revoked,
+its tenant enabled), so a page or script that saved it keeps working across restarts; a revoked or
+missing key is replaced by a fresh one. One stack per ``var_dir`` (a lock file says so). Jobs a previous
 session left ``running`` (stopped mid-job: the filesystem broker cannot redeliver an unacknowledged
 message) are handed back to ``queued`` and published again, and ``serve_forever`` runs the reconciler. Every child runs in its own session (process group) and gets
-SIGTERM when this process dies; ``stop`` sends SIGTERM to each group, then SIGKILL after a grace period.
+SIGTERM when this process dies; ``stop`` sends SIGTERM to the worker and the gateway together, then
+to Triton, all within one grace period (``stop_grace_s``, 15 s): what is left at its end is SIGKILLed.
 Logs: ``<var_dir>/logs/{triton,gateway,worker}.log``.
 """
 
@@ -52,6 +55,10 @@ CHECKPOINT_MISSING = "checkpoint_missing"
 PORT_IN_USE = "port_in_use"
 STACK_ALREADY_RUNNING = "stack_already_running"
 SESSION_KEY_LABEL = "embedded-session"
+KEY_FILE_NAME = "api.key"  # the stack's stable API key, 0600, under var_dir
+TRITON_STOP_SHARE_S = 5.0  # of the stop grace, kept for Triton after the worker and the gateway
+STOP_MARGIN_S = 2.0  # of the stop grace, for SIGKILL, reaping, cleanup and the process's own exit
+TRITON_KILL_GRACE_S = 0.1  # launch_server's own grace at exit: stop() has given Triton its share already
 
 # GOHA_* variables the stack decides itself; a user's values for these would point the children at
 # other servers, so they are replaced (every other GOHA_* knob passes through to the children).
@@ -245,25 +252,54 @@ class EmbeddedStack:
                         LOGGER.warning("reconciler pass failed: %s", exc)
                 time.sleep(poll_s)
         finally:
-            dispatcher.stop()
+            # Idle, it stops at once; a delivery in flight keeps its claim and is retried after it lapses
+            # (the thread is a daemon): stopping must fit the stop grace.
+            dispatcher.stop(timeout_s=1.0)
             database.dispose()
 
-    def stop(self) -> None:
-        """Stop worker, gateway and Triton (SIGTERM, then SIGKILL per process group); idempotent."""
+    def stop(self, *, requested_at: float | None = None) -> None:
+        """Stop worker, gateway and Triton within ``stop_grace_s`` in all, counted from ``requested_at``
+        (``time.monotonic()`` of the Ctrl-C; default now); idempotent.
+
+        SIGTERM goes to the worker and the gateway together (the worker does not need the gateway), then,
+        once the worker is gone, to Triton (a running step must not lose its model server). One deadline
+        covers all three: Triton keeps at least ``TRITON_STOP_SHARE_S`` of it, and whatever still runs
+        at its end is SIGKILLed with its process group. Timings: ``stop_s`` and ``stop_<part>_s``.
+        """
         if not self._started:
             return
         began = time.perf_counter()
-        # The worker first: it must not lose Triton or the database under a running step.
-        for name in ("worker", "gateway"):
-            process = self._processes.pop(name, None)
-            if process is not None:
-                stop_process_group(process, self.stop_grace_s, name=name)
+        start = time.monotonic() if requested_at is None else min(requested_at, time.monotonic())
+        deadline = start + max(self.stop_grace_s - STOP_MARGIN_S, 0.0)
+        triton_share = min(TRITON_STOP_SHARE_S, self.stop_grace_s / 3)
+        parts = {name: self._processes.pop(name) for name in ("worker", "gateway") if name in self._processes}
+        for name, process in parts.items():
+            if process.poll() is None:
+                if name == "worker":
+                    # The Celery main process only: it shuts its pool down in order (a SIGTERM straight to
+                    # a prefork child is a lost worker, and Celery waits for it). The group is killed below.
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(signal.SIGTERM)
+                else:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGTERM)
+        for name, process in parts.items():
+            _wait_until(process, deadline - triton_share)
+            stop_process_group(process, 0.0, name=name)  # SIGKILL whatever is left of its group; reap
+            self.timings[f"stop_{name}_s"] = round(time.perf_counter() - began, 2)
         self.env_file.unlink(missing_ok=True)
         try:
-            self._exit_stack.close()  # Triton: launch_server's own SIGTERM/SIGKILL and workspace cleanup
+            if self.triton is not None:
+                pid = int(self.triton.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)  # PyTriton's leader stops tritonserver and its proxies
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            # launch_server's exit: SIGKILL of Triton's session after its (short) grace, workspace cleanup.
+            self._exit_stack.close()
+            self.timings["stop_triton_s"] = round(time.perf_counter() - began, 2)
         finally:
             self.triton = None
-            self._revoke_session_key()
             shutil.rmtree(self.var_dir / "run", ignore_errors=True)
             self._unlock_var_dir()
             self._started = False
@@ -328,14 +364,36 @@ class EmbeddedStack:
             except PlatformError as exc:
                 if exc.code != "tenant_exists":
                     raise
-            row, key = admin.create_key(database, self.tenant, label=SESSION_KEY_LABEL)
+            self.api_key, self.api_key_prefix = self._stable_key(database)
         finally:
             database.dispose()
-        self.api_key, self.api_key_prefix = key, row.prefix
         # Published before the worker starts: it finds the messages in the broker folder.
         recovered = recover_jobs(settings, hand_back_running=True)
         if recovered:
             self.announce(f"re-queued {len(recovered)} job(s) left unfinished by an earlier session")
+
+    @property
+    def key_file(self) -> Path:
+        """The stack's API key (mode 0600): reused across restarts while the database accepts it."""
+        return self.var_dir / KEY_FILE_NAME
+
+    def _stable_key(self, database: Any) -> tuple[str, str]:
+        """The key saved in ``key_file`` if it still authenticates as this stack's tenant, else a new one
+        (saved there). Returns (key, prefix)."""
+        from shared.platform import admin, repository
+
+        saved = _read_key_file(self.key_file)
+        if saved:
+            with database.session() as session:
+                row = repository.authenticate(session, saved)
+                tenant = repository.find_tenant(session, self.tenant) if row is not None else None
+                if row is not None and tenant is not None and row.tenant_id == tenant.id:
+                    os.chmod(self.key_file, 0o600)  # a copy restored with wider permissions is tightened
+                    return saved, row.prefix
+            LOGGER.info("the saved API key in %s is no longer valid; making a new one", self.key_file)
+        row, key = admin.create_key(database, self.tenant, label=SESSION_KEY_LABEL)
+        _write_private(self.key_file, key + "\n")
+        return key, row.prefix
 
     def _start_triton(self) -> None:
         from services.inference.server import launch_server
@@ -348,6 +406,8 @@ class EmbeddedStack:
                 profile=self.profile,
                 threads=self.triton_threads,
                 startup_timeout_s=self.startup_timeout_s,
+                # stop() has already given Triton its share of the grace: launch_server only SIGKILLs.
+                stop_grace_s=TRITON_KILL_GRACE_S,
                 log_path=self.log_path("triton"),
             )
         )
@@ -445,24 +505,7 @@ class EmbeddedStack:
                 time.sleep(0.2)
 
     def _write_env_file(self) -> None:
-        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"export GOHA_API_URL={self.url}\nexport GOHA_API_KEY={self.api_key}\n")
-
-    def _revoke_session_key(self) -> None:
-        if self.api_key_prefix is None or self._settings is None:
-            return
-        from shared.platform import admin
-        from shared.platform.db import Database
-
-        database = Database(self._settings.database_url)
-        try:
-            admin.revoke_key(database, self.api_key_prefix)
-        except Exception as exc:  # the stack is stopping: a leftover key is worth a warning, not a crash
-            LOGGER.warning("could not revoke the session key %s: %s", self.api_key_prefix, exc)
-        finally:
-            database.dispose()
-        self.api_key_prefix = None
+        _write_private(self.env_file, f"export GOHA_API_URL={self.url}\nexport GOHA_API_KEY={self.api_key}\n")
 
 
 def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
@@ -506,6 +549,33 @@ def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
         return report.requeued
     finally:
         database.dispose()
+
+
+def _wait_until(process: subprocess.Popen[bytes], deadline: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+
+
+def _read_key_file(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (0600), atomically (temp file + rename)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o600)  # whatever the umask
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _owned(env_name: str) -> bool:
