@@ -165,7 +165,8 @@ class Guardrails:
         height, width = frame.shape[:2]
         size = self.watermarker._work_size(height, width)
         interpolation = cv2.INTER_AREA if size[0] < width else cv2.INTER_LINEAR
-        return cv2.cvtColor(cv2.resize(frame, size, interpolation=interpolation), cv2.COLOR_RGB2GRAY)
+        # Grey first: the area resize (slow at a 2.67x ratio) then handles one channel instead of three.
+        return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=interpolation)
 
     def _key_for(self, key: np.ndarray) -> _KeyFrame:
         """The cached key frame nearest to ``key`` if it is within ``key_refresh_mad``, else a new one
