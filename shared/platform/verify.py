@@ -55,6 +55,9 @@ class DetectorReport:
     payload_matcher: Callable[[int], bool] | None = field(default=None, repr=False, compare=False)
     # Payloads to look up, most likely first (see ``likely_payloads``); empty -> ``watermark_payload`` only.
     watermark_candidates: tuple[int, ...] = ()
+    # Edits the watermark may not survive (human-readable), as the detector measured them: a video that
+    # went through one of them can be the platform's even when no watermark is found.
+    watermark_may_not_survive: tuple[str, ...] = ()
 
     def matches(self, payload: int) -> bool:
         if self.payload_matcher is not None:
@@ -125,6 +128,7 @@ class MediaVerifier:
     def __call__(self, path: Path) -> DetectorReport:
         report = self._verify_video(path, trust_anchors=self._trust_anchors)
         watermark, manifest = report.watermark, report.manifest
+        raw = report.to_dict()
         claim = manifest.claim or {}
         candidates: tuple[int, ...] = ()
         if watermark.payload is not None:
@@ -143,9 +147,10 @@ class MediaVerifier:
             manifest_job_id=claim.get("job_id"),
             manifest_payload=report.manifest_payload,
             detector=self.name,
-            raw=report.to_dict(),
+            raw=raw,
             payload_matcher=watermark.matches,
             watermark_candidates=candidates,
+            watermark_may_not_survive=tuple((raw.get("watermark_limits") or {}).get("may_not_survive", ())),
         )
 
 
@@ -218,11 +223,13 @@ def verify_upload(
             message="no watermark detector is installed in this deployment; nothing was checked",
         )
     report = verifier(Path(path))
-    watermark = {
+    watermark: dict[str, Any] = {
         "found": report.watermark_found,
         "payload": report.watermark_payload,
         "confident_bits": report.watermark_confident_bits,
     }
+    if report.watermark_may_not_survive:
+        watermark["may_not_survive"] = list(report.watermark_may_not_survive)
     manifest = {
         "present": report.manifest_present,
         "valid": report.manifest_valid,
@@ -252,6 +259,12 @@ def verify_upload(
             if report.watermark_found
             else "no platform watermark was detected in this video"
         )
+        if not report.watermark_found and report.watermark_may_not_survive:
+            message += (
+                "; the watermark may not survive "
+                + ", ".join(report.watermark_may_not_survive)
+                + ", so a video edited that way can still come from this platform"
+            )
         return VerifyOutcome(
             status="checked",
             message=message,

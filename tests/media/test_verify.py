@@ -49,3 +49,32 @@ def test_verify_unmarked_video(marked_clip: MarkedClip) -> None:
     report = verify_video(marked_clip.clean_path, max_samples=4)
     assert not report.watermark.found and not report.manifest.present
     assert not report.ai_generated_evidence and report.payload_consistent is None
+
+
+def test_the_report_says_which_edits_the_watermark_may_not_survive(monkeypatch) -> None:
+    from shared.media import verify
+
+    monkeypatch.setattr(verify, "ATTACK_FOUND_RATES", {"crf28": 1.0, "crf35": 0.5, "flip": 0.0})
+    limits = verify.watermark_limits()
+    assert limits["survives"] == ["H.264 re-encode at CRF 28"]
+    assert limits["may_not_survive"] == ["H.264 re-encode at CRF 35", "horizontal flip"]
+    assert limits["found_rates"] == {"crf28": 1.0, "crf35": 0.5, "flip": 0.0}
+    # Every measured attack is named (the bench's keys are the report's).
+    assert set(verify.ATTACK_FOUND_RATES) <= set(verify.ATTACKS)
+
+
+def test_the_platform_says_so_when_no_watermark_is_found() -> None:
+    from shared.platform.verify import DetectorReport, verify_upload
+
+    report = DetectorReport(watermark_found=False, watermark_may_not_survive=("horizontal flip", "greyscale"))
+    outcome = verify_upload(
+        None,  # type: ignore[arg-type]  # nothing is looked up when nothing was found
+        lambda _path: report,  # type: ignore[arg-type]
+        "unused.mp4",
+        file_sha256="0" * 64,
+        tenant_id="t",
+        signing_key=b"k" * 32,
+    )
+    assert outcome.job_id is None and outcome.watermark is not None
+    assert outcome.watermark["may_not_survive"] == ["horizontal flip", "greyscale"]
+    assert "may not survive horizontal flip, greyscale" in outcome.message
