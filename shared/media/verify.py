@@ -39,12 +39,12 @@ ATTACKS: dict[str, str] = {
     "flip": "horizontal flip",
     "crf28_scale075": "resize to 0.75x + CRF 28",
 }
-# Issue 15's run (docs/media.md, "Robustness report"): 16 payloads on the tiny model's output (paste-back and
+# Issue 15's run (docs/media.md, "Robustness report"): 24 payloads on the tiny model's output (paste-back and
 # crop-mode sources), the run cut short by the time box; the rates are what it measured.
 ATTACK_FOUND_RATES: dict[str, float] = {
     "crf23": 1.0,
     "crf28": 1.0,
-    "crf35": 0.875,
+    "crf35": 0.9167,
     "scale075": 1.0,
     "scale050": 1.0,
     "crop8": 1.0,
