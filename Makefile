@@ -58,7 +58,7 @@ bench-e2e: install
 # Watermark robustness (11 attacks, 50 payloads, 1,000 unmarked sets) on the shipped model's output through
 # the worker pipeline, and its cost; slow on 2 cores (docs/media.md gives the duration). Last line JSON.
 bench-watermark: install
-	$(PYTHON) -m shared.media.watermark_bench --payloads 50 --negatives 1000
+	$(PYTHON) -m services.worker.bench_watermark --payloads 50 --negatives 1000
 
 # The served output's quality (face rate, identity, mouth/yaw following, holdout PSNR); last line JSON.
 bench-quality: install

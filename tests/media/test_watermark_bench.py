@@ -1,4 +1,4 @@
-"""The robustness bench's attacks and unmarked sets (``shared.media.watermark_bench``); the bench itself
+"""The robustness bench's attacks and unmarked sets (``services.worker.bench_watermark``); the bench itself
 runs the worker pipeline and is a Makefile target (``make bench-watermark``), not a test."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.worker.bench_watermark import ATTACKS, attack, negative_sets
 from shared.media.video import VideoWriter, iter_frames, probe_video
-from shared.media.watermark_bench import ATTACKS, attack, negative_sets
 from tests.media.conftest import gradient_frame
 
 

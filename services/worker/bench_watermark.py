@@ -1,6 +1,6 @@
 """Robustness and cost of the invisible watermark on the shipped model's real output (``make bench-watermark``).
 
-    python -m shared.media.watermark_bench [--payloads 50] [--sources 3] [--seconds 2] [--negatives 1000]
+    python -m services.worker.bench_watermark [--payloads 50] [--sources 3] [--seconds 2] [--negatives 1000]
 
 1. **Sources**: ``--sources`` jobs run through the worker pipeline in process (``models/goha-tiny.pt``,
    in-process inference, the worker's chunking, paste-back when the pipeline has it), with the astronaut
@@ -45,7 +45,7 @@ import numpy as np
 
 from shared.media.video import VideoWriter, iter_frame_chunks, probe_video
 
-LOGGER = logging.getLogger("shared.media.watermark_bench")
+LOGGER = logging.getLogger("services.worker.bench_watermark")
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = ROOT / "models" / "goha-tiny.pt"
 SECRET = b"bench-watermark-secret-0123456789"
@@ -419,7 +419,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.media.watermark_bench", description=__doc__.split("\n")[0]
+        prog="python -m services.worker.bench_watermark", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--payloads", type=int, default=50)
     parser.add_argument("--sources", type=int, default=3)
