@@ -285,6 +285,22 @@ class ClaimOutcome(enum.StrEnum):
         return self in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER, ClaimOutcome.RESUMED)
 
 
+def expire_lease(
+    session: Session, job_id: str, owner_id: str | None, *, now: dt.datetime | None = None
+) -> bool:
+    """End the lease of ``owner_id`` on a running job now (compare-and-swap on the owner), so the next
+    ``claim`` takes it over; False when the job is no longer that owner's. The caller commits."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.owner_id == owner_id)
+        .values(lease_expires_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def lease_expired(job: Job, now: dt.datetime) -> bool:
     return job.lease_expires_at is None or job.lease_expires_at <= now
 

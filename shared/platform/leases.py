@@ -29,6 +29,7 @@ from shared.platform.jobs import (
     WORKER_CRASHED,
     ClaimOutcome,
     claim,
+    expire_lease,
     held_claim,
     holding_claim,
     renew_lease,
@@ -61,11 +62,34 @@ def current_result_name() -> str:
     return result_object_name(owner_id) if owner_id else "result.mp4"
 
 
+def owner_is_dead_here(owner_id: str | None) -> bool:
+    """True when ``owner_id`` names a process of this host that no longer exists: a worker child
+    killed mid-job (out of memory, a native crash), whose task Celery redelivers at once
+    (``reject_on_worker_lost``). Waiting for its lease to expire would leave the job idle for
+    ``worker_lease_s`` and, without a reconciler, for good. Owners on other hosts are never judged."""
+    if not owner_id or owner_id.count(":") < 2:
+        return False
+    host, pid, _ = owner_id.rsplit(":", 2)
+    if host != socket.gethostname()[:64] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def claim_job(
     sessions: SessionFactory, job_id: str, owner_id: str, *, lease_s: float, max_attempts: int
 ) -> ClaimOutcome:
     with sessions() as session:
-        outcome, _ = claim(session, job_id, owner_id, lease_s=lease_s, max_attempts=max_attempts)
+        outcome, job = claim(session, job_id, owner_id, lease_s=lease_s, max_attempts=max_attempts)
+        if outcome is ClaimOutcome.BUSY and job is not None and owner_is_dead_here(job.owner_id):
+            log.warning("the job's lease holder %s is gone: taking the job over", job.owner_id)
+            expire_lease(session, job_id, job.owner_id)
+            outcome, _ = claim(session, job_id, owner_id, lease_s=lease_s, max_attempts=max_attempts)
         session.commit()
     if outcome is ClaimOutcome.EXHAUSTED:
         record_job_failure(WORKER_CRASHED)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -260,3 +261,28 @@ def test_claim_is_a_compare_and_swap(db: Database) -> None:
         b, _ = claim(second, job_id, "b:1:bbbb", lease_s=60, max_attempts=5)
     assert (a, b) == (ClaimOutcome.TAKEN_OVER, ClaimOutcome.BUSY)
     assert _get(db, job_id).owner_id == "a:1:aaaa"
+
+
+def test_a_redelivery_takes_over_at_once_from_a_dead_worker_process_of_this_host(db: Database) -> None:
+    """A worker child killed mid-job (Celery redelivers its task at once): its lease is still alive,
+    but its process is gone, so the redelivery takes the job over instead of leaving it idle until
+    the lease runs out. A live owner, or one on another host, keeps the job."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead_owner = f"{socket.gethostname()[:64]}:{gone.pid}:deadbeef"
+    live_owner = f"{socket.gethostname()[:64]}:{os.getpid()}:cafebabe"
+    elsewhere = f"another-host:{gone.pid}:0badf00d"
+    lease = utcnow() + dt.timedelta(seconds=600)
+    for owner, expected in (
+        (dead_owner, ClaimOutcome.TAKEN_OVER),
+        (live_owner, ClaimOutcome.BUSY),
+        (elsewhere, ClaimOutcome.BUSY),
+    ):
+        job_id = _job(db, state="running", owner_id=owner, lease_expires_at=lease, attempts=1)
+        new_owner = new_owner_id()
+        assert claim_job(db.session, job_id, new_owner, lease_s=120, max_attempts=3) is expected
+        assert _get(db, job_id).owner_id == (new_owner if expected is ClaimOutcome.TAKEN_OVER else owner)
