@@ -250,7 +250,9 @@ def test_worker_child_killed_mid_job_still_completes_once(
         assert job.attempts >= 1
         assert session.query(ProvenanceRecord).filter_by(job_id=job_id).count() == 1
         tenant_id = job.tenant_id
+        result_key = job.result_key
+    # One output object: the claim that finished wrote it (result-<claim>.mp4); the killed claim's
+    # partial output, if any, is gone.
     storage = make_storage(e2e_settings)
-    assert storage.list_keys(f"tenants/{tenant_id}/jobs/{job_id}/") == [
-        f"tenants/{tenant_id}/jobs/{job_id}/result.mp4"
-    ]
+    assert storage.list_keys(f"tenants/{tenant_id}/jobs/{job_id}/") == [result_key]
+    assert result_key.rsplit("/", 1)[-1].startswith("result-")

@@ -144,11 +144,15 @@ def test_bench_quality_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "animate_ms_per_frame",
     ):
         assert key in result
-    assert result["samples"] == 25 and 0.0 <= result["face_rate"] <= 1.0
-    assert result["random_weights"] is True and result["frames"] == 25
+    # Two drivers (the astronaut's talking clip, the synthetic person turning), 25 frames each.
+    assert result["samples"] == 50 and 0.0 <= result["face_rate"] <= 1.0
+    assert result["random_weights"] is True and result["frames"] == 50
+    assert set(result["drivers"]) == {"astronaut_talking", "synthetic_turning"}
+    assert all(driver["samples"] == 25 for driver in result["drivers"].values())
     assert result["copy_source_psnr"] > 5 and result["animate_ms_per_frame"] > 0
     assert result["output_size"] == [512, 512]  # the astronaut's own framing, pasted back
-    assert len(list(frames_dir.glob("side_by_side_*.png"))) == 4
+    assert len(list(frames_dir.glob("astronaut_talking_*.png"))) == 4
+    assert len(list(frames_dir.glob("synthetic_turning_*.png"))) == 4
 
 
 def test_summarise_pools_the_clips_frames() -> None:
