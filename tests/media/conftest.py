@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -162,3 +163,16 @@ def marked_clip(media_dir: Path, source_clip: Path) -> MarkedClip:
 @pytest.fixture(scope="session")
 def dev_chain(media_dir: Path) -> SigningChain:
     return ensure_dev_chain(media_dir / "c2pa-dev")
+
+
+@pytest.fixture(autouse=True)
+def _default_decode_limits() -> Iterator[None]:
+    """The media tests decode with the platform's default frame limits. The gateway's app factory and
+    the worker's context set the process's limits from their settings (320² in some gateway tests,
+    whose app can outlive their own tests in the same process)."""
+    from shared.media.video import DecodeLimits, decode_limits, set_decode_limits
+
+    before = decode_limits()
+    set_decode_limits(DecodeLimits())
+    yield
+    set_decode_limits(before)
