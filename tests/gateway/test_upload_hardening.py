@@ -72,7 +72,9 @@ def gateway(
     return start
 
 
-def part_head(name: str, filename: str | None = None, content_type: str = "application/octet-stream") -> bytes:
+def part_head(
+    name: str, filename: str | None = None, content_type: str = "application/octet-stream"
+) -> bytes:
     disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
     head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n"
     if filename:
