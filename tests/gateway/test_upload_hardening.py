@@ -130,11 +130,16 @@ def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Poll ``condition``; a file removed between listing and stat counts as "not yet" (the gateway
+    deletes upload folders concurrently). 30 s: the full suite's load slows the gateway's reads."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        try:
+            if condition():
+                return True
+        except FileNotFoundError:
+            pass
         time.sleep(0.05)
     return condition()
 
