@@ -1,6 +1,7 @@
 """Robustness and cost of the invisible watermark on the shipped model's real output (``make bench-watermark``).
 
     python -m services.worker.bench_watermark [--payloads 50] [--sources 3] [--seconds 2] [--negatives 1000]
+                                              [--processes N]
 
 1. **Sources**: ``--sources`` jobs run through the worker pipeline in process (``models/goha-tiny.pt``,
    in-process inference, the worker's chunking, paste-back when the pipeline has it), with the astronaut
@@ -21,6 +22,10 @@
    that is ``found`` and names one of the bench's job payloads (``matches``). ``negatives_found`` counts
    sets ``found`` at all.
 
+The payloads and the unmarked sets are independent, so after the sources they run on ``--processes``
+worker processes (default: one per CPU core; each on one torch/ONNX thread, so ``embed_ms_per_frame``
+stays a one-thread figure) and are summed in the parent: the run is one command whatever the cores.
+
 The LAST stdout line is JSON with the issue's keys (``embed_ms_per_frame``, ``guardrails_share``,
 ``found_rate_<attack>``, ``false_positives``), ``agreeing_bits_<attack>`` (mean majority bits equal to
 the payload) and the run's parameters and duration.
@@ -33,10 +38,13 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +73,7 @@ ATTACKS = (
 TARGETS = {"crf23": 0.98, "crf28": 0.98, "scale075": 0.98, "crf28_scale075": 0.98}
 CHUNK = 16  # the worker's default chunk_frames
 FPS = 25
+NEGATIVE_SHARD = 50  # unmarked sets per worker task (each shard has its own seed)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class BenchConfig:
     checkpoint: Path = DEFAULT_CHECKPOINT
     attacks: bool = True  # False: sources and negatives only (e.g. to run the negatives in another process)
     first_payload: int = 0  # payloads bench-job-<first>... (several processes can split the payloads)
+    processes: int = 0  # worker processes for payloads and unmarked sets; 0: one per CPU core
 
 
 # --- attacks ------------------------------------------------------------------------------------------------
@@ -285,8 +295,11 @@ def mark_source(source: Source, payload: int, path: Path) -> float:
 
 
 # --- negatives --------------------------------------------------------------------------------------------------
-def negative_sets(count: int, sources: list[Source], seed: int = 0) -> Iterator[list[np.ndarray]]:
-    """``count`` unmarked 8-frame sets with slight motion, from varied content."""
+def negative_sets(
+    count: int, sources: list[Source], seed: int = 0, start: int = 0
+) -> Iterator[list[np.ndarray]]:
+    """``count`` unmarked 8-frame sets with slight motion, from varied content (set numbers from
+    ``start``: shards of one run pass their offset and their own seed)."""
     from skimage import data
 
     rng = np.random.default_rng(seed)
@@ -295,7 +308,7 @@ def negative_sets(count: int, sources: list[Source], seed: int = 0) -> Iterator[
         data.hubble_deep_field(), data.retina(), data.colorwheel(), data.logo()[..., :3],
         np.dstack([data.camera()] * 3), np.dstack([data.moon()] * 3), np.dstack([data.text()] * 3),
     ]  # fmt: skip
-    for number in range(count):
+    for number in range(start, start + count):
         kind = number % 4
         if kind == 0 and sources:
             source = sources[int(rng.integers(len(sources)))]
@@ -327,14 +340,23 @@ def negative_sets(count: int, sources: list[Source], seed: int = 0) -> Iterator[
         yield frames
 
 
-def count_false_positives(count: int, sources: list[Source], payloads: list[int]) -> tuple[int, int, float]:
+def count_false_positives(
+    count: int,
+    sources: list[Source],
+    payloads: list[int],
+    *,
+    seed: int = 0,
+    start: int = 0,
+    num_threads: int | None = None,
+) -> tuple[int, int, float]:
     """(false positives, sets found at all, seconds) over ``count`` generated unmarked sets."""
-    from shared.media.watermark import RivaGanWatermarker, vote_decided, vote_logits
+    from shared.media.watermark import DEFAULT_CONFIG, RivaGanWatermarker, vote_decided, vote_logits
 
-    watermarker = RivaGanWatermarker()
+    config = DEFAULT_CONFIG if num_threads is None else replace(DEFAULT_CONFIG, num_threads=num_threads)
+    watermarker = RivaGanWatermarker(config)
     started = time.perf_counter()
     false_positives = found = 0
-    for frames in negative_sets(count, sources):
+    for frames in negative_sets(count, sources, seed=seed, start=start):
         logits: list[np.ndarray] = []
         for frame in frames:
             logits.append(watermarker.frame_logits(frame))
@@ -348,10 +370,54 @@ def count_false_positives(count: int, sources: list[Source], payloads: list[int]
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PayloadResult:
+    mark_s: float
+    frames: int
+    found: dict[str, int]
+    agreeing: dict[str, int]
+
+
+def _one_thread() -> None:
+    """Worker-process initialiser: one torch thread (ONNX sessions get ``num_threads=1`` explicitly)."""
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def run_payload(source: Source, payload: int, workdir: Path, num_threads: int | None = None) -> PayloadResult:
+    """Mark ``source`` with ``payload``, apply every attack and read each back (one task of the run)."""
+    from shared.media.watermark import DEFAULT_CONFIG, detect_video
+
+    config = DEFAULT_CONFIG if num_threads is None else replace(DEFAULT_CONFIG, num_threads=num_threads)
+    workdir.mkdir(parents=True, exist_ok=True)
+    marked = workdir / "marked.mp4"
+    mark_s = mark_source(source, payload, marked)
+    found: dict[str, int] = {}
+    agreeing: dict[str, int] = {}
+    for name in ATTACKS:
+        attacked = attack(marked, workdir / f"{name}.mp4", name)
+        result = detect_video(attacked, config=config)
+        found[name] = int(result.found and result.matches(payload))
+        agreeing[name] = result.agreeing_bits(payload)
+        with contextlib.suppress(OSError):
+            attacked.unlink()
+    with contextlib.suppress(OSError):
+        marked.unlink()
+    return PayloadResult(mark_s=mark_s, frames=source.frames, found=found, agreeing=agreeing)
+
+
+def _negative_shards(count: int) -> list[tuple[int, int]]:
+    """(start, count) shards of ``NEGATIVE_SHARD`` sets; shard ``i`` uses seed ``i``."""
+    return [(start, min(NEGATIVE_SHARD, count - start)) for start in range(0, count, NEGATIVE_SHARD)]
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
-    from shared.media.watermark import detect_video, payload_for_job
+    from shared.media.watermark import payload_for_job
 
     started = time.perf_counter()
+    processes = config.processes or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="goha-bench-watermark-") as tmp:
         workdir = Path(tmp)
         checkpoint = usable_checkpoint(config.checkpoint, workdir)
@@ -366,22 +432,45 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         found = {name: 0 for name in ATTACKS}
         agreeing = {name: 0 for name in ATTACKS}
         mark_s, marked_frames = 0.0, 0
-        for index, payload in enumerate(payloads if config.attacks else []):
-            source = sources[index % len(sources)]
-            marked = workdir / "marked.mp4"
-            mark_s += mark_source(source, payload, marked)
-            marked_frames += source.frames
-            for name in ATTACKS:
-                attacked = attack(marked, workdir / f"{name}.mp4", name)
-                result = detect_video(attacked)
-                found[name] += int(result.found and result.matches(payload))
-                agreeing[name] += result.agreeing_bits(payload)
-                with contextlib.suppress(OSError):
-                    attacked.unlink()
-            LOGGER.info("payload %d/%d: %s", index + 1, len(payloads), {k: found[k] for k in ATTACKS})
-        false_positives, negatives_found, negatives_s = count_false_positives(
-            config.negatives, sources, payloads
-        )
+        false_positives = negatives_found = 0
+        negatives_cpu_s = 0.0
+        threads = 1 if processes > 1 else None
+        with ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+        ) as pool:
+            payload_futures = [
+                pool.submit(
+                    run_payload, sources[index % len(sources)], payload, workdir / f"payload{index}", threads
+                )
+                for index, payload in enumerate(payloads if config.attacks else [])
+            ]
+            negative_futures = [
+                pool.submit(
+                    count_false_positives,
+                    count,
+                    sources,
+                    payloads,
+                    seed=shard,
+                    start=start,
+                    num_threads=threads,
+                )
+                for shard, (start, count) in enumerate(_negative_shards(config.negatives))
+            ]
+            for done, future in enumerate(payload_futures, start=1):
+                result = future.result()
+                mark_s += result.mark_s
+                marked_frames += result.frames
+                for name in ATTACKS:
+                    found[name] += result.found[name]
+                    agreeing[name] += result.agreeing[name]
+                LOGGER.info("payload %d/%d: %s", done, len(payloads), found)
+            for done, future in enumerate(negative_futures, start=1):
+                shard_fp, shard_found, shard_s = future.result()
+                false_positives += shard_fp
+                negatives_found += shard_found
+                negatives_cpu_s += shard_s
+                LOGGER.info("unmarked shard %d/%d: %d found, %d false positives", done,
+                            len(negative_futures), negatives_found, false_positives)  # fmt: skip
         guardrails_s = sum(source.timings.get("guardrails_s", 0.0) for source in sources)
         total_s = sum(source.timings.get("total_s", 0.0) for source in sources)
         frame_sizes = [list(np.load(source.chunks[0], mmap_mode="r").shape[1:3]) for source in sources]
@@ -406,11 +495,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "payloads": config.payloads,
         "first_payload": config.first_payload,
         "sources": config.sources,
+        "processes": processes,
         "frames_per_source": [source.frames for source in sources],
         "frame_sizes": frame_sizes,
         "source_guardrails_s": round(guardrails_s, 2),
         "source_total_s": round(total_s, 2),
-        "negatives_s": round(negatives_s, 1),
+        "negatives_s": round(negatives_cpu_s, 1),  # summed over the shards (worker seconds)
         "duration_s": round(time.perf_counter() - started, 1),
         "checkpoint": checkpoint.name,
     }
@@ -428,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--no-attacks", action="store_true", help="sources and negatives only")
     parser.add_argument("--first-payload", type=int, default=0, help="first job index (split runs)")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="worker processes for payloads and sets (0: one per core)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = BenchConfig(
@@ -438,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         attacks=not args.no_attacks,
         first_payload=args.first_payload,
+        processes=args.processes,
     )
     print(json.dumps(run_bench(config)), flush=True)
     return 0
