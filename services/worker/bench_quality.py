@@ -42,7 +42,6 @@ Side-by-side PNGs (portrait | driver | output) of a few sampled frames go to ``-
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -297,90 +296,16 @@ def write_synthetic_driver(path: Path, frames: int, *, fps: int = 25, size: int 
 # --- the job --------------------------------------------------------------------------------------------
 
 
-def _submit(
-    settings: Any, session_factory: Any, storage: Any, portrait_png: bytes, driving: Path, options: dict
-) -> str:
-    """A tenant, the two input assets and a queued job, written the way the gateway writes them."""
-    from shared.media.hashing import sha256_file
-    from shared.platform import repository
-    from shared.platform.provenance import load_signing_key
-    from shared.platform.storage import input_key
-
-    with session_factory() as session:
-        tenant = repository.create_tenant(session, "bench-quality")
-        assets = []
-        for kind, blob, media in (
-            ("portrait", portrait_png, "image/png"),
-            ("driving", driving.read_bytes(), "video/mp4"),
-        ):
-            tmp = Path(settings.var_dir) / f"upload-{kind}"
-            tmp.write_bytes(blob)
-            digest = sha256_file(tmp)
-            key = input_key(tenant.id, digest)
-            storage.put_file(key, tmp, content_type=media)
-            asset, _ = repository.get_or_create_asset(
-                session,
-                tenant_id=tenant.id,
-                sha256=digest,
-                size_bytes=len(blob),
-                media_type=media,
-                kind=kind,
-                storage_key=key,
-                media_info={},
-            )
-            assets.append(asset)
-        job = repository.create_job(
-            session,
-            tenant_id=tenant.id,
-            api_key_id=None,
-            job_type="reenact",
-            options=options,
-            consent={
-                "subject": "NASA astronaut portrait (public domain)",
-                "method": "self",
-                "obtained_at": "2026-01-01",
-            },
-            portrait=assets[0],
-            driving=assets[1],
-            idempotency_key=None,
-            request_hash="0" * 64,
-            signing_key=load_signing_key(settings),
-        )
-        job_id = str(job.id)
-        session.commit()
-        return job_id
-
-
 def run_job(
     workdir: Path, checkpoint: Path, portrait: np.ndarray, driving: Path, options: dict
 ) -> tuple[Path, dict[str, Any], Any]:
     """Run one job through the worker pipeline; returns (output MP4, the job's stage timings, context)."""
-    from PIL import Image
+    from services.worker.local_job import run_local_job
 
-    from services.worker.context import build_context
-    from services.worker.pipeline import ReenactmentPipeline
-    from shared.platform.migrate import upgrade
-    from shared.platform.models import Job
-    from shared.platform.settings import Settings
-
-    settings = Settings(
-        var_dir=workdir / "var", embedded=True, checkpoint_path=checkpoint, inference_backend="in_process"
-    )
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
-    context = build_context(settings)
-    buffer = io.BytesIO()
-    Image.fromarray(portrait).save(buffer, format="PNG")
-    job_id = _submit(settings, context.session_factory, context.storage, buffer.getvalue(), driving, options)
-    state = ReenactmentPipeline(context).run(job_id)
-    with context.session_factory() as session:
-        job = session.get(Job, job_id)
-        if state != "succeeded":
-            raise RuntimeError(f"the job {state}: {job.error_code}: {job.error_message}")
-        key, timings = job.result_key, dict(job.timings or {})
+    job = run_local_job(workdir, checkpoint, portrait, driving, options, tenant_name="bench-quality")
     out = workdir / "result.mp4"
-    context.storage.download_to(key, out)
-    return out, timings, context
+    job.context.storage.download_to(job.result_key, out)
+    return out, job.timings, job.context
 
 
 # --- holdout metrics and model speed ---------------------------------------------------------------------

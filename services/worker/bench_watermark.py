@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import multiprocessing
@@ -207,58 +206,12 @@ def capture_source(index: int, checkpoint: Path, workdir: Path, seconds: float) 
 
 
 def _run_job(workdir: Path, checkpoint: Path, portrait: np.ndarray, driving: Path, options: dict) -> dict:
-    """Submit one job the way the gateway does and run it with the worker pipeline; its stage timings."""
-    from PIL import Image
+    """One job through the worker pipeline (``services.worker.local_job``); its stage timings."""
+    from services.worker.local_job import run_local_job
 
-    from services.worker.context import build_context
-    from services.worker.pipeline import ReenactmentPipeline
-    from shared.media.hashing import sha256_file
-    from shared.platform import repository
-    from shared.platform.migrate import upgrade
-    from shared.platform.models import Job
-    from shared.platform.provenance import load_signing_key
-    from shared.platform.settings import Settings
-    from shared.platform.storage import input_key
-
-    settings = Settings(
-        var_dir=workdir / "var", embedded=True, checkpoint_path=checkpoint, inference_backend="in_process"
-    )
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
-    context = build_context(settings)
-    buffer = io.BytesIO()
-    Image.fromarray(portrait).save(buffer, format="PNG")
-    with context.session_factory() as session:
-        tenant = repository.create_tenant(session, "bench-watermark")
-        assets = []
-        for kind, blob, media in (
-            ("portrait", buffer.getvalue(), "image/png"),
-            ("driving", driving.read_bytes(), "video/mp4"),
-        ):
-            upload = settings.var_dir / f"upload-{kind}"
-            upload.write_bytes(blob)
-            digest = sha256_file(upload)
-            key = input_key(tenant.id, digest)
-            context.storage.put_file(key, upload, content_type=media)
-            asset, _ = repository.get_or_create_asset(
-                session, tenant_id=tenant.id, sha256=digest, size_bytes=len(blob), media_type=media,
-                kind=kind, storage_key=key, media_info={},
-            )  # fmt: skip
-            assets.append(asset)
-        job = repository.create_job(
-            session, tenant_id=tenant.id, api_key_id=None, job_type="reenact", options=options,
-            consent={"subject": "NASA astronaut portrait (public domain)", "method": "self", "obtained_at": "2026-01-01"},
-            portrait=assets[0], driving=assets[1], idempotency_key=None, request_hash="0" * 64,
-            signing_key=load_signing_key(settings),
-        )  # fmt: skip
-        job_id = str(job.id)
-        session.commit()
-    state = ReenactmentPipeline(context).run(job_id)
-    with context.session_factory() as session:
-        job = session.get(Job, job_id)
-        if state != "succeeded":
-            raise RuntimeError(f"the job {state}: {job.error_code}: {job.error_message}")
-        return {k: float(v) for k, v in (job.timings or {}).items()}
+    return run_local_job(
+        workdir, checkpoint, portrait, driving, options, tenant_name="bench-watermark"
+    ).timings
 
 
 def source_chunks(source: Source) -> Iterator[np.ndarray]:

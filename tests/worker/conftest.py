@@ -13,16 +13,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from shared.media.hashing import sha256_file
+from services.worker.local_job import submit_local_job
 from shared.model.checkpoint import save_checkpoint
 from shared.model.config import tiny_config
 from shared.model.network import GOHANetwork
-from shared.platform import repository
 from shared.platform.db import Database
 from shared.platform.migrate import upgrade
-from shared.platform.provenance import load_signing_key
 from shared.platform.settings import Settings
-from shared.platform.storage import LocalStorage, ObjectStorage, input_key
+from shared.platform.storage import LocalStorage, ObjectStorage
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +61,7 @@ SubmitJob = Callable[..., str]
 
 
 def make_submitter(settings: Settings, database: Database, storage: ObjectStorage) -> SubmitJob:
-    """Creates tenant, assets and a queued job the way the gateway does (repository layer)."""
-    key = load_signing_key(settings)
+    """Creates tenant, assets and a queued job the way the gateway does (``submit_local_job``)."""
 
     def submit(
         driving: Path | None,
@@ -73,46 +70,17 @@ def make_submitter(settings: Settings, database: Database, storage: ObjectStorag
         options: dict | None = None,
         portrait: bytes | None = None,
     ) -> str:
-        with database.session() as session:
-            tenant = repository.create_tenant(session, f"tenant-{np.random.default_rng().integers(1e9)}")
-            assets = []
-            for kind, blob, media in (
-                ("portrait", portrait if portrait is not None else portrait_png(), "image/png"),
-                ("driving", driving.read_bytes() if driving else None, "video/mp4"),
-            ):
-                if blob is None:
-                    assets.append(None)
-                    continue
-                tmp = Path(settings.var_dir) / f"upload-{kind}"
-                tmp.write_bytes(blob)
-                digest = sha256_file(tmp)
-                storage_key = input_key(tenant.id, digest)
-                storage.put_file(storage_key, tmp, content_type=media)
-                asset, _ = repository.get_or_create_asset(
-                    session,
-                    tenant_id=tenant.id,
-                    sha256=digest,
-                    size_bytes=len(blob),
-                    media_type=media,
-                    kind=kind,
-                    storage_key=storage_key,
-                    media_info={},
-                )
-                assets.append(asset)
-            job = repository.create_job(
-                session,
-                tenant_id=tenant.id,
-                api_key_id=None,
-                job_type=job_type,
-                options=options or {},
-                consent={"subject": "test subject", "method": "written", "obtained_at": "2026-11-24"},
-                portrait=assets[0],
-                driving=assets[1],
-                idempotency_key=None,
-                request_hash="0" * 64,
-                signing_key=key,
-            )
-            return job.id
+        return submit_local_job(
+            settings,
+            database.session,
+            storage,
+            tenant_name=f"tenant-{np.random.default_rng().integers(1e9)}",
+            portrait=portrait if portrait is not None else portrait_png(),
+            driving=driving.read_bytes() if driving else None,
+            consent={"subject": "test subject", "method": "written", "obtained_at": "2026-11-24"},
+            job_type=job_type,
+            options=options,
+        )
 
     return submit
 
