@@ -35,14 +35,6 @@ ACYCLIC_PACKAGES = (
     "services.inference",
 )
 
-# Loops known and owned elsewhere, pinned exactly (the test fails if one is fixed, so the entry
-# is removed with the fix, and on any other loop). shared/face/detect.py's make_detector imports
-# shared.face.mesh in a function while mesh.py imports detect's config and detector types at
-# module level (outside issue 17's re-layout of bfm/morphable; reported with it).
-KNOWN_LOOPS: dict[str, list[list[str]]] = {
-    "shared.face": [["shared.face.detect", "shared.face.mesh"]],
-}
-
 # Packages under shared/ still allowed to import services.* (being fixed separately, issue 17:
 # shared/platform/embedded.py imports services.inference.server). Remove when that lands.
 SHARED_MAY_IMPORT_SERVICES = ("shared.platform",)
@@ -183,7 +175,7 @@ def test_no_import_loop_inside_the_package(package: str) -> None:
         if _in_package(m, package)
     }
     loops = cycles(sub)
-    assert loops == KNOWN_LOOPS.get(package, []), f"import loops in {package}: {loops}"
+    assert not loops, f"import loops in {package}: {loops}"
 
 
 def test_the_shared_library_does_not_import_services() -> None:
