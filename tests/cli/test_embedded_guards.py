@@ -23,7 +23,7 @@ from shared.platform.jobs import JobState, transition
 from shared.platform.migrate import upgrade
 from shared.platform.models import Job
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 def test_missing_checkpoint_is_a_typed_error_and_the_cli_prints_it(tmp_path: Path, capsys) -> None:

@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 from sqlalchemy import update
 
+from services.worker.reference import run_reference_job
 from shared.platform.db import Database
 from shared.platform.errors import IllegalTransition
 from shared.platform.jobs import (
@@ -39,7 +40,8 @@ from shared.platform.queue import REENACT_TASK, enqueue_job, make_celery, pendin
 from shared.platform.reconciler import reconcile_once
 from shared.platform.settings import Settings
 from shared.platform.storage import make_storage, output_key
-from shared.platform.testing import make_job_for_tests, run_reference_job, temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,8 @@ from shared.platform.models import Job, utcnow
 from shared.platform.queue import REENACT_TASK, enqueue_job, make_celery
 from shared.platform.reconciler import QUEUE_TIMEOUT, reconcile_once
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests, temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 
