@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from goha import cli
+from goha.client import ApiError, GohaClient
 from services.worker.reference import run_reference_job
-from shared.platform import cli
-from shared.platform.client import ApiError, GohaClient
 from tests.cli.conftest import CONSENT_FLAGS, Gateway
 from tests.cli.test_client_cli import api, run_cli
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from goha import cli
+from goha.client import ApiError, Consent, GohaClient
 from services.worker.reference import run_reference_job
-from shared.platform import cli
-from shared.platform.client import ApiError, Consent, GohaClient
 from shared.platform.processes import free_ports
 from shared.platform.settings import Settings
 from tests.cli.conftest import CONSENT_FLAGS, Gateway, serve_gateway

@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from shared.platform.client import GohaClient
+from goha.client import GohaClient
 from shared.platform.errors import PlatformError
 from shared.platform.processes import stop_process_group
 from shared.platform.settings import Settings
