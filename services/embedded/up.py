@@ -15,17 +15,13 @@ from pathlib import Path
 from shared.platform.settings import Settings
 
 
-def _stack_args(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--var-dir", type=Path, default=None, help="state directory (default: GOHA_VAR_DIR or ./var)"
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: models/goha-<profile>.pt")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--triton-threads", type=int, default=None, help="torch threads of the model server")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _stack_args(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
     parser.add_argument("--tenant", default="demo", help="tenant that gets this session's API key")
