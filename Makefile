@@ -34,8 +34,8 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
 
 lint: install
-	$(BIN)/ruff check shared services tests migrations
-	$(BIN)/ruff format --check shared services tests migrations
+	$(BIN)/ruff check goha shared services tests migrations
+	$(BIN)/ruff format --check goha shared services tests migrations
 
 bench-model: install
 	$(PYTHON) -m shared.model.bench --profile $(PROFILE)
@@ -66,7 +66,7 @@ bench-quality: install
 
 # The main job end to end on the embedded stack (no servers to install); files land in var/demo/.
 demo: install
-	$(PYTHON) -m shared.platform.demo
+	$(PYTHON) -m services.embedded.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

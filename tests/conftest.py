@@ -1,4 +1,5 @@
-"""Fixtures shared across test packages."""
+"""Fixtures shared across test packages; the real servers' session fixtures come from
+``tests/support/pytest_plugin.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from shared.platform.migrate import upgrade
 from shared.platform.settings import Settings, get_settings
+
+pytest_plugins = ("tests.support.pytest_plugin",)
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ COPY . /app
 # Editable install: shared.platform.migrate finds migrations/ and alembic.ini next to the sources, and the
 # `goha` console script is on PATH. Byte-compiled at build time because the root filesystem is read-only.
 RUN pip install --no-deps --no-build-isolation -e /app \
- && python -m compileall -q /app/shared /app/services /app/migrations \
+ && python -m compileall -q /app/goha /app/shared /app/services /app/migrations \
  && chmod 0755 /app/deploy/docker/entrypoint.sh
 USER 10001:10001
 EXPOSE 8080 9200

@@ -42,9 +42,11 @@ from typing import Any
 
 import httpx
 
-from shared.platform import admin, testing
+from shared.media.synthetic import make_image_bytes, make_video_bytes
+from shared.platform import admin
 from shared.platform.db import Database
-from shared.platform.processes import stop_process_group
+from shared.platform.processes import free_ports, stop_process_group
+from shared.platform.tempdb import temp_postgres_database
 
 CONSENT = {
     "consent_subject": "Bench Subject",
@@ -105,8 +107,8 @@ def _wait_ready(
 
 async def _load(base_url: str, key: str, jobs: int, poll_interval_s: float, timeout_s: float) -> Measurements:
     results = Measurements()
-    portraits = [testing.make_image_bytes((128, 128), "PNG", seed=i) for i in range(20)]  # some shared assets
-    driving = testing.make_video_bytes(".mp4", frames=8, fps=8, size=(64, 64))
+    portraits = [make_image_bytes((128, 128), "PNG", seed=i) for i in range(20)]  # some shared assets
+    driving = make_video_bytes(".mp4", frames=8, fps=8, size=(64, 64))
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(
         max_connections=jobs, max_keepalive_connections=jobs, keepalive_expiry=CLIENT_KEEPALIVE_S
@@ -211,7 +213,7 @@ def run_bench(
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="goha-bench-") as tmp,
-        testing.temp_postgres_database("goha_bench") as database_url,
+        temp_postgres_database("goha_bench") as database_url,
     ):
         root = Path(tmp)
         metrics_dir = root / "prometheus"
@@ -237,7 +239,7 @@ def run_bench(
         _row, key = admin.create_key(db, tenant.id, label="bench")
         db.dispose()
 
-        (port,) = testing.free_ports(1)
+        (port,) = free_ports(1)
         base_url = f"http://127.0.0.1:{port}"
         gateway_cmd = [
             sys.executable, "-m", "uvicorn", "services.gateway.app:create_app", "--factory",
@@ -246,7 +248,7 @@ def run_bench(
             "--log-level", "info", "--no-access-log", "--backlog", str(max(2048, jobs * 2)),
             "--timeout-keep-alive", str(SERVER_KEEPALIVE_S),
         ]  # fmt: skip
-        worker_cmd = [sys.executable, "-m", "shared.platform.testing", "worker"]
+        worker_cmd = [sys.executable, "-m", "services.worker.reference", "worker"]
         with (
             _process(gateway_cmd, env, root / "gateway.log") as gateway,
             _process(worker_cmd, env, root / "worker.log"),

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from shared.face.align import AlignedCrop
-from shared.face.detect import as_rgb_uint8
+from shared.face.detection import as_rgb_uint8
 from shared.face.mediapipe_runtime import SegmentationGraph
 
 

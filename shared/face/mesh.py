@@ -32,16 +32,18 @@ from collections import OrderedDict
 
 import numpy as np
 
-from shared.face.detect import (
+from shared.face.detection import (
     DetectionReport,
     DetectorConfig,
     FaceDetection,
     TrackedFace,
     TrackerState,
-    _box_outside_fraction,
     as_rgb_uint8,
+    check_box_inside,
+    check_face_size,
+    check_points_inside,
 )
-from shared.face.errors import FaceAtBorderError, FaceTooSmallError, NoFaceError
+from shared.face.errors import NoFaceError
 from shared.face.mediapipe_runtime import BoxDetection, FaceBoxGraph, FaceMeshGraph, MeshFace
 
 # iBUG-68 order -> MediaPipe mesh vertex. Jaw 0-16 follow the mesh's face oval from the subject's
@@ -183,17 +185,8 @@ class MeshFaceDetector:
                 1.0, DETECTOR_INPUT / (0.625 * max(height, width) if upsampled else max(height, width))
             ),
         )
-        if face_size < self.config.min_face_size:
-            raise FaceTooSmallError(
-                f"the face is about {face_size:.0f} pixels wide; at least {self.config.min_face_size} is needed",
-                {"face_size": face_size, "min_face_size": self.config.min_face_size, **report.to_dict()},
-            )
-        outside = _box_outside_fraction(box, height, width)
-        if outside > self.config.max_box_outside_fraction:
-            raise FaceAtBorderError(
-                f"the face is cut by the image border ({outside:.0%} of it lies outside the image)",
-                {"outside_fraction": outside, **report.to_dict()},
-            )
+        check_face_size(face_size, self.config, report)
+        check_box_inside(box, height, width, self.config, report)
         if not faces:
             raise NoFaceError(
                 "a face was detected but its landmarks could not be found; use a clearer portrait",
@@ -202,18 +195,7 @@ class MeshFaceDetector:
         # The mesh whose centre is nearest the chosen box's centre.
         centre = (box[:2] + box[2:]) / 2
         mesh = min(faces, key=lambda f: float(np.linalg.norm(f.points.mean(axis=0) - centre))).points
-        tolerance = self.config.landmark_border_tolerance * face_size
-        out_of_frame = (
-            (mesh[:, 0] < -tolerance)
-            | (mesh[:, 1] < -tolerance)
-            | (mesh[:, 0] > width - 1 + tolerance)
-            | (mesh[:, 1] > height - 1 + tolerance)
-        )
-        if out_of_frame.any():
-            raise FaceAtBorderError(
-                f"{int(out_of_frame.sum())} face mesh points fall outside the image; the face is cut by the border",
-                {"landmarks_outside": int(out_of_frame.sum()), **report.to_dict()},
-            )
+        check_points_inside(mesh, height, width, face_size, self.config, report, what="face mesh points")
         return FaceDetection(
             box=box, score=detections[chosen].score, landmarks=ibug68(mesh), report=report, mesh=mesh
         )

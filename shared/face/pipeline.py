@@ -23,14 +23,8 @@ import torch
 from torch import Tensor
 
 from shared.face.align import AlignedCrop, AlignmentTemplate, FaceAligner, apply_affine
-from shared.face.detect import (
-    DetectionReport,
-    DetectorConfig,
-    FaceDetector,
-    TrackerState,
-    make_detector,
-    make_tracker,
-)
+from shared.face.detect import FaceDetector, make_detector, make_tracker
+from shared.face.detection import DetectionReport, DetectorConfig, TrackerState
 from shared.face.errors import ImageInvalidError
 from shared.face.fit import (
     FRONTAL_ROTATION,

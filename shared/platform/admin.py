@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from shared.platform import erasure, repository
+from shared.platform.admin_arguments import add_commands
 from shared.platform.db import Database
 from shared.platform.errors import CONFIGURATION_ERROR, PlatformError
 from shared.platform.models import ApiKey, Tenant
@@ -103,30 +104,6 @@ def purge(
 
     return erasure.purge_expired(
         db, make_storage(settings), older_than=dt.timedelta(days=days), dry_run=dry_run
-    )
-
-
-def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--older-than-days", type=float, default=None, help="default: GOHA_RETENTION_DAYS")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be erased, erase nothing")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register the admin commands on a subparser set (reused by the ``goha`` CLI)."""
-    p = sub.add_parser("create-tenant", help="create a tenant")
-    p.add_argument("name")
-    p = sub.add_parser("create-key", help="create an API key for a tenant; the key is printed once")
-    p.add_argument("tenant", help="tenant name or id")
-    p.add_argument("--label", default="")
-    p.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
-    p = sub.add_parser("revoke-key", help="revoke an API key by its prefix")
-    p.add_argument("prefix")
-    sub.add_parser("list-tenants", help="list tenants as JSON")
-    add_purge_arguments(
-        sub.add_parser(
-            "purge",
-            help="erase the media of jobs finished, and inputs uploaded, longer ago than the retention period",
-        )
     )
 
 

@@ -1,4 +1,5 @@
-"""Stopping child processes started in their own process group (``start_new_session=True``).
+"""Child processes started in their own process group (``start_new_session=True``), and the loopback
+ports they are given.
 
 The gateway, the Celery worker and the Triton launcher each fork helpers (uvicorn/prefork children,
 tritonserver, backend stubs) that share the leader's process group. Stopping only the leader can leave
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 from typing import Any
 
@@ -65,3 +67,17 @@ def stop_process_group(
     except subprocess.TimeoutExpired:
         LOGGER.error("%s (pid %d) survived SIGKILL for %.0f s", name or "process", proc.pid, _REAP_TIMEOUT_S)
         return None
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together while choosing so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

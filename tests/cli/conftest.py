@@ -18,8 +18,8 @@ from services.gateway.app import create_app
 from shared.media.samples import write_clip, write_portrait
 from shared.platform import admin
 from shared.platform.db import Database
+from shared.platform.processes import free_ports
 from shared.platform.settings import Settings
-from shared.platform.testing import free_ports
 from tests.worker.conftest import tiny_checkpoint as random_tiny_checkpoint  # noqa: F401
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "goha-tiny.pt"

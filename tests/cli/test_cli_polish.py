@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.platform import cli
-from shared.platform.client import ApiError, GohaClient
-from shared.platform.testing import run_reference_job
+from goha import cli
+from goha.client import ApiError, GohaClient
+from services.worker.reference import run_reference_job
 from tests.cli.conftest import CONSENT_FLAGS, Gateway
 from tests.cli.test_client_cli import api, run_cli
 
@@ -144,8 +144,8 @@ def test_a_short_id_is_found_by_the_gateway_beyond_the_latest_1000_jobs(
     from shared.platform import repository
     from shared.platform.db import Database
     from shared.platform.settings import Settings
-    from shared.platform.testing import make_job_for_tests
     from tests.cli.conftest import serve_gateway
+    from tests.support.factories import make_job_for_tests
 
     settings = Settings(
         var_dir=tmp_path / "var",

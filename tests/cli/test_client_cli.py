@@ -1,6 +1,6 @@
 """The client and the ``goha`` CLI against a real gateway (uvicorn on loopback, SQLite, filesystem broker).
 No worker runs here: jobs stay queued unless a test completes one with the reference job
-(``shared.platform.testing.run_reference_job``), which copies the driving clip as the "result"."""
+(``services.worker.reference.run_reference_job``), which copies the driving clip as the "result"."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from shared.platform import cli
-from shared.platform.client import ApiError, Consent, GohaClient
+from goha import cli
+from goha.client import ApiError, Consent, GohaClient
+from services.worker.reference import run_reference_job
+from shared.platform.processes import free_ports
 from shared.platform.settings import Settings
-from shared.platform.testing import free_ports, run_reference_job
 from tests.cli.conftest import CONSENT_FLAGS, Gateway, serve_gateway
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""`make demo` (python -m shared.platform.demo) on a short clip: inputs written, job run on the embedded
+"""`make demo` (python -m services.embedded.demo) on a short clip: inputs written, job run on the embedded
 stack, result downloaded and verified, the stack gone afterwards, JSON summary as the last line."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_demo_runs_the_job_end_to_end(
 ) -> None:
     var_dir = tmp_path / "var"
     completed = subprocess.run(
-        [sys.executable, "-m", "shared.platform.demo", "--var-dir", str(var_dir), "--checkpoint",
+        [sys.executable, "-m", "services.embedded.demo", "--var-dir", str(var_dir), "--checkpoint",
          str(stack_checkpoint), "--seconds", "0.4", "--size", "128", "--triton-threads", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

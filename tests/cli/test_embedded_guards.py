@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.platform import cli
-from shared.platform.db import Database
-from shared.platform.embedded import (
+from goha import cli
+from services.embedded.stack import (
     CHECKPOINT_MISSING,
     PORT_IN_USE,
     STACK_ALREADY_RUNNING,
@@ -19,11 +18,12 @@ from shared.platform.embedded import (
     EmbeddedStackError,
     recover_jobs,
 )
+from shared.platform.db import Database
 from shared.platform.jobs import JobState, transition
 from shared.platform.migrate import upgrade
 from shared.platform.models import Job
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 def test_missing_checkpoint_is_a_typed_error_and_the_cli_prints_it(tmp_path: Path, capsys) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from services.embedded.stack import EmbeddedStack
 from shared.platform import admin, repository
 from shared.platform.db import Database
-from shared.platform.embedded import EmbeddedStack
 from shared.platform.migrate import upgrade
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import av
 import pytest
 
-from shared.platform import cli
-from shared.platform.client import Consent, GohaClient
+from goha import cli
+from goha.client import Consent, GohaClient
 from shared.platform.db import Database
 from shared.platform.models import ApiKey
 from tests.cli.conftest import CONSENT_FLAGS
@@ -64,7 +64,7 @@ STOP_GRACE_S = 15.0  # docs/cli.md: SIGKILL of whatever is left after 15 s
 
 def start_up(var_dir: Path, checkpoint: Path) -> UpProcess:
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.platform.cli", "up", "--var-dir", str(var_dir), "--port", "0",
+        [sys.executable, "-m", "goha.cli", "up", "--var-dir", str(var_dir), "--port", "0",
          "--checkpoint", str(checkpoint), "--triton-threads", "1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,

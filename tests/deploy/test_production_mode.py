@@ -151,7 +151,7 @@ def test_a_reconciler_process_refuses_to_start_and_says_why(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOHA_")}
     env.update({"GOHA_PRODUCTION": "true", "GOHA_EMBEDDED": "false", "GOHA_VAR_DIR": str(tmp_path)})
     run = subprocess.run(
-        [sys.executable, "-m", "shared.platform.reconciler", "--once"],
+        [sys.executable, "-m", "services.reconciler", "--once"],
         cwd=df.REPO_ROOT,
         env=env,
         capture_output=True,

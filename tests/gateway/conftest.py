@@ -2,7 +2,7 @@
 reference ``goha.reenact`` task; two gateway instances on the same state — one whose queue has that
 worker, one whose queue has none (for jobs that must stay queued).
 
-Worker threads come from ``shared.platform.testing.embedded_worker``, not Celery's ``start_worker``: the
+Worker threads come from ``tests.support.embedded_worker``, not Celery's ``start_worker``: the
 session worker here stays up while other packages (tests/web, tests/observability) start their own, and
 ``start_worker`` shares kombu's current event loop, the default app, the process-wide stop flag and
 logging set-up with every other worker in the process (docs/web.md)."""
@@ -22,17 +22,14 @@ from celery import Celery
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
+from services.worker.reference import register_reference_task
+from shared.media.synthetic import make_image_bytes, make_video_bytes
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage, make_storage
-from shared.platform.testing import (
-    embedded_worker,
-    make_image_bytes,
-    make_video_bytes,
-    register_reference_task,
-)
+from tests.support.embedded_worker import embedded_worker
 
 CONSENT = {
     "consent_subject": "Jane Doe",

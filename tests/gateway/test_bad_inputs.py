@@ -8,11 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from shared.media.synthetic import make_image_bytes, make_video_bytes
 from shared.platform.db import Database
 from shared.platform.models import Asset, AuditLog, Job
 from shared.platform.storage import ObjectStorage
-from shared.platform.testing import make_image_bytes, make_png_bomb, make_video_bytes
 from tests.gateway.conftest import MiB, TenantKey, submit
+from tests.support.factories import make_png_bomb
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,15 @@ from celery import Celery
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
+from services.reconciler.reconcile import reconcile_once
+from services.worker.reference import register_reference_task
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.models import Job
 from shared.platform.queue import enqueue_job, make_celery
-from shared.platform.reconciler import reconcile_once
 from shared.platform.settings import Settings
-from shared.platform.testing import embedded_worker, register_reference_task
 from tests.gateway.conftest import TenantKey, submit, wait_for_state
+from tests.support.embedded_worker import embedded_worker
 
 
 @pytest.fixture

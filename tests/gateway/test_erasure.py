@@ -10,10 +10,10 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from shared.media.synthetic import make_image_bytes, make_video_bytes
 from shared.platform.db import Database
 from shared.platform.models import Asset, AuditLog, Job
 from shared.platform.storage import ObjectStorage, avatar_cache_key
-from shared.platform.testing import make_image_bytes, make_video_bytes
 from tests.gateway.conftest import TenantKey, submit, wait_for_state
 
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from shared.platform import repository
 from shared.platform.db import Database
 from shared.platform.models import Tenant
-from shared.platform.testing import make_job_for_tests
 from tests.gateway.conftest import TenantKey
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
+from shared.media.synthetic import make_image_bytes, make_video_bytes
 from shared.platform.db import Database
 from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage
-from shared.platform.testing import make_image_bytes, make_video_bytes
 from tests.gateway.conftest import TenantKey, submit
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from PIL import Image
 
 from services.gateway.app import create_app
 from shared.media.samples import write_portrait
+from shared.media.synthetic import make_video_bytes
 from shared.platform import admin
 from shared.platform.db import Database
 from shared.platform.settings import Settings
-from shared.platform.testing import make_video_bytes
 
 
 @pytest.fixture(scope="module")

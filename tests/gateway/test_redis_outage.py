@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 
 from services.gateway.app import create_app
 from shared.platform.db import Database
+from shared.platform.processes import free_ports
 from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage
-from shared.platform.testing import free_ports
 from tests.gateway.conftest import TenantKey, submit
 
 pytestmark = pytest.mark.integration

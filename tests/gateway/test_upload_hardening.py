@@ -22,9 +22,9 @@ import uvicorn
 
 from services.gateway.app import create_app
 from shared.platform.db import Database
+from shared.platform.processes import free_ports
 from shared.platform.settings import Settings
 from shared.platform.storage import ObjectStorage
-from shared.platform.testing import free_ports
 from tests.gateway.conftest import CONSENT, MiB, TenantKey
 
 pytestmark = pytest.mark.integration

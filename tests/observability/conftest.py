@@ -11,7 +11,7 @@ from shared.platform.db import Database
 from shared.platform.jobs import JobState, transition
 from shared.platform.migrate import upgrade
 from shared.platform.models import Job
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from shared.platform.metrics import InstrumentedInference
 from shared.platform.models import Job
 from shared.platform.settings import Settings
 from shared.platform.storage import LocalStorage
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 @pytest.mark.slow  # builds the worker's context: torch, the tiny network, a dev C2PA chain (~6 s)

@@ -1,5 +1,5 @@
 """Fixtures of the platform tests. The server fixtures (goha_postgres_url, goha_seaweedfs, ...)
-come from ``shared.platform.pytest_plugin``."""
+come from ``tests/support/pytest_plugin.py``."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_create_tenant_and_key_then_authenticate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'admin.sqlite3'}"
     env = {**os.environ, "GOHA_DATABASE_URL": url, "GOHA_VAR_DIR": str(tmp_path)}
-    migrated = _run(["-m", "shared.platform.cli", "migrate"], env)
+    migrated = _run(["-m", "goha.cli", "migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
     assert json.loads(migrated.stdout)["revision"] == head_revision()
 
@@ -56,7 +56,7 @@ def test_create_tenant_and_key_then_authenticate(tmp_path: Path) -> None:
             assert repository.authenticate(session, key) is not None
             assert repository.authenticate(session, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
             prefix = row.prefix
-        revoked = _run(["-m", "shared.platform.cli", "keys", "revoke", prefix], env)
+        revoked = _run(["-m", "goha.cli", "keys", "revoke", prefix], env)
         assert revoked.returncode == 0, revoked.stderr
         with db.session() as session:
             assert repository.authenticate(session, key) is None
@@ -65,5 +65,5 @@ def test_create_tenant_and_key_then_authenticate(tmp_path: Path) -> None:
     finally:
         db.dispose()
 
-    via_goha = _run(["-m", "shared.platform.cli", "keys", "create", tenant_id], env)
+    via_goha = _run(["-m", "goha.cli", "keys", "create", tenant_id], env)
     assert via_goha.returncode == 0 and via_goha.stdout.strip().startswith("goha_")

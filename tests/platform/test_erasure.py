@@ -20,7 +20,7 @@ from shared.platform.erasure import purge_expired
 from shared.platform.jobs import JobState, transition
 from shared.platform.models import Asset, Job, utcnow
 from shared.platform.storage import LocalStorage, avatar_cache_key
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = dt.timedelta(days=1)

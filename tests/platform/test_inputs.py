@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from shared.media.synthetic import make_image_bytes, make_video_bytes, make_video_file
 from shared.platform import errors
 from shared.platform.errors import InputRejected
 from shared.platform.inputs import InputLimits, inspect_media, sniff
 from shared.platform.settings import Settings
-from shared.platform.testing import make_image_bytes, make_png_bomb, make_video_bytes, make_video_file
+from tests.support.factories import make_png_bomb
 
 LIMITS = InputLimits.from_settings(
     Settings(

@@ -17,7 +17,7 @@ from shared.platform.jobs import (
     update_progress,
 )
 from shared.platform.models import Job, JobEvent
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 def _events(db: Database, job_id: str) -> list[tuple[str | None, str]]:

@@ -16,6 +16,8 @@ import redis
 from celery import Celery
 from sqlalchemy import update
 
+from services.reconciler.reconcile import reconcile_once
+from services.worker.reference import run_reference_job
 from shared.platform.db import Database
 from shared.platform.errors import IllegalTransition
 from shared.platform.jobs import (
@@ -36,10 +38,10 @@ from shared.platform.leases import (
 from shared.platform.metrics import JobStateCollector
 from shared.platform.models import Job, utcnow
 from shared.platform.queue import REENACT_TASK, enqueue_job, make_celery, pending_job_ids
-from shared.platform.reconciler import reconcile_once
 from shared.platform.settings import Settings
 from shared.platform.storage import make_storage, output_key
-from shared.platform.testing import make_job_for_tests, run_reference_job, temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 

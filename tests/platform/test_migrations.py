@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from shared.platform.db import Database, make_engine
 from shared.platform.migrate import current_revision, downgrade, head_revision, upgrade
 from shared.platform.models import Base
-from shared.platform.testing import temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
 
 TABLES = {"tenants", "api_keys", "assets", "jobs", "job_events", "provenance_records", "audit_log"}
 
@@ -56,7 +56,7 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
 def test_append_only_tables_refuse_update_and_delete(any_db: Database, table: str) -> None:
     from shared.platform import repository
     from shared.platform.jobs import JobState, record_event
-    from shared.platform.testing import make_job_for_tests
+    from tests.support.factories import make_job_for_tests
 
     with any_db.session() as session:
         if table == "audit_log":

@@ -37,7 +37,7 @@ from shared.platform.storage import (
     make_storage,
     output_key,
 )
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 LATER = dt.timedelta(hours=2)  # past the orphan grace period
 USER = Actor("test")

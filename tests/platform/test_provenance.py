@@ -15,7 +15,7 @@ from shared.platform.provenance import (
     signature_valid,
 )
 from shared.platform.settings import Settings
-from shared.platform.testing import TEST_SIGNING_KEY, make_job_for_tests
+from tests.support.factories import TEST_SIGNING_KEY, make_job_for_tests
 
 
 def test_record_is_signed_at_submission_and_completion(any_db: Database) -> None:

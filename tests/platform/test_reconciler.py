@@ -11,13 +11,14 @@ import redis
 from celery import Celery
 from prometheus_client import REGISTRY
 
+from services.reconciler.reconcile import QUEUE_TIMEOUT, reconcile_once
 from shared.platform.db import Database
 from shared.platform.jobs import JobState, transition
 from shared.platform.models import Job, utcnow
 from shared.platform.queue import REENACT_TASK, enqueue_job, make_celery
-from shared.platform.reconciler import QUEUE_TIMEOUT, reconcile_once
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests, temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 

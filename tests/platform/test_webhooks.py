@@ -18,8 +18,8 @@ from shared.platform.errors import InputRejected
 from shared.platform.jobs import JobState, transition
 from shared.platform.models import Job, Tenant, utcnow
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests
 from shared.platform.webhooks import REFUSED, check_callback_url, deliver_pending, payload, retry_delay_s
+from tests.support.factories import make_job_for_tests
 from tests.webhook_receiver import webhook_receiver
 
 PRODUCTION = Settings(embedded=False)

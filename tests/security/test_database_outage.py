@@ -17,11 +17,13 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from services.reconciler.reconcile import reconcile_once
 from shared.platform.db import Database
 from shared.platform.models import Job, utcnow
-from shared.platform.reconciler import reconcile_once
+from shared.platform.processes import free_ports
 from shared.platform.settings import get_settings
-from shared.platform.testing import free_ports, make_job_for_tests, temp_postgres_database
+from shared.platform.tempdb import temp_postgres_database
+from tests.support.factories import make_job_for_tests
 
 pytestmark = pytest.mark.integration
 

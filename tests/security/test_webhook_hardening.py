@@ -30,8 +30,8 @@ from shared.platform.jobs import JobState, transition
 from shared.platform.migrate import upgrade
 from shared.platform.models import ApiKey, Job, Tenant, utcnow
 from shared.platform.settings import Settings
-from shared.platform.testing import make_job_for_tests
 from shared.platform.webhooks import NO_ANSWER, REFUSED, UNSIGNED, check_callback_url, deliver_pending
+from tests.support.factories import make_job_for_tests
 from tests.webhook_receiver import raw_server, read_request, webhook_receiver
 
 PRODUCTION = Settings(embedded=False)

@@ -23,11 +23,14 @@ import pytest
 import uvicorn
 
 from services.gateway.app import create_app
+from services.worker.reference import register_reference_task
+from shared.media.synthetic import make_video_file
 from shared.platform import admin
 from shared.platform.db import Database
+from shared.platform.processes import free_ports
 from shared.platform.queue import make_celery
 from shared.platform.settings import Settings
-from shared.platform.testing import embedded_worker, free_ports, make_video_file, register_reference_task
+from tests.support.embedded_worker import embedded_worker
 from tests.web.cdp import Browser, chromium_path, launch
 
 

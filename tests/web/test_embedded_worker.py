@@ -1,4 +1,4 @@
-"""The embedded worker behind the web rig (``shared.platform.testing.embedded_worker``).
+"""The embedded worker behind the web rig (``tests.support.embedded_worker``).
 
 In a full pytest session a session-scoped worker of another package (tests/gateway's) is still running
 when the web rig starts its own Redis-backed worker. With Celery's ``start_worker`` the second worker
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from celery import Celery
 
-from shared.platform.testing import EmbeddedWorkerError, embedded_worker
+from tests.support.embedded_worker import EmbeddedWorkerError, embedded_worker
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from shared.platform.db import Database
 from shared.platform.models import Job
 from shared.platform.settings import Settings, get_settings
 from shared.platform.storage import S3Storage
-from shared.platform.testing import make_job_for_tests
+from tests.support.factories import make_job_for_tests
 
 
 def test_retry_delay_doubles_up_to_the_cap() -> None:

@@ -16,7 +16,7 @@ once it has been started ``worker_max_attempts`` times (``shared.platform.jobs.c
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) so several reconcilers can run; the
 stamp is committed *before* publishing, like every enqueue.
 
-    python -m shared.platform.reconciler [--once]
+    python -m services.reconciler [--once]
 """
 
 from __future__ import annotations
@@ -219,9 +219,7 @@ def _pending_or_none(app: object) -> set[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m shared.platform.reconciler", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m services.reconciler", description=__doc__.split("\n")[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
     from shared.platform.logging import configure_logging
@@ -229,7 +227,3 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO")
     run_forever(get_settings(), once=args.once)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ Admin (talk to the database named by GOHA_DATABASE_URL / the embedded SQLite fil
     goha keys create TENANT [--label L]       create an API key (printed once)
     goha keys revoke PREFIX
 
-API client (``--api-url``/``--api-key`` or GOHA_API_URL / GOHA_API_KEY; ``shared.platform.client``):
+API client (``--api-url``/``--api-key`` or GOHA_API_URL / GOHA_API_KEY; ``goha.client``):
 
     goha submit PORTRAIT [DRIVING] --consent-subject S --consent-method M [--wait] [-o out.mp4]
     goha status [JOB]                         one job, or your latest jobs (--cursor: the next page)
@@ -22,6 +22,9 @@ Local:
     goha demo                                 the demo job (same as ``make demo``)
 
 A JOB may be a unique prefix of its id (at least 8 characters; ``resolve_job_id``).
+The client commands load only ``goha`` (and the platform's settings and error types): never the
+server's ORM. The admin commands import the server modules they run when they run, and ``up`` and
+``demo`` dispatch to the embedded stack's modules (``services/embedded/``).
 Errors print ``error: [code] message`` (the API's error envelope) and exit 1.
 Each COMMANDS entry is (name, help, add_arguments, handler).
 """
@@ -31,22 +34,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
-import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.platform import admin
-from shared.platform.db import Database
+from goha.display import JobProgressBar, job_summary, progress_text, verify_recognised, verify_summary
+from shared.platform.admin_arguments import add_purge_arguments
 from shared.platform.errors import PlatformError
 from shared.platform.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.platform.client import GohaClient
+    from goha.client import GohaClient
+    from shared.platform.db import Database
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -72,6 +72,8 @@ def _tenants_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _tenants(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.platform import admin
+
     command = {"create": "create-tenant", "list": "list-tenants"}[args.action]
     return _with_db(
         settings, lambda db: admin.run_command(argparse.Namespace(**{**vars(args), "command": command}), db)
@@ -88,6 +90,8 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.platform import admin
+
     command = {"create": "create-key", "revoke": "revoke-key"}[args.action]
     return _with_db(
         settings, lambda db: admin.run_command(argparse.Namespace(**{**vars(args), "command": command}), db)
@@ -95,10 +99,12 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _purge_args(parser: argparse.ArgumentParser) -> None:
-    admin.add_purge_arguments(parser)
+    add_purge_arguments(parser)
 
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.platform import admin
+
     return _with_db(
         settings,
         lambda db: admin.run_command(argparse.Namespace(**{**vars(args), "command": "purge"}), db, settings),
@@ -106,6 +112,8 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _with_db(settings: Settings, action: Callable[[Database], int]) -> int:
+    from shared.platform.db import Database
+
     db = Database(settings.database_url)
     try:
         return action(db)
@@ -168,7 +176,7 @@ OPTION_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
 
 
 def _api_args(parser: argparse.ArgumentParser) -> None:
-    from shared.platform.client import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+    from goha.client import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
     group = parser.add_argument_group("API")
     group.add_argument("--api-url", default=None, help=f"default: ${API_URL_ENV} or {DEFAULT_API_URL}")
@@ -178,112 +186,13 @@ def _api_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> GohaClient:
-    from shared.platform.client import GohaClient
+    from goha.client import GohaClient
 
     return GohaClient(args.api_url, args.api_key, timeout=args.timeout)
 
 
 def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-def _progress_text(job: dict[str, Any]) -> str:
-    progress = job.get("progress") or {}
-    done, total = progress.get("frames_done") or 0, progress.get("frames_total")
-    return f"{done}/{total} frames" if total else "-"
-
-
-def _stage_text(job: dict[str, Any]) -> str:
-    """What the job is doing (the API's ``progress.stage_text``, e.g. "animating 40/75"), and the
-    worker's estimate of the time left when it has one (measured stage rates; never a guess)."""
-    progress = job.get("progress") or {}
-    text = str(progress.get("stage_text") or progress.get("stage") or job.get("state") or "")
-    eta = progress.get("eta_s")
-    if isinstance(eta, int | float) and job.get("state") == "running":
-        text += f", about {_duration(eta)} left"
-    return text
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def _job_summary(job: dict[str, Any]) -> str:
-    lines = [
-        f"job       {job['id']}",
-        f"state     {job['state']}  ({job.get('job_type', 'reenact')}, attempt {job.get('attempts', 0)})",
-        f"progress  {_progress_text(job)}",
-        f"created   {job.get('created_at', '-')}",
-    ]
-    if job.get("state") in ("queued", "running"):
-        lines.insert(3, f"stage     {_stage_text(job)}")
-    if job.get("finished_at"):
-        lines.append(f"finished  {job['finished_at']}")
-    timings = job.get("timings") or {}
-    if timings:
-        shown = ", ".join(f"{name.removesuffix('_s')} {value:.1f}s" for name, value in timings.items())
-        lines.append(f"timings   {shown}")
-    if job.get("error"):
-        lines.append(f"error     [{job['error'].get('code')}] {job['error'].get('message')}")
-    if job.get("media_deleted_at"):
-        lines.append(f"deleted   {job['media_deleted_at']} (result and inputs erased; provenance kept)")
-    return "\n".join(lines)
-
-
-class JobProgressBar:
-    """Progress of a job on stderr: a tqdm bar over its frames with the worker's stage and its estimate of
-    the time left as postfix on a terminal (tqdm's own rate and ETA are left out: frames only move while
-    animating, so a rate over the whole job would be wrong); one line per change of state, stage or frame
-    count otherwise, so logs stay readable."""
-
-    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} frames, {postfix}"
-
-    def __init__(self, enabled: bool, *, interactive: bool | None = None) -> None:
-        self.enabled = enabled
-        self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self.bar: Any = None
-        self._last: tuple[str, str, int, int | None] | None = None
-
-    def __call__(self, job: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        progress = job.get("progress") or {}
-        total = progress.get("frames_total")
-        done = int(progress.get("frames_done") or 0)
-        state = str(job.get("state"))
-        stage = _stage_text(job)
-        if not self.interactive:
-            key = (state, str(progress.get("stage_text") or progress.get("stage") or ""), done, total)
-            if key != self._last:
-                self._last = key
-                print(
-                    f"{job['id'][:8]} {state} {done}/{total if total else '?'} frames ({stage})",
-                    file=sys.stderr,
-                )
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(
-                total=total,
-                unit="frame",
-                desc=job["id"][:8],
-                file=sys.stderr,
-                dynamic_ncols=True,
-                bar_format=self.BAR_FORMAT,
-            )
-        if total and self.bar.total != total:
-            self.bar.total = total
-            self.bar.refresh()
-        if done > self.bar.n:
-            self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(stage, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _submit_args(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +274,7 @@ def _follow(client: GohaClient, job_id: str, args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if job["state"] != "succeeded":
-        print(_job_summary(job) if not args.json else json.dumps(job, default=str))
+        print(job_summary(job) if not args.json else json.dumps(job, default=str))
         error = job.get("error") or {"code": job["state"], "message": f"the job ended {job['state']}"}
         print(f"error: [{error.get('code')}] {error.get('message')}", file=sys.stderr)
         return 1
@@ -378,7 +287,7 @@ def _follow(client: GohaClient, job_id: str, args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(_job_summary(job))
+        print(job_summary(job))
         if download is not None:
             print(f"saved     {download.path} ({download.size_bytes} bytes, sha256 {download.sha256[:16]}…)")
     return 0
@@ -424,7 +333,7 @@ def _status(args: argparse.Namespace, _settings: Settings) -> int:
             if args.json:
                 _print_json(job)
             else:
-                print(_job_summary(job))
+                print(job_summary(job))
             return 0
         page = client.list_jobs(state=args.state, limit=args.limit, cursor=args.cursor)
     if args.json:
@@ -437,7 +346,7 @@ def _status(args: argparse.Namespace, _settings: Settings) -> int:
     print(f"{'JOB':36}  {'STATE':9}  {'TYPE':7}  {'PROGRESS':16}  CREATED")
     for job in items:
         print(
-            f"{job['id']:36}  {job['state']:9}  {job.get('job_type', ''):7}  {_progress_text(job):16}  "
+            f"{job['id']:36}  {job['state']:9}  {job.get('job_type', ''):7}  {progress_text(job):16}  "
             f"{job.get('created_at', '')}"
         )
     if page.get("next_cursor"):
@@ -476,7 +385,7 @@ def _job_command(call: Callable[[GohaClient, str], dict[str, Any]]) -> Handler:
         if args.json:
             _print_json(job)
         else:
-            print(_job_summary(job))
+            print(job_summary(job))
         return 0
 
     return run
@@ -485,41 +394,6 @@ def _job_command(call: Callable[[GohaClient, str], dict[str, Any]]) -> Handler:
 def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path)
     _api_args(parser)
-
-
-def verify_summary(report: dict[str, Any]) -> str:
-    """Human lines for a /v1/verify answer (also used by the demo)."""
-    watermark = report.get("watermark") or {}
-    manifest = report.get("manifest") or {}
-    lines = [f"verdict    {report.get('message', '')}"]
-    if report.get("status") != "checked":
-        return "\n".join(
-            [*lines, "checked    nothing: no detector in this deployment (not a negative answer)"]
-        )
-    lines.append(
-        f"watermark  {'found' if watermark.get('found') else 'not found'}"
-        f" ({watermark.get('confident_bits', 0)}/32 confident bits)"
-    )
-    if manifest.get("present"):
-        state = "valid" if manifest.get("valid") else "INVALID"
-        trust = "trusted" if manifest.get("trusted") else "untrusted signer"
-        lines.append(f"c2pa       {state}, {trust}, names job {manifest.get('job_id')}")
-    else:
-        lines.append("c2pa       no manifest")
-    if report.get("job_id"):
-        lines.append(
-            f"job        {report['job_id']} ({'your tenant' if report.get('same_tenant') else 'another tenant'})"
-        )
-    for name, value in (report.get("checks") or {}).items():
-        lines.append(f"check      {name}: {value}")
-    return "\n".join(lines)
-
-
-def verify_recognised(report: dict[str, Any]) -> bool:
-    manifest = report.get("manifest") or {}
-    return bool(
-        (report.get("watermark") or {}).get("found") or (manifest.get("present") and manifest.get("valid"))
-    )
 
 
 def _verify(args: argparse.Namespace, _settings: Settings) -> int:
@@ -534,96 +408,27 @@ def _verify(args: argparse.Namespace, _settings: Settings) -> int:
     return VERIFY_RECOGNISED if verify_recognised(report) else VERIFY_NOT_RECOGNISED
 
 
-# -- local stack -------------------------------------------------------------------------------------------
-def _stack_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--var-dir", type=Path, default=None, help="state directory (default: GOHA_VAR_DIR or ./var)"
-    )
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default: models/goha-<profile>.pt")
-    parser.add_argument("--profile", default="tiny")
-    parser.add_argument("--triton-threads", type=int, default=None, help="torch threads of the model server")
-
-
+# -- local stack: the embedded stack's own modules --------------------------------------------------------
 def _up_args(parser: argparse.ArgumentParser) -> None:
-    _stack_args(parser)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
-    parser.add_argument("--tenant", default="demo", help="tenant that gets this session's API key")
+    from services.embedded import up
+
+    up.add_arguments(parser)
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.platform.embedded import EmbeddedStack
+    from services.embedded import up
 
-    def announce(message: str) -> None:
-        print(f"# {message}", file=sys.stderr, flush=True)
-
-    stack = EmbeddedStack(
-        args.var_dir or settings.var_dir,
-        checkpoint=args.checkpoint,
-        profile=args.profile,
-        host=args.host,
-        port=args.port or None,
-        tenant=args.tenant,
-        triton_threads=args.triton_threads,
-        announce=announce,
-    )
-    # SIGTERM (kill, systemd, a test harness) stops the stack as cleanly as Ctrl-C does. SIGINT is set
-    # explicitly too: a process started in the background by a shell inherits it ignored.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    try:
-        stack.start()
-        print(
-            f"GOHA embedded stack is up ({stack.timings['startup_s']:.0f} s). Ctrl-C stops it.\n"
-            f"  web page  {stack.url}/   (paste the key below)\n"
-            f"  API       {stack.url}   (reference: {stack.url}/docs)\n"
-            f"  API key   {stack.api_key}   (tenant {args.tenant}; kept in {stack.key_file}, the same at every start)\n"
-            f"  state     {stack.var_dir}\n"
-            f"  logs      {stack.log_dir}/{{triton,gateway,worker}}.log\n"
-            f"In another shell:  . {stack.env_file}   (or: export GOHA_API_URL={stack.url} GOHA_API_KEY=…)",
-            flush=True,
-        )
-        stack.serve_forever()
-    except KeyboardInterrupt:
-        announce("stopping the embedded stack")
-    finally:
-        # A second Ctrl-C must not cut the shutdown short and leave children behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            stack.stop(requested_at=_INTERRUPTED_AT[0])  # the grace counts from the Ctrl-C
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
-    took = time.monotonic() - (_INTERRUPTED_AT[0] or time.monotonic())
-    announce(f"stopped ({took:.1f} s after the signal)" if _INTERRUPTED_AT[0] else "stopped")
-    if stack.timings.get("startup_s") is not None:
-        # Every child is gone and nothing is left to save: leave now. Finalising the interpreter (torch
-        # and the Triton client are loaded) took up to 2 s more, past the documented 15 s grace.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
-
-
-_INTERRUPTED_AT: list[float | None] = [None]  # time.monotonic() of the first Ctrl-C / SIGTERM
-
-
-def _raise_interrupt(_signum: int, _frame: object) -> None:
-    if _INTERRUPTED_AT[0] is None:
-        _INTERRUPTED_AT[0] = time.monotonic()
-    raise KeyboardInterrupt
+    return up.run(args, settings)
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
-    from shared.platform import demo
+    from services.embedded import demo
 
     demo.add_arguments(parser)
 
 
 def _demo(args: argparse.Namespace, _settings: Settings) -> int:
-    from shared.platform import demo
+    from services.embedded import demo
 
     return demo.run(args)
 

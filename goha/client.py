@@ -1,6 +1,6 @@
 """Python client of the REST API v1 (docs/api.md), the library under the ``goha`` CLI.
 
-    from shared.platform.client import GohaClient, Consent
+    from goha.client import GohaClient, Consent
 
     with GohaClient("http://127.0.0.1:8080", api_key) as client:
         job = client.submit("portrait.png", "driver.mp4",

@@ -1,9 +1,9 @@
-"""``make demo`` / ``goha demo`` / ``python -m shared.platform.demo``: the main job, end to end, on one machine.
+"""``make demo`` / ``goha demo`` / ``python -m services.embedded.demo``: the main job, end to end, on one machine.
 
 1. writes the sample inputs to ``<var>/demo/``: the astronaut portrait that ships in scikit-image and a
    generated driving clip (that face swaying and "talking", 25 fps, with a tone as its audio track);
 2. starts the embedded stack (Triton via PyTriton, the gateway, one Celery worker; SQLite, the
-   filesystem broker and local storage under ``<var>``; see ``shared.platform.embedded``);
+   filesystem broker and local storage under ``<var>``; see ``services/embedded/stack.py``);
 3. submits the job through the Python client, shows its progress, downloads the watermarked MP4, saves
    the signed provenance record and verifies the MP4 (watermark, C2PA manifest, provenance);
 4. prints where the files are and the timings, and shuts the stack down.
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.platform.client import Consent
+from goha.client import Consent
+from goha.display import JobProgressBar, verify_recognised, verify_summary
 from shared.platform.errors import PlatformError
 
 DEMO_CONSENT = Consent(
@@ -55,9 +56,8 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.embedded.stack import EmbeddedStack
     from shared.media.samples import write_clip, write_portrait
-    from shared.platform.cli import JobProgressBar, verify_recognised, verify_summary
-    from shared.platform.embedded import EmbeddedStack
 
     began = time.perf_counter()
     demo_dir = Path(args.var_dir).resolve() / "demo"
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.platform.demo", description=__doc__.split("\n")[0]
+        prog="python -m services.embedded.demo", description=__doc__.split("\n")[0]
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

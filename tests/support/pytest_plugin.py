@@ -1,4 +1,4 @@
-"""Session-scoped pytest fixtures for the real servers (loaded for every suite via ``-p`` in pyproject).
+"""Session-scoped pytest fixtures for the real servers (loaded for every suite by ``pytest_plugins`` in tests/conftest.py).
 
 - ``goha_postgres_url``: a fresh PostgreSQL database migrated to head, dropped at the end.
 - ``goha_redis_url``: the local Redis (the test fails with a clear message if it is down).
@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from shared.platform import testing
+from shared.platform.tempdb import pg_admin_url, temp_postgres_database
+from tests.support.seaweedfs import SeaweedS3, start_seaweedfs
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -26,10 +27,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 @pytest.fixture(scope="session")
 def goha_postgres_url() -> Iterator[str]:
     try:
-        database = testing.temp_postgres_database("goha_test")
+        database = temp_postgres_database("goha_test")
         url = database.__enter__()
     except Exception as exc:  # the server is part of the test environment: say what is missing
-        pytest.fail(f"PostgreSQL at {testing.pg_admin_url()} is not usable: {exc}")
+        pytest.fail(f"PostgreSQL at {pg_admin_url()} is not usable: {exc}")
     try:
         yield url
     finally:
@@ -52,8 +53,8 @@ def goha_redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def goha_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.SeaweedS3]:
-    server = testing.start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+def goha_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     try:
         yield server
     finally:
@@ -66,7 +67,7 @@ def goha_queue_name() -> str:
 
 
 @pytest.fixture(scope="session")
-def goha_s3_settings(goha_seaweedfs: testing.SeaweedS3) -> dict[str, Any]:
+def goha_s3_settings(goha_seaweedfs: SeaweedS3) -> dict[str, Any]:
     return {
         "storage_backend": "s3",
         "s3_endpoint": goha_seaweedfs.endpoint,

@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from shared.platform.client import GohaClient
+from goha.client import GohaClient
 from shared.platform.errors import PlatformError
 from shared.platform.processes import stop_process_group
 from shared.platform.settings import Settings
@@ -517,12 +517,12 @@ def recover_jobs(settings: Settings, *, hand_back_running: bool) -> list[str]:
     """
     from sqlalchemy import select
 
+    from services.reconciler.reconcile import reconcile_once
     from shared.platform import webhooks
     from shared.platform.db import Database
     from shared.platform.jobs import JobState, transition
     from shared.platform.models import Job
     from shared.platform.queue import enqueue_job, make_celery
-    from shared.platform.reconciler import reconcile_once
 
     database = Database(settings.database_url)
     try:
