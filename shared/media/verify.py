@@ -39,12 +39,13 @@ ATTACKS: dict[str, str] = {
     "flip": "horizontal flip",
     "crf28_scale075": "resize to 0.75x + CRF 28",
 }
-# Issue 15's run (docs/media.md, "Robustness report"): 24 payloads on the tiny model's output (paste-back and
-# crop-mode sources), the run cut short by the time box; the rates are what it measured.
+# Found rates of `make bench-watermark` on the tiny model's output (docs/media.md, "Robustness report"),
+# pooled over its two runs: 50 payloads (2026-12-07, all 50 found after every attack but greyscale and
+# flip) and an earlier 24-payload run (2 misses at CRF 35, both on crop-mode sources): 74 payloads.
 ATTACK_FOUND_RATES: dict[str, float] = {
     "crf23": 1.0,
     "crf28": 1.0,
-    "crf35": 0.9167,
+    "crf35": 0.973,  # 72 / 74
     "scale075": 1.0,
     "scale050": 1.0,
     "crop8": 1.0,
