@@ -81,6 +81,7 @@ class BenchConfig:
     timeout_s: float = 1800.0
     verify_watermark: bool = True
     worker_env: tuple[tuple[str, str], ...] = ()  # extra environment for the worker (A/B knobs)
+    job_options: tuple[tuple[str, str], ...] = ()  # extra form fields of the measured job (paste_back=false)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------
@@ -231,7 +232,9 @@ def _wait_for(
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-def _submit(client: Any, portrait: bytes, driving: bytes) -> tuple[str, float]:
+def _submit(
+    client: Any, portrait: bytes, driving: bytes, options: tuple[tuple[str, str], ...] = ()
+) -> tuple[str, float]:
     started = time.perf_counter()
     response = client.post(
         "/v1/jobs",
@@ -239,7 +242,7 @@ def _submit(client: Any, portrait: bytes, driving: bytes) -> tuple[str, float]:
             "portrait": ("portrait.png", portrait, "image/png"),
             "driving_video": ("driver.mp4", driving, "video/mp4"),
         },
-        data=CONSENT,
+        data={**CONSENT, **dict(options)},
     )
     if response.status_code != 202:
         raise RuntimeError(f"submit refused: {response.status_code} {response.text[:500]}")
@@ -337,7 +340,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 cpu_before = _group_cpu(worker.pid), _group_cpu(triton.pid)
 
                 with RssSampler(worker.pid) as rss:
-                    job_id, started = _submit(client, portrait_png(), driver.read_bytes())
+                    job_id, started = _submit(client, portrait_png(), driver.read_bytes(), config.job_options)
                     body = _wait_job(client, job_id, worker, worker_log, config.timeout_s)
                     e2e_s = time.perf_counter() - started
 
@@ -390,6 +393,7 @@ def _report(
         "cpu_s": {"worker": round(cpu_after[0] - cpu_before[0], 2), "triton": round(cpu_after[1] - cpu_before[1], 2)},
         "stages_s": {k: round(v, 3) for k, v in sorted(timings.items())},
         "seconds": config.seconds,
+        "job_options": dict(config.job_options),
         "driver_size": config.driver_size,
         "checkpoint": str(checkpoint.name),
         "cpu_count": os.cpu_count(),
@@ -523,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-env", action="append", default=[], metavar="NAME=VALUE", help="extra worker environment"
     )
+    parser.add_argument(
+        "--job-option", action="append", default=[], metavar="NAME=VALUE",
+        help="form field of the measured job, e.g. paste_back=false (the square face crop)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -536,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=not args.no_warmup,
         verify_watermark=not args.no_verify,
         worker_env=tuple(tuple(item.split("=", 1)) for item in args.worker_env),  # type: ignore[misc]
+        job_options=tuple(tuple(item.split("=", 1)) for item in args.job_option),  # type: ignore[misc]
     )
     report = run_bench(config)
     print(json.dumps(report, sort_keys=False), flush=True)
