@@ -101,8 +101,8 @@ class WatermarkConfig:
     # ``refine_budget_per_chunk`` per chunk marked so far (a step is a decoder forward + backward, ~0.25 s
     # on one core): the worst content costs a bounded share of the job; a correction cut short by the
     # budget goes on in the next chunks (it carries over).
-    refine_budget_initial: int = 8
-    refine_budget_per_chunk: float = 1.0
+    refine_budget_initial: int = 6
+    refine_budget_per_chunk: float = 0.5
     # Correction steps in bfloat16 where the CPU has native bfloat16 convolutions: ~2x faster per step,
     # the step's direction within cos 0.998 of float32's and the logits within ~0.2 (the target is 12).
     refine_bf16: bool = True
