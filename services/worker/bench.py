@@ -30,6 +30,8 @@ The LAST stdout line is JSON::
 - ``watermark``: the result's watermark read back (``detect_video``), checked against the job's payload;
   ``verify_s`` / ``verify_cpu_s``: wall and CPU seconds of ``shared.media.verify.verify_video`` on the
   result, what ``POST /v1/verify`` runs on an upload (sampled frames, early stop, C2PA manifest).
+- ``guardrails_share`` / ``guardrails_cpu_share``: the mark stage's wall seconds / its threads' CPU seconds
+  (``guardrails_cpu_s``) over the job's ``running_s``.
 """
 
 from __future__ import annotations
@@ -386,6 +388,11 @@ def _report(
         "model_s": round(model_s, 3),
         "overhead_ratio": round((e2e_s - model_s) / e2e_s, 4),
         "fps": round(frames / e2e_s, 3),
+        # Guardrails (label + watermark) over the job's running time: by the mark stage's wall time (which
+        # overlaps the model on the same cores, so it also counts waiting for a core) and by its threads'
+        # CPU seconds.
+        "guardrails_share": _share(timings, "guardrails_s"),
+        "guardrails_cpu_share": _share(timings, "guardrails_cpu_s"),
         "peak_rss_mb": round(worker_peak, 1),
         "worker_rss_mb": rss_timeline,
         "triton_peak_rss_mb": triton_peaks,
@@ -401,6 +408,11 @@ def _report(
     if config.verify_watermark and result_path.is_file():
         report["watermark"] = _watermark_check(result_path, var, job_id)
     return report
+
+
+def _share(timings: dict[str, float], stage: str) -> float | None:
+    running = timings.get("running_s")
+    return round(timings[stage] / running, 4) if running and stage in timings else None
 
 
 def _animate_compute_s(stats: dict[str, Any]) -> dict[str, float]:

@@ -425,6 +425,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 LOGGER.info("unmarked shard %d/%d: %d found, %d false positives", done,
                             len(negative_futures), negatives_found, false_positives)  # fmt: skip
         guardrails_s = sum(source.timings.get("guardrails_s", 0.0) for source in sources)
+        guardrails_cpu_s = sum(source.timings.get("guardrails_cpu_s", 0.0) for source in sources)
         total_s = sum(source.timings.get("total_s", 0.0) for source in sources)
         frame_sizes = [list(np.load(source.chunks[0], mmap_mode="r").shape[1:3]) for source in sources]
     marked_payloads = max(len(payloads), 1) if config.attacks else 0
@@ -432,6 +433,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "embed_ms_per_frame": round(1000.0 * mark_s / max(marked_frames, 1), 2),
         "guardrails_share": round(guardrails_s / total_s, 4) if total_s else None,
+        "guardrails_cpu_share": round(guardrails_cpu_s / total_s, 4) if total_s else None,
         **{f"found_rate_{name}": rate(found[name]) for name in ATTACKS},
         "false_positives": false_positives,
         "negatives": config.negatives,

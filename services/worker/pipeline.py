@@ -539,6 +539,7 @@ class ReenactmentPipeline:
                 for item in chunks:
                     write(mark(compose(animate(item))))
             stats.add("watermark_refine_s", guardrails.refine_s)  # part of guardrails_s
+            stats.add("guardrails_cpu_s", guardrails.cpu_s)  # its threads' CPU time (no waiting for a core)
             clock.start_tail()  # the writer's exit flushes the encoder and muxes the audio
             if stats.frames:
                 self._progress(

@@ -136,9 +136,23 @@ class Guardrails:
         self.refine_steps = 0
         self.probe_min_logit: float | None = None  # weakest bit of the last probe, after correction
         self.refine_s = 0.0  # wall seconds spent reading probes back and correcting
+        # CPU seconds of every thread that marked (the caller's and the marking pool's). In the worker the
+        # marking overlaps the model on the same cores, so its wall time also counts waiting for a core.
+        self.cpu_s = 0.0
+        self._cpu_lock = threading.Lock()
 
     def __call__(self, frames_rgb: Iterable[np.ndarray]) -> list[np.ndarray]:
-        frames = list(frames_rgb)
+        started = time.thread_time()
+        try:
+            return self._mark_chunk(list(frames_rgb))
+        finally:
+            self._add_cpu(time.thread_time() - started)
+
+    def _add_cpu(self, seconds: float) -> None:
+        with self._cpu_lock:
+            self.cpu_s += seconds
+
+    def _mark_chunk(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not frames:
             return []
         labelled = self._map(lambda frame: draw_label(frame, style=self.style), frames)
@@ -236,8 +250,16 @@ class Guardrails:
 
     def _map(self, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         if self.workers <= 1 or len(items) <= 1:
-            return [function(item) for item in items]
-        return list(_marking_pool(self.workers).map(function, items))
+            return [function(item) for item in items]  # the caller's thread: counted by __call__
+
+        def timed(item: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return function(item)
+            finally:
+                self._add_cpu(time.thread_time() - started)
+
+        return list(_marking_pool(self.workers).map(timed, items))
 
 
 @dataclass

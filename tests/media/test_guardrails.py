@@ -222,6 +222,25 @@ def test_the_correction_carries_over_and_does_not_depend_on_the_pool(dark_frames
     assert serial_marker.chunks == 3 and serial_marker.corrected_chunks == 1
 
 
+def test_cpu_time_counts_the_marking_threads_and_not_the_waiting(dark_frames) -> None:
+    """``cpu_s``: the CPU seconds of the caller's and the pool's threads; a marker that sleeps between
+    chunks (as the worker's waits for the model) is not charged for it."""
+    import time
+
+    payload = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
+    for workers in (1, 2):
+        marker = Guardrails(payload, workers=workers)
+        started = time.perf_counter()
+        for start in range(0, len(dark_frames), 4):
+            marker(dark_frames[start : start + 4])
+            time.sleep(0.2)
+        busy = time.perf_counter() - started - 0.2 * len(range(0, len(dark_frames), 4))
+        assert marker.cpu_s > 0.01  # label, encoder pass, read-back, the pool's frames
+        # At most ``workers`` threads mark at once (the caller waits while the pool runs), and never while
+        # the caller sleeps: CPU seconds <= workers x the time spent inside the marker.
+        assert marker.cpu_s <= workers * busy + 0.05
+
+
 @pytest.mark.slow
 def test_dark_flat_video_is_found_after_h264_for_every_payload(dark_frames, tmp_path: Path) -> None:
     weak = payload_for_job(WEAK_JOB, WATERMARK_SECRET)
