@@ -261,7 +261,8 @@ def tiny_config() -> ModelConfig:
     T_p also carries the source's colour lifted at 64² (``colour_resolution``), the planes'
     resolution: E_p's features are 32² only. The decoder outputs RGB only (``feature_channels`` 3):
     the SR reads RGB, so further feature channels would never be trained. The SR is
-    `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64.
+    `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64, residual on
+    the upsampled render (``SuperResConfig.residual``: the plain SR lost to its own input).
     """
     encoder = EncoderConfig(
         hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=64
@@ -284,7 +285,12 @@ def tiny_config() -> ModelConfig:
             feature_channels=3,
         ),
         superres=dataclasses.replace(
-            tiny_superres_config(), in_size=64, out_size=128, narrow=0.0625, num_style_feat=32
+            tiny_superres_config(),
+            in_size=64,
+            out_size=128,
+            narrow=0.0625,
+            num_style_feat=32,
+            residual=True,
         ),
     )
 

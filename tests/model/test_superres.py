@@ -322,3 +322,29 @@ def test_tiny_profile_is_small() -> None:
     assert (config.in_size, config.out_size) == (32, 128)
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
     assert config.num_latent == 2 * int(math.log2(config.out_size)) - 2
+
+
+def test_residual_sr_starts_as_its_upsampled_input_and_learns_away_from_it() -> None:
+    """``residual``: I_sr = up(I_lr) + g * G(.), g = 0 at init, so the untrained SR is the upsampled
+    render (never worse than its input), and the gain's gradient lets training move it."""
+    config = dataclasses.replace(MICRO, residual=True)
+    model = make_model(config=config).train()
+    low_res = low_res_batch(2)
+    image = model(low_res, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(image, model.upsample_input(low_res), rtol=0, atol=0)
+
+    target = torch.zeros_like(image)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    (image - target).square().mean().backward()
+    assert model.residual_gain.grad is not None and model.residual_gain.grad.abs() > 0
+    optimiser.step()
+    after = model(low_res, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(after, model.upsample_input(low_res))
+
+
+def test_only_the_tiny_profile_is_residual() -> None:
+    from shared.model.config import paper_config, tiny_config
+
+    assert tiny_config().superres.residual
+    assert not paper_config().superres.residual  # GFPGAN's released weights keep their meaning
+    assert "residual_gain" not in dict(SuperResolution(MICRO).named_parameters())
