@@ -153,6 +153,9 @@ class RendererConfig:
     # Inference only (deterministic, no grad): rays whose coarse opacity is below this skip the
     # importance pass. Their colour then differs by at most ~2× this value from the full render.
     empty_ray_opacity: float = 1e-3
+    # The decoder blends each sample's RGB with the lifted source colour read from the planes at the
+    # sample point, by a weight it predicts (renderer.TriPlaneDecoder). Needs colour lifting on.
+    source_colour_blend: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,10 @@ class ModelConfig:
                     "config.appearance",
                     f"input_mode {self.appearance.input_mode!r} needs an E_p with {want} input channels",
                 )
+        if r.source_colour_blend and not (self.appearance.enabled and self.appearance.colour_resolution):
+            raise ConfigError(
+                "config.renderer", "source_colour_blend needs the appearance branch's colour lifting"
+            )
         if self.expression.mode == "linear" and self.expression.num_bases < 1:
             raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
         if self.expression.mode not in ("encoder", "linear"):
@@ -283,6 +290,7 @@ def tiny_config() -> ModelConfig:
             num_fine=24,
             decoder_hidden=32,
             feature_channels=3,
+            source_colour_blend=True,
         ),
         superres=dataclasses.replace(
             tiny_superres_config(),

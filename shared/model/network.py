@@ -97,7 +97,9 @@ class GOHANetwork(nn.Module):
             if config.expression.mode == "encoder"
             else LinearExpressionBranch(config)
         )
-        self.renderer = VolumeRenderer(config.renderer, config.plane, config.plane_channels)
+        self.renderer = VolumeRenderer(
+            config.renderer, config.plane, config.plane_channels, colour_scale=config.appearance.colour_scale
+        )
         self.superres = SuperResolution(config.superres)
         # Set by checkpoint.save_checkpoint / load_checkpoint: "goha-<profile>-<12 hex>".
         self.model_version: str | None = None

@@ -32,10 +32,13 @@ from torch import Tensor, nn
 
 from shared.model import cameras as cams
 from shared.model.config import PlaneConfig, RendererConfig
-from shared.model.triplane import PlaneTable, check_planes
+from shared.model.triplane import NUM_PLANES, PlaneTable, check_planes
 
 # A field maps world points (N, 3) and their batch elements (N,) to raw (σ, values) as (N, 1 + K).
 Field = Callable[[Tensor, Tensor | int], Tensor]
+
+# Initial logit of the source-colour blend weight (TriPlaneDecoder): m starts at sigmoid(-2) = 0.12.
+BLEND_INIT_LOGIT = -2.0
 
 
 class FullyConnectedLayer(nn.Module):
@@ -61,46 +64,113 @@ class FullyConnectedLayer(nn.Module):
 
 
 class TriPlaneDecoder(nn.Module):
-    """The EG3D OSG decoder. Parameter names ``net.0`` / ``net.2`` follow the released code."""
+    """The EG3D OSG decoder. Parameter names ``net.0`` / ``net.2`` follow the released code.
 
-    def __init__(self, plane_channels: int, config: RendererConfig) -> None:
+    **Source-colour blend** (``RendererConfig.source_colour_blend``, a deliberate addition): the
+    planes then end in the lifted source colour's channels (``colour_offset``: RGB then keep, T_p's
+    XY plane only, appearance.py step 5). The decoder reads that colour at the sample point through
+    a per-channel affine map (``colour_weight`` · c + ``colour_bias``, no MLP in between) and
+    predicts one more output, a blend weight m = sigmoid(logit); the sample's RGB is
+    ``m · colour + (1 − m) · decoded``. Everything stays a 3D field that is volume-rendered: the
+    colour comes from T_p at the 3D point, not from the image. Without it the 32-unit MLP has to
+    reproduce a face's texture through its softplus layer and returned a blur whose dlib
+    descriptor was 0.78 from the portrait's; the source crop itself down-sampled to the 64² render
+    size scores 0.34 (docs/model.md).
+    """
+
+    def __init__(
+        self,
+        plane_channels: int,
+        config: RendererConfig,
+        *,
+        colour_offset: int | None = None,
+        colour_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.feature_channels = config.feature_channels
+        self.hidden = config.decoder_hidden
+        self.blend = config.source_colour_blend
         self.net = nn.Sequential(
             FullyConnectedLayer(
                 plane_channels, config.decoder_hidden, lr_multiplier=config.decoder_lr_multiplier
             ),
             nn.Softplus(),
             FullyConnectedLayer(
-                config.decoder_hidden, 1 + config.feature_channels, lr_multiplier=config.decoder_lr_multiplier
+                config.decoder_hidden,
+                1 + config.feature_channels + (1 if self.blend else 0),
+                lr_multiplier=config.decoder_lr_multiplier,
             ),
         )
+        if self.blend:
+            if colour_offset is None or colour_offset + 3 > plane_channels:
+                raise ValueError("the source-colour blend needs the colour channels' offset in the planes")
+            self.colour_offset = colour_offset
+            # The planes hold colour × colour_scale × gain in the XY plane only, and the decoder reads
+            # the mean of three planes: this map starts as the inverse, back to [0, 1].
+            self.colour_weight = nn.Parameter(torch.full((3,), NUM_PLANES / (2.0 * colour_scale)))
+            self.colour_bias = nn.Parameter(torch.full((3,), 0.5))
+            with torch.no_grad():  # the blend starts mostly decoded (m = sigmoid(-2) = 0.12)
+                self.net[2].weight[-1].zero_()
+                self.net[2].bias[-1].fill_(BLEND_INIT_LOGIT)
+
+    def first_layer(self) -> tuple[Tensor, Tensor]:
+        """The linear map applied to the mean plane features: net[0] (hidden rows), then with the
+        blend the three source-colour rows. Linear, so inference folds it into the plane table."""
+        weight, bias = self.net[0].effective()
+        if not self.blend:
+            return weight, bias
+        channels = weight.shape[1]
+        pick = F.pad(
+            torch.diag(self.colour_weight),
+            (self.colour_offset, channels - self.colour_offset - 3),
+        )
+        return torch.cat([weight, pick.to(weight.dtype)]), torch.cat([bias, self.colour_bias.to(bias.dtype)])
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]."""
-        return self.from_first_layer(self.net[0](plane_features), feature_channels)
+        return self.from_first_layer(F.linear(plane_features, *self.first_layer()), feature_channels)
+
+    def _output_layer(self, feature_channels: int | None) -> tuple[Tensor, Tensor]:
+        """net[2]'s weight and bias for σ + the first ``feature_channels`` features (+ the blend logit)."""
+        weight, bias = self.net[2].effective()
+        n_out = 1 + (self.feature_channels if feature_channels is None else feature_channels)
+        if self.blend:
+            rows = torch.cat([torch.arange(n_out), torch.tensor([weight.shape[0] - 1])]).to(weight.device)
+            return weight.index_select(0, rows), bias.index_select(0, rows)
+        return weight[:n_out], bias[:n_out]
 
     def from_first_layer(
         self, first: Tensor, feature_channels: int | None = None, *, inference: bool = False
     ) -> Tensor:
-        """The decoder after its first layer: ``first`` = net[0](features) (..., hidden).
+        """The decoder after its first layer: ``first`` = the `first_layer` map of the features
+        (..., hidden [+ 3 source-colour values]).
 
         ``inference=True`` (only without autograd: it updates its output in place) computes the
         same values channel-major, the faster order for serving."""
-        n_out = None if feature_channels is None else 1 + feature_channels
-        hidden = self.net[1](first)
+        hidden = self.net[1](first[..., : self.hidden])
+        weight, bias = self._output_layer(feature_channels)
         if inference:
-            # Compute the output channel-major, (1 + F', N), so the feature rows are
+            # Compute the output channel-major, (1 + F' [+ 1], N), so the feature rows are
             # contiguous and mapped in place; the caller's concatenation of chunks absorbs the
             # transpose (measured 2x faster than (N, 1 + F') with strided in-place updates).
-            weight, bias = self.net[2].effective(n_out)
             flat = hidden.reshape(-1, hidden.shape[-1])
             out = torch.addmm(bias[:, None], weight, flat.t())
-            out[1:].sigmoid_().mul_(1 + 2 * 0.001).sub_(0.001)
+            n_out = out.shape[0] - (1 if self.blend else 0)
+            out[1:n_out].sigmoid_().mul_(1 + 2 * 0.001).sub_(0.001)
+            if self.blend:
+                m = out[n_out].sigmoid_()
+                colour = first[..., self.hidden :].reshape(-1, 3).t()
+                out[1:4].sub_(colour).mul_(1 - m).add_(colour)  # m·colour + (1 − m)·decoded
+                out = out[:n_out]
             return out.t().reshape(*hidden.shape[:-1], out.shape[0])
-        out = self.net[2](hidden, n_out)
-        sigma, features = out[..., :1], out[..., 1:]
-        return torch.cat([sigma, torch.sigmoid(features) * (1 + 2 * 0.001) - 0.001], dim=-1)
+        out = F.linear(hidden, weight, bias)
+        if self.blend:
+            out, m = out[..., :-1], torch.sigmoid(out[..., -1:])
+        sigma, features = out[..., :1], torch.sigmoid(out[..., 1:]) * (1 + 2 * 0.001) - 0.001
+        if self.blend:
+            colour = first[..., self.hidden :]
+            features = torch.cat([m * colour + (1 - m) * features[..., :3], features[..., 3:]], dim=-1)
+        return torch.cat([sigma, features], dim=-1)
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -218,13 +288,26 @@ class RenderOutput:
 class VolumeRenderer(nn.Module):
     """Renders tri-planes (or any density field) along camera rays."""
 
-    def __init__(self, config: RendererConfig, plane: PlaneConfig, channels: int | None = None) -> None:
+    def __init__(
+        self,
+        config: RendererConfig,
+        plane: PlaneConfig,
+        channels: int | None = None,
+        *,
+        colour_scale: float = 1.0,
+    ) -> None:
         """``channels``: of the planes the decoder reads (default ``plane.channels``; the network passes
-        ``ModelConfig.plane_channels``)."""
+        ``ModelConfig.plane_channels``, whose channels after ``plane.channels`` are the lifted source
+        colour). ``colour_scale``: the lifted colour's fixed scale (for the source-colour blend)."""
         super().__init__()
         self.config = config
         self.box_warp = plane.box_warp
-        self.decoder = TriPlaneDecoder(channels or plane.channels, config)
+        self.decoder = TriPlaneDecoder(
+            channels or plane.channels,
+            config,
+            colour_offset=plane.channels if config.source_colour_blend else None,
+            colour_scale=colour_scale,
+        )
         # Performance knobs only (never change results): rays per compositing chunk, points per
         # decoder call.
         self.ray_chunk = 4096
@@ -363,7 +446,7 @@ class VolumeRenderer(nn.Module):
         """
         decoder = self.decoder
         if fold_first_layer:
-            table = PlaneTable(planes, self.box_warp, linear=decoder.net[0].effective())
+            table = PlaneTable(planes, self.box_warp, linear=decoder.first_layer())
 
             def folded(points: Tensor, batch_ids: Tensor) -> Tensor:
                 return decoder.from_first_layer(

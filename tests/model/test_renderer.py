@@ -209,3 +209,95 @@ def test_decoder_output_layout(feature_channels: int) -> None:
     out = renderer.decoder(torch.randn(10, 4))
     assert out.shape == (10, 1 + feature_channels)
     assert (out[:, 1:] >= -0.001).all() and (out[:, 1:] <= 1.001).all()
+
+
+# --- the source-colour blend (TriPlaneDecoder with RendererConfig.source_colour_blend) -----------------
+
+COLOUR_OFFSET = 4  # feature channels before the lifted colour in these planes (RGB + keep after)
+
+
+def blend_renderer(feature_channels: int = 3) -> VolumeRenderer:
+    return VolumeRenderer(
+        RendererConfig(
+            resolution=16, num_coarse=12, num_fine=12, decoder_hidden=16,
+            feature_channels=feature_channels, source_colour_blend=True,
+        ),
+        PlaneConfig(channels=COLOUR_OFFSET, resolution=16),
+        COLOUR_OFFSET + 4,
+        colour_scale=8.0,
+    )
+
+
+def coloured_planes(colour: torch.Tensor, batch: int = 1) -> torch.Tensor:
+    """Random features + a constant lifted colour (in [-1, 1], × the scale) in the XY plane only."""
+    planes = torch.randn(batch, 3, COLOUR_OFFSET + 4, 16, 16)
+    planes[:, :, COLOUR_OFFSET:] = 0
+    planes[:, 0, COLOUR_OFFSET : COLOUR_OFFSET + 3] = (colour * 8.0).view(1, 3, 1, 1)
+    planes[:, 0, COLOUR_OFFSET + 3] = 8.0  # keep
+    return planes
+
+
+def test_blend_weight_one_renders_the_lifted_colour_and_zero_the_decoded_one() -> None:
+    torch.manual_seed(3)
+    renderer = blend_renderer()
+    decoder = renderer.decoder
+    colour = torch.tensor([0.6, -0.4, 0.1])  # [-1, 1]
+    planes = coloured_planes(colour)
+    with torch.no_grad():
+        decoder.net[2].bias[0] = 30.0  # opaque everywhere: every ray ends on the first samples
+        decoder.net[2].bias[-1] = 40.0  # m = 1
+    camera = cams.spherical_camera(0.1, 0.05).unsqueeze(0)
+    with torch.no_grad():
+        lifted = renderer(planes, camera, 8, deterministic=True, skip_empty=False)
+    # Rays that reach the XY plane's box read the constant colour there, mapped back to [-1, 1].
+    centre = lifted.rgb[0, :, 2:6, 2:6].reshape(3, -1)
+    torch.testing.assert_close(centre, colour.view(3, 1).expand_as(centre), atol=2e-3, rtol=0)
+    with torch.no_grad():
+        decoder.net[2].bias[-1] = -40.0  # m = 0: the decoded colour, which ignores the lifted one here
+        decoded = renderer(planes, camera, 8, deterministic=True, skip_empty=False)
+        decoded_other = renderer(
+            coloured_planes(-colour), camera, 8, deterministic=True, skip_empty=False
+        )
+    assert (decoded.rgb - lifted.rgb).abs().max() > 0.05
+    # With m = 0 the colour reaches the output only through the MLP's first layer, not the blend.
+    decoder_only = (decoded.rgb - decoded_other.rgb).abs().max()
+    assert decoder_only < (lifted.rgb - decoded.rgb).abs().max()
+
+
+@pytest.mark.parametrize("feature_channels", [3, 6])
+def test_blend_inference_fold_equals_the_training_computation(feature_channels: int) -> None:
+    torch.manual_seed(4)
+    renderer = blend_renderer(feature_channels)
+    with torch.no_grad():
+        renderer.decoder.net[2].weight[-1].normal_()  # a blend weight that varies over space
+        renderer.decoder.colour_weight.mul_(1.3)
+    planes = coloured_planes(torch.tensor([0.2, 0.5, -0.7]), batch=2)
+    planes[:, 0, COLOUR_OFFSET:] += torch.randn(2, 4, 16, 16)
+    cameras = torch.stack([cams.spherical_camera(0.3, 0.1), cams.spherical_camera(-0.2, -0.1)])
+    with torch.no_grad():
+        folded = renderer(planes, cameras, 12, deterministic=True, skip_empty=False, inference=True)
+        folded_rgb = renderer(
+            planes, cameras, 12, deterministic=True, skip_empty=False, inference=True, rgb_only=True
+        )
+    plain = renderer(planes, cameras, 12, deterministic=True, skip_empty=False, inference=False)
+    torch.testing.assert_close(folded.features, plain.features.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded_rgb.rgb, plain.rgb.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_blend_parameters_learn() -> None:
+    torch.manual_seed(5)
+    renderer = blend_renderer()
+    planes = coloured_planes(torch.tensor([0.3, 0.3, 0.3]))
+    camera = cams.spherical_camera(0.0, 0.0).unsqueeze(0)
+    out = renderer(planes, camera, 8, deterministic=True, skip_empty=False, inference=False)
+    out.rgb.sum().backward()
+    decoder = renderer.decoder
+    for parameter in (decoder.colour_weight, decoder.colour_bias, decoder.net[2].weight):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    # The blend row starts at zero weight and a constant m = sigmoid(BLEND_INIT_LOGIT).
+    assert float(decoder.net[2].weight.detach()[-1].abs().sum()) == 0.0
+
+
+def test_blend_needs_colour_channels() -> None:
+    with pytest.raises(ValueError, match="offset"):
+        VolumeRenderer(RendererConfig(source_colour_blend=True), PlaneConfig(channels=4))
