@@ -219,8 +219,12 @@ COLOUR_OFFSET = 4  # feature channels before the lifted colour in these planes (
 def blend_renderer(feature_channels: int = 3) -> VolumeRenderer:
     return VolumeRenderer(
         RendererConfig(
-            resolution=16, num_coarse=12, num_fine=12, decoder_hidden=16,
-            feature_channels=feature_channels, source_colour_blend=True,
+            resolution=16,
+            num_coarse=12,
+            num_fine=12,
+            decoder_hidden=16,
+            feature_channels=feature_channels,
+            source_colour_blend=True,
         ),
         PlaneConfig(channels=COLOUR_OFFSET, resolution=16),
         COLOUR_OFFSET + 4,
@@ -255,9 +259,7 @@ def test_blend_weight_one_renders_the_lifted_colour_and_zero_the_decoded_one() -
     with torch.no_grad():
         decoder.net[2].bias[-1] = -40.0  # m = 0: the decoded colour, which ignores the lifted one here
         decoded = renderer(planes, camera, 8, deterministic=True, skip_empty=False)
-        decoded_other = renderer(
-            coloured_planes(-colour), camera, 8, deterministic=True, skip_empty=False
-        )
+        decoded_other = renderer(coloured_planes(-colour), camera, 8, deterministic=True, skip_empty=False)
     assert (decoded.rgb - lifted.rgb).abs().max() > 0.05
     # With m = 0 the colour reaches the output only through the MLP's first layer, not the blend.
     decoder_only = (decoded.rgb - decoded_other.rgb).abs().max()
