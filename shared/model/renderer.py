@@ -37,8 +37,10 @@ from shared.model.triplane import NUM_PLANES, PlaneTable, check_planes
 # A field maps world points (N, 3) and their batch elements (N,) to raw (σ, values) as (N, 1 + K).
 Field = Callable[[Tensor, Tensor | int], Tensor]
 
-# Initial logit of the source-colour blend weight (TriPlaneDecoder): m starts at sigmoid(-2) = 0.12.
-BLEND_INIT_LOGIT = -2.0
+# Initial logit of the source-colour blend weight (TriPlaneDecoder): m starts at 0.5, half the lifted
+# colour (a warm-started decoder then sees at once where the source colour helps; from -2 Adam took
+# too many steps to move the bias).
+BLEND_INIT_LOGIT = 0.0
 
 
 class FullyConnectedLayer(nn.Module):
@@ -109,7 +111,7 @@ class TriPlaneDecoder(nn.Module):
             # the mean of three planes: this map starts as the inverse, back to [0, 1].
             self.colour_weight = nn.Parameter(torch.full((3,), NUM_PLANES / (2.0 * colour_scale)))
             self.colour_bias = nn.Parameter(torch.full((3,), 0.5))
-            with torch.no_grad():  # the blend starts mostly decoded (m = sigmoid(-2) = 0.12)
+            with torch.no_grad():  # the blend starts at a constant m = sigmoid(BLEND_INIT_LOGIT)
                 self.net[2].weight[-1].zero_()
                 self.net[2].bias[-1].fill_(BLEND_INIT_LOGIT)
 
