@@ -5,7 +5,7 @@
 Runs the real worker pipeline (``ReenactmentPipeline`` built by ``services.worker.context.build_context``
 on the embedded backends: SQLite, local storage, the checkpoint in-process) on the scikit-image
 astronaut portrait driven by two generated clips: the astronaut's own talking clip
-(``shared.media.samples``; in-plane sway and a stretched mouth) and a synthetic holdout person turning
+(``shared.media.samples``; in-plane sway, the jaw dropping and the lips parting) and a synthetic holdout person turning
 its head (yaw ±0.45 rad), talking and blinking on a plain background (``synthetic_driver_frame``; the
 only generated driver that turns, so ``yaw_corr`` has something to follow). It decodes each output
 MP4 and measures it against its driver and the portrait. The top-level metrics pool the sampled

@@ -10,7 +10,8 @@ rendered frame into such a portrait frame:
 2. **Clean plate**: the portrait's own head would show wherever the animated head does not cover
    it (a turned or lowered head uncovers it). The head region — the model's own opacity rendered
    at the portrait's pose (one extra ``animate`` call per job), warped into the frame and dilated,
-   united with a portrait matte restricted to the crop when the face stack provides one — is
+   united with a portrait matte restricted to the crop (and to the rows above the chin when the
+   caller gives ``body_row``: the neck and shoulders stay) when the face stack provides one — is
    inpainted once (``cv2.inpaint`` at reduced resolution, upsampled), and the plate fades into
    the portrait over a feathered seam.
 3. **Per frame**: the render and its opacity go through the inverse of the crop alignment into the
@@ -100,6 +101,9 @@ class PasteBack:
             expression, in the crop's framing (any square size).
         crop_matte: optional (S, S) portrait matte in the crop's framing, [0, 1].
         source_matte: optional (H, W) portrait matte in portrait pixels, [0, 1].
+        body_row: optional row of the crop (crop pixels, below the chin) under which the mattes do
+            not count as head: the neck and shoulders stay the portrait's own instead of being
+            inpainted (the render's own opacity still counts there).
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class PasteBack:
         *,
         crop_matte: np.ndarray | None = None,
         source_matte: np.ndarray | None = None,
+        body_row: float | None = None,
         config: PasteBackConfig | None = None,
     ) -> None:
         self.config = config or PasteBackConfig()
@@ -141,7 +146,7 @@ class PasteBack:
         resized = cv2.resize(
             portrait, (self.width, self.height), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA
         )
-        self.head_mask = self._head_region(head_alpha, crop_matte, source_matte)
+        self.head_mask = self._head_region(head_alpha, crop_matte, source_matte, body_row)
         self.plate = self._clean_plate(resized, self.head_mask)
         self._plate_uint8 = np.rint(self.plate * 255.0).astype(np.uint8)
 
@@ -198,13 +203,25 @@ class PasteBack:
 
     # --- once per job --------------------------------------------------------------------------------
     def _head_region(
-        self, head_alpha: np.ndarray | None, crop_matte: np.ndarray | None, source_matte: np.ndarray | None
+        self,
+        head_alpha: np.ndarray | None,
+        crop_matte: np.ndarray | None,
+        source_matte: np.ndarray | None,
+        body_row: float | None = None,
     ) -> np.ndarray:
         """(H', W') float32 in {0, 1}: where the portrait's own head is, to be removed from the plate."""
         region = np.zeros((self.height, self.width), np.float32)
         if self._footprint.size == 0:
             return region
         footprint = self._to_full(self._footprint) > 0.5
+        # Where the mattes count as head: the crop's footprint, above ``body_row`` when given
+        # (inpainting the whole matte smeared the neck and collar under the chin into a dark blur).
+        matte_zone = footprint
+        if body_row is not None:
+            size = self.crop.size
+            above = (np.arange(size, dtype=np.float32)[:, None] <= body_row).astype(np.float32)
+            above = np.ascontiguousarray(np.broadcast_to(above, (size, size)))
+            matte_zone = self._to_full(self._warp_to_roi(above, size)) > 0.5
         if head_alpha is not None:
             head = np.asarray(head_alpha, dtype=np.float32).squeeze()
             if head.ndim != 2 or head.shape[0] != head.shape[1]:
@@ -214,13 +231,13 @@ class PasteBack:
         if crop_matte is not None:
             matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
             warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
-            region = np.maximum(region, (warped > 0.5).astype(np.float32))
+            region = np.maximum(region, ((warped > 0.5) & matte_zone).astype(np.float32))
         if source_matte is not None:
             matte = np.asarray(source_matte, dtype=np.float32).squeeze()
             if matte.shape != tuple(self.crop.source_shape):
                 raise ValueError(f"source_matte must be {self.crop.source_shape}, got {matte.shape}")
             resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            region = np.maximum(region, ((resized > 0.5) & footprint).astype(np.float32))
+            region = np.maximum(region, ((resized > 0.5) & matte_zone).astype(np.float32))
         radius = int(round(self.config.dilate * self.crop_side))
         if radius > 0 and region.any():
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

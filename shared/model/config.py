@@ -376,8 +376,22 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _from_dict(ModelConfig, data, "config")
 
 
+# Fields added after checkpoints were shipped, with the value that reproduces the older network. The
+# canonical JSON (hence config_hash, content hashes and model versions) leaves them out at that value,
+# so every checkpoint written before a field existed still verifies and keeps its model version.
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("renderer", "source_colour_blend"): False}
+
+
 def config_json(config: ModelConfig) -> str:
-    return json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+    """The canonical JSON of a config (what its hashes are over)."""
+    data = config_to_dict(config)
+    for path, old_value in LATER_FIELDS.items():
+        parent = data
+        for key in path[:-1]:
+            parent = parent[key]
+        if parent.get(path[-1]) == old_value:
+            del parent[path[-1]]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(config: ModelConfig) -> str:

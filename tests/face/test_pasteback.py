@@ -174,3 +174,23 @@ def test_bad_inputs_are_refused() -> None:
     paste = PasteBack(portrait, crop, None)
     with pytest.raises(ValueError, match="alpha"):
         paste(-np.ones((2, 3, 128, 128), np.float32), np.zeros((1, 1, 32, 32), np.float32))
+
+
+def test_the_body_below_the_chin_row_stays_the_portraits_own() -> None:
+    """A matte covering head and body: with ``body_row`` only the part above it is inpainted."""
+    portrait = _portrait()
+    x0, y0, x1, y1 = HEAD
+    portrait[y1 : y1 + 40, x0 - 20 : x1 + 20] = (20, 20, 230)  # a blue "collar" under the head
+    crop = _crop(portrait)
+    matte = _head_mask()
+    matte[y1 : y1 + 40, x0 - 20 : x1 + 20] = 1.0
+    chin = float(crop.to_crop(np.array([[(x0 + x1) / 2, y1 - 1.0]]))[0, 1])
+    blank = (-np.ones((1, 3, 128, 128), np.float32), np.zeros((1, 1, 32, 32), np.float32))
+    whole = PasteBack(portrait, crop, None, source_matte=matte)
+    trimmed = PasteBack(portrait, crop, None, source_matte=matte, body_row=chin)
+    collar = (slice(y1 + 24, y1 + 40), slice(x0, x1))  # beyond the tilt (12°) and the dilation
+    assert whole.head_mask[collar].min() == 1.0  # without the row the collar is removed too
+    assert trimmed.head_mask[collar].max() == 0.0
+    (out,) = trimmed(*blank)
+    np.testing.assert_array_equal(out[collar], portrait[collar])
+    assert trimmed.head_mask[y0 + 5 : y1 - 10, x0 + 5 : x1 - 5].min() == 1.0  # the head still is

@@ -97,3 +97,21 @@ def test_tiny_colour_scale_matches_the_planes_magnitude() -> None:
     # The lifted colour in [-1, 1] must reach the decoder next to plane values of O(10).
     assert tiny_config().appearance.colour_scale == 16.0
     assert paper_config().appearance.colour_scale == 1.0 and paper_config().appearance.colour_resolution == 0
+
+
+def test_fields_added_later_leave_older_configs_hash_unchanged() -> None:
+    """A later field at the value that reproduces the older network is not in the canonical JSON
+    (the shipped checkpoints keep verifying); any other value is, and changes the hash."""
+    import dataclasses
+    import json
+
+    from shared.model.config import LATER_FIELDS, config_json
+
+    cfg = tiny_config()
+    off = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, source_colour_blend=False))
+    on = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, source_colour_blend=True))
+    assert ("renderer", "source_colour_blend") in LATER_FIELDS
+    assert "source_colour_blend" not in json.loads(config_json(off))["renderer"]
+    assert json.loads(config_json(on))["renderer"]["source_colour_blend"] is True
+    assert config_hash(off) != config_hash(on)
+    assert config_from_dict(config_to_dict(off)) == off
