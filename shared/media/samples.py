@@ -57,7 +57,9 @@ def open_mouth(image: np.ndarray, opening: float) -> np.ndarray:
     height, width = image.shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     across = np.clip(1.0 - ((xs - MOUTH_CENTRE_X) / JAW_HALF_WIDTH) ** 2, 0.0, 1.0)
-    down = np.clip(ys - MOUTH_LINE_Y + 1.0, 0.0, 1.0) * np.clip((CHIN_Y + NECK_FADE - ys) / NECK_FADE, 0.0, 1.0)
+    down = np.clip(ys - MOUTH_LINE_Y + 1.0, 0.0, 1.0) * np.clip(
+        (CHIN_Y + NECK_FADE - ys) / NECK_FADE, 0.0, 1.0
+    )
     shift = drop * across * down
     source_y = ys - shift
     moved = cv2.remap(image, xs, source_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
