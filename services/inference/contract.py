@@ -270,7 +270,8 @@ def shapes_from_config(config: Any, float_datatype: str = "FP32") -> ServingShap
         # E_e reads the frontal 3DMM render at the portrait's resolution.
         expr_size=int(config.image_size),
         plane_channels=int(config.plane_channels),
-        plane_resolution=int(config.plane.resolution),
+        # T_c + T_p as the avatar stores them: finer than the branch planes with a colour plane.
+        plane_resolution=int(getattr(config, "source_plane_resolution", config.plane.resolution)),
         low_res_size=int(config.renderer.resolution),
         output_size=int(config.superres.out_size),
         float_datatype=float_datatype,

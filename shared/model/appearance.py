@@ -53,7 +53,7 @@ from shared.model.config import COLOUR_CHANNELS, ModelConfig
 from shared.model.constants import LEAKY_SLOPE
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
-from shared.model.triplane import NUM_PLANES, PLANE_NAMES, cell_centres, project_to_planes
+from shared.model.triplane import NUM_PLANES, PLANE_NAMES, cell_centres, project_to_planes, upsample_planes
 
 NearestMethod = Literal["auto", "kdtree", "chunked"]
 
@@ -211,7 +211,7 @@ class AppearanceBranch(nn.Module):
         )
         self.nearest_method: NearestMethod = "auto"  # runtime knob; every method gives identical indices
         self.colour_resolution = config.appearance.colour_resolution
-        self.plane_resolution = config.plane.resolution
+        self.plane_resolution = config.colour_plane_resolution or config.plane.resolution
         if self.colour_resolution:
             # Scale of the lifted colour in the planes: fixed × learned (the decoder sees the 3-plane mean).
             self.colour_scale = config.appearance.colour_scale
@@ -243,7 +243,8 @@ class AppearanceBranch(nn.Module):
         """Lifted source colour for T_p's XY plane (B, 4, R, R): [RGB, keep] rasterised.
 
         ``depth`` (B, 1, r, r) and the rays (B, r·r, 3) are at ``colour_resolution`` r; the source
-        (B, 3, S, S) and keep-mask are area-averaged to r.
+        (B, 3, S, S) and keep-mask are area-averaged to r. The result is at the colour plane's
+        resolution (``ModelConfig.colour_plane_resolution``).
         """
         b, _, r, _ = depth.shape
         if source.shape[-1] != r:
@@ -258,8 +259,10 @@ class AppearanceBranch(nn.Module):
 
     @staticmethod
     def add_colour(planes: Tensor, colour: Tensor) -> Tensor:
-        """T_p (B, 3, C, R, R) with the lifted colour (B, 4, R, R) appended as four channels of its
-        own: the colour in the XY plane, zeros in XZ and ZY."""
+        """T_p (B, 3, C, R, R) with the lifted colour (B, 4, R', R') appended as four channels of its
+        own: the colour in the XY plane, zeros in XZ and ZY; T_p's features are bilinearly upsampled to
+        the colour's resolution R' when it is finer."""
         b, _, r, _ = colour.shape
+        planes = upsample_planes(planes, r)
         blank = colour.new_zeros(b, NUM_PLANES - 1, colour.shape[1], r, r)
         return torch.cat([planes, torch.cat([colour.unsqueeze(1), blank], dim=1)], dim=2)

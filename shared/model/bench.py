@@ -35,6 +35,7 @@ from shared.model import cameras as cams
 from shared.model.config import ModelConfig, get_profile
 from shared.model.cpu_memory import retain_freed_memory
 from shared.model.network import GOHABatch, GOHANetwork
+from shared.model.triplane import sum_planes
 
 # Fastest of N: other jobs on the shared cores only ever add time, so more tiny repeats (a call is
 # ~0.2-0.5 s) make its ratio steadier; measured spread of cached_speedup_cpu with 3: 1.82-2.12.
@@ -128,7 +129,9 @@ def run(
         log(f"full forward x{frames}: {full.wall_ms / frames:.1f} ms/frame ({full.cpu_ms / frames:.1f} CPU)")
         # Where animate's low-res time goes: E_e + plane head, then the render of T_src + T_e.
         expression = best_of(lambda: network.expression_planes(x["renders"]), repeats, 0)
-        planes = avatar.planes.expand(frames, -1, -1, -1, -1) + network.expression_planes(x["renders"])
+        planes = sum_planes(
+            avatar.planes.expand(frames, -1, -1, -1, -1), network.expression_planes(x["renders"])
+        )
         render = best_of(
             lambda: network.render(planes, x["cameras"], deterministic=True, rgb_only=True), repeats, 0
         )

@@ -123,6 +123,14 @@ class AppearanceConfig:
     # added at scale 1 moved its renders by 0.003 on average: the gain, learning at Adam's
     # ~lr per step, would take tens of thousands of steps to matter.
     colour_scale: float = 1.0
+    # Resolution of the lifted colour's XY plane (0 = ``plane.resolution``). Above it, T_p and the sums
+    # T_c + T_p (+ T_e) the decoder reads are at this resolution: the branch planes are bilinearly
+    # upsampled to it (triplane.sum_planes), the colour is rasterised at it.
+    colour_plane_resolution: int = 0
+    # The source depth for the colour lift is rendered at this resolution and bilinearly upsampled to
+    # ``colour_resolution`` (0 = rendered at ``colour_resolution``): depth is smooth, the render is not
+    # cheap (once per portrait, and every training step).
+    colour_depth_resolution: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,23 @@ class ModelConfig:
         return self.plane.channels + (COLOUR_CHANNELS if colour else 0)
 
     @property
+    def colour_plane_resolution(self) -> int:
+        """Resolution of the lifted colour's plane (0 when colour lifting is off)."""
+        if not (self.appearance.enabled and self.appearance.colour_resolution):
+            return 0
+        return self.appearance.colour_plane_resolution or self.plane.resolution
+
+    @property
+    def source_plane_resolution(self) -> int:
+        """Resolution of T_c + T_p as an avatar stores them (and of every sum that includes T_p)."""
+        return max(self.plane.resolution, self.colour_plane_resolution)
+
+    @property
+    def colour_depth_resolution(self) -> int:
+        """Resolution at which the source depth for the colour lift is rendered."""
+        return self.appearance.colour_depth_resolution or self.appearance.colour_resolution
+
+    @property
     def head_upsamples(self) -> int:
         """Stride-2 transposed convolutions from the feature map to the plane resolution."""
         return int(round(math.log2(self.plane.resolution / self.feature_resolution)))
@@ -234,6 +259,22 @@ class ModelConfig:
                     f"colour_resolution ({colour}) must be a multiple of the feature resolution ({feat}) "
                     "and at most image_size",
                 )
+            plane_res, depth_res = (
+                self.appearance.colour_plane_resolution,
+                self.appearance.colour_depth_resolution,
+            )
+            if plane_res and (plane_res < self.plane.resolution or plane_res % self.plane.resolution):
+                raise ConfigError(
+                    "config.appearance",
+                    f"colour_plane_resolution ({plane_res}) must be a multiple of the plane resolution "
+                    f"({self.plane.resolution})",
+                )
+            if depth_res and (not colour or colour % depth_res or depth_res % feat):
+                raise ConfigError(
+                    "config.appearance",
+                    f"colour_depth_resolution ({depth_res}) must divide colour_resolution ({colour}) and be "
+                    f"a multiple of the feature resolution ({feat})",
+                )
             want = 6 if self.appearance.input_mode == "composite" else 3
             if self.appearance.encoder.in_channels != want:
                 raise ConfigError(
@@ -280,7 +321,12 @@ def tiny_config() -> ModelConfig:
         canonical_encoder=encoder,
         plane=PlaneConfig(channels=16, resolution=64, head_channels=(64, 32)),
         appearance=AppearanceConfig(
-            encoder=encoder, upsampler_hidden=32, colour_resolution=64, colour_scale=16.0
+            encoder=encoder,
+            upsampler_hidden=32,
+            colour_resolution=128,
+            colour_scale=16.0,
+            colour_plane_resolution=128,
+            colour_depth_resolution=64,
         ),
         expression=ExpressionConfig(encoder=encoder),
         renderer=RendererConfig(
@@ -379,7 +425,11 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
 # Fields added after checkpoints were shipped, with the value that reproduces the older network. The
 # canonical JSON (hence config_hash, content hashes and model versions) leaves them out at that value,
 # so every checkpoint written before a field existed still verifies and keeps its model version.
-LATER_FIELDS: dict[tuple[str, ...], Any] = {("renderer", "source_colour_blend"): False}
+LATER_FIELDS: dict[tuple[str, ...], Any] = {
+    ("renderer", "source_colour_blend"): False,
+    ("appearance", "colour_plane_resolution"): 0,
+    ("appearance", "colour_depth_resolution"): 0,
+}
 
 
 def config_json(config: ModelConfig) -> str:

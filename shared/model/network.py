@@ -200,7 +200,7 @@ class GOHANetwork(nn.Module):
     @property
     def lifting_resolution(self) -> int:
         """Resolution of the source-view depth render: E_p's feature grid, or the finer colour grid."""
-        return max(self.config.renderer.depth_resolution, self.config.appearance.colour_resolution)
+        return max(self.config.renderer.depth_resolution, self.config.colour_depth_resolution)
 
     def source_render(
         self,
@@ -249,10 +249,16 @@ class GOHANetwork(nn.Module):
         # Rays stay float32 even for half-precision networks (fp16 would shift points by millimetres).
         origins, directions = cams.generate_rays(source_camera.float(), size)
         t_p = self.appearance(features, depth, origins, directions)
-        if self.config.appearance.colour_resolution:
-            colour_rays = cams.generate_rays(source_camera.float(), rendered.depth.shape[-1])
+        colour_resolution = self.config.appearance.colour_resolution
+        if colour_resolution:
+            colour_depth = rendered.depth
+            if colour_depth.shape[-1] != colour_resolution:  # rendered coarser: depth is smooth
+                colour_depth = F.interpolate(
+                    colour_depth, size=(colour_resolution,) * 2, mode="bilinear", align_corners=False
+                )
+            colour_rays = cams.generate_rays(source_camera.float(), colour_resolution)
             colour = self.appearance.colour_planes(
-                source_image.to(t_p.dtype), source_mask.to(t_p.dtype), rendered.depth, *colour_rays
+                source_image.to(t_p.dtype), source_mask.to(t_p.dtype), colour_depth, *colour_rays
             )
             t_p = self.appearance.add_colour(t_p, colour)
         return t_p, rendered

@@ -60,14 +60,29 @@ def cell_centres(
     return torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=-1)
 
 
+def upsample_planes(planes: Tensor, resolution: int) -> Tensor:
+    """Tri-planes (B, 3, C, R, R) bilinearly resized to ``resolution`` (returned as is when equal)."""
+    b, n, c, r, _ = planes.shape
+    if r == resolution:
+        return planes
+    flat = F.interpolate(
+        planes.reshape(b * n, c, r, r), size=(resolution, resolution), mode="bilinear", align_corners=False
+    )
+    return flat.view(b, n, c, resolution, resolution)
+
+
 def sum_planes(*planes: Tensor | None) -> Tensor:
-    """T_c + T_e + T_p: the paper's combination is an unweighted sum (None terms are skipped)."""
+    """T_c + T_e + T_p: the paper's combination is an unweighted sum (None terms are skipped).
+
+    Terms at a lower resolution than the finest (T_c and T_e at 64² when T_p carries a 128² colour
+    plane, ``AppearanceConfig.colour_plane_resolution``) are bilinearly upsampled to it first."""
     present = [p for p in planes if p is not None]
     if not present:
         raise ModelInputError("model.bad_planes", "nothing to sum")
-    total = present[0]
+    resolution = max(p.shape[-1] for p in present)
+    total = upsample_planes(present[0], resolution)
     for p in present[1:]:
-        total = total + p
+        total = total + upsample_planes(p, resolution)
     return total
 
 

@@ -86,11 +86,25 @@ def test_inconsistent_sizes_are_rejected() -> None:
 
 def test_colour_lifting_resolution_is_validated() -> None:
     base = tiny_config()
-    assert base.appearance.colour_resolution == base.plane.resolution == 64
+    assert base.appearance.colour_resolution == base.image_size == 128
+    assert base.colour_plane_resolution == base.source_plane_resolution == 2 * base.plane.resolution == 128
+    assert base.colour_depth_resolution == 64
+
+    def appearance(**changes: object) -> None:
+        dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, **changes))
+
     with pytest.raises(ConfigError, match="colour_resolution"):
-        dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=48))
+        appearance(colour_resolution=48, colour_depth_resolution=0)
     with pytest.raises(ConfigError, match="colour_resolution"):
-        dataclasses.replace(base, appearance=dataclasses.replace(base.appearance, colour_resolution=256))
+        appearance(colour_resolution=256)
+    with pytest.raises(ConfigError, match="colour_plane_resolution"):
+        appearance(colour_plane_resolution=96)
+    with pytest.raises(ConfigError, match="colour_depth_resolution"):
+        appearance(colour_depth_resolution=48)
+    plain = dataclasses.replace(
+        base.appearance, colour_resolution=64, colour_plane_resolution=0, colour_depth_resolution=0
+    )
+    assert dataclasses.replace(base, appearance=plain).source_plane_resolution == 64
 
 
 def test_tiny_colour_scale_matches_the_planes_magnitude() -> None:

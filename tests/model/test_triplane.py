@@ -66,3 +66,24 @@ def test_plane_axes_put_a_point_in_the_documented_texels() -> None:
 def test_sum_planes_is_a_plain_sum() -> None:
     a, b, c = (torch.full((1, 3, 2, 4, 4), v) for v in (1.0, 2.0, 4.0))
     torch.testing.assert_close(sum_planes(a, None, b, c), torch.full((1, 3, 2, 4, 4), 7.0))
+
+
+def test_sum_planes_upsamples_coarser_terms_to_the_finest() -> None:
+    import torch.nn.functional as F
+
+    from shared.model.triplane import sum_planes, upsample_planes
+
+    torch.manual_seed(0)
+    coarse, fine = torch.randn(2, 3, 5, 8, 8), torch.randn(2, 3, 5, 16, 16)
+    total = sum_planes(coarse, None, fine)
+    expected = F.interpolate(coarse.reshape(6, 5, 8, 8), size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(total, expected.view(2, 3, 5, 16, 16) + fine)
+    assert upsample_planes(fine, 16) is fine
+    # A plane that is linear in its coordinates samples the same at any point after upsampling
+    # (away from the border, where the zero padding differs).
+    ramp = torch.linspace(-1, 1, 8).view(1, 1, 1, 1, 8).expand(1, 3, 1, 8, 8).contiguous()
+    points = torch.rand(1, 50, 3) * 0.5 - 0.25
+    table_coarse, table_fine = PlaneTable(ramp), PlaneTable(upsample_planes(ramp, 32))
+    torch.testing.assert_close(
+        table_fine.sample(points[0], 0), table_coarse.sample(points[0], 0), atol=1e-5, rtol=0
+    )
