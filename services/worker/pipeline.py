@@ -66,8 +66,8 @@ from shared.platform.storage import ObjectStorage, avatar_cache_key, output_key
 
 log = logging.getLogger("goha.worker")
 
-# Paste-back: the portrait's matte counts as head (inpainted away) only above the chin landmark (iBUG
-# 8) plus this fraction of the crop's side; the neck and shoulders under it stay the portrait's own.
+# Paste-back: the head region (inpainted away) ends at the chin landmark (iBUG 8) plus this fraction of
+# the crop's side; the neck and shoulders under it stay the portrait's own.
 CHIN_LANDMARK = 8
 BODY_MARGIN = 0.04
 
@@ -646,8 +646,8 @@ class ReenactmentPipeline:
     ) -> PasteBack:
         """The job's compositor. The head region to remove from the portrait is where the model itself
         renders the head at the portrait's own camera and expression (one extra animate call), united
-        with the face stack's portrait matte inside the crop above the chin (the neck and shoulders
-        below it stay the portrait's own)."""
+        with the face stack's portrait matte inside the crop, both above the chin (the neck and
+        shoulders below it stay the portrait's own)."""
         renders = self._expression_renders(portrait, portrait.beta.reshape(1, -1))
         camera = portrait.camera.reshape(1, 25).numpy().astype(np.float32)
         head_alpha = self.ctx.inference.animate(planes, renders, camera).alpha[0, 0]

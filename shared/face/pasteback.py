@@ -101,9 +101,10 @@ class PasteBack:
             expression, in the crop's framing (any square size).
         crop_matte: optional (S, S) portrait matte in the crop's framing, [0, 1].
         source_matte: optional (H, W) portrait matte in portrait pixels, [0, 1].
-        body_row: optional row of the crop (crop pixels, below the chin) under which the mattes do
-            not count as head: the neck and shoulders stay the portrait's own instead of being
-            inpainted (the render's own opacity still counts there).
+        body_row: optional row of the crop (crop pixels, below the chin) under which nothing counts
+            as head (neither the mattes nor the portrait-pose render's opacity): the neck and
+            shoulders stay the portrait's own instead of being inpainted; the animated render is
+            still composited over them with its alpha.
     """
 
     def __init__(
@@ -214,30 +215,32 @@ class PasteBack:
         if self._footprint.size == 0:
             return region
         footprint = self._to_full(self._footprint) > 0.5
-        # Where the mattes count as head: the crop's footprint, above ``body_row`` when given
-        # (inpainting the whole matte smeared the neck and collar under the chin into a dark blur).
-        matte_zone = footprint
+        # Where anything counts as head: the crop's footprint, above ``body_row`` when given
+        # (inpainting everything under the chin smeared the neck and collar into a dark blur).
+        head_zone = footprint
         if body_row is not None:
             size = self.crop.size
             above = (np.arange(size, dtype=np.float32)[:, None] <= body_row).astype(np.float32)
             above = np.ascontiguousarray(np.broadcast_to(above, (size, size)))
-            matte_zone = self._to_full(self._warp_to_roi(above, size)) > 0.5
+            head_zone = self._to_full(self._warp_to_roi(above, size)) > 0.5
         if head_alpha is not None:
             head = np.asarray(head_alpha, dtype=np.float32).squeeze()
             if head.ndim != 2 or head.shape[0] != head.shape[1]:
                 raise ValueError(f"head_alpha must be a square (A, A) image, got {np.shape(head_alpha)}")
             warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(head), head.shape[0]))
-            region = np.maximum(region, (warped > self.config.head_threshold).astype(np.float32))
+            region = np.maximum(
+                region, ((warped > self.config.head_threshold) & head_zone).astype(np.float32)
+            )
         if crop_matte is not None:
             matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
             warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
-            region = np.maximum(region, ((warped > 0.5) & matte_zone).astype(np.float32))
+            region = np.maximum(region, ((warped > 0.5) & head_zone).astype(np.float32))
         if source_matte is not None:
             matte = np.asarray(source_matte, dtype=np.float32).squeeze()
             if matte.shape != tuple(self.crop.source_shape):
                 raise ValueError(f"source_matte must be {self.crop.source_shape}, got {matte.shape}")
             resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            region = np.maximum(region, ((resized > 0.5) & matte_zone).astype(np.float32))
+            region = np.maximum(region, ((resized > 0.5) & head_zone).astype(np.float32))
         radius = int(round(self.config.dilate * self.crop_side))
         if radius > 0 and region.any():
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

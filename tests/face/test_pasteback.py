@@ -194,3 +194,15 @@ def test_the_body_below_the_chin_row_stays_the_portraits_own() -> None:
     (out,) = trimmed(*blank)
     np.testing.assert_array_equal(out[collar], portrait[collar])
     assert trimmed.head_mask[y0 + 5 : y1 - 10, x0 + 5 : x1 - 5].min() == 1.0  # the head still is
+
+
+def test_the_body_row_also_bounds_the_renders_own_head_region() -> None:
+    portrait = _portrait()
+    x0, y0, x1, y1 = HEAD
+    crop = _crop(portrait)
+    tall = _head_mask()
+    tall[y1 : y1 + 40, x0:x1] = 1.0  # the render at the portrait's pose reaches below the chin
+    chin = float(crop.to_crop(np.array([[(x0 + x1) / 2, y1 - 1.0]]))[0, 1])
+    alpha = _in_crop_framing(tall, crop, 32)
+    assert PasteBack(portrait, crop, alpha).head_mask[y1 + 24 : y1 + 40, x0:x1].min() == 1.0
+    assert PasteBack(portrait, crop, alpha, body_row=chin).head_mask[y1 + 24 : y1 + 40, x0:x1].max() == 0.0
