@@ -31,7 +31,10 @@
    first channels instead, the colour drowned in T_c's values there: 700 steps moved its effect on
    the render from 0.041 to 0.047 while T_c's channels grew.)
    Only XY: a (near-)frontal portrait projects onto XY one-to-one, while on XZ / ZY whole columns
-   of the face collapse onto one texel (the nearest of them wins arbitrarily).
+   of the face collapse onto one texel (the nearest of them wins arbitrarily). The colour plane may
+   be finer than the branch planes (``colour_plane_resolution``, tiny 128² against 64²: the head
+   is only ~20 texels wide at 64²); T_p's features are then upsampled to it and so are T_c / T_e
+   where they are summed with T_p (triplane.sum_planes).
 
 Deliberate differences to the released code: the rasterisation grid is the planes' texel-centre
 grid (the released grid is linspace(-1, 1), half a texel off the ``align_corners=False``
