@@ -152,6 +152,9 @@ def rasterize(
     return torch.stack(rasterised).view(b, len(planes), f, resolution, resolution)
 
 
+# Where colour_planes puts the points it must not lift (box_warp units): far from every texel.
+_OUTSIDE_PLANES = 1000.0
+
 OUTPUT_INIT_GAIN = 0.1  # scale of T_p's output layers at initialisation
 
 
@@ -241,13 +244,23 @@ class AppearanceBranch(nn.Module):
         return self.upsampler(rasterised)
 
     def colour_planes(
-        self, source: Tensor, keep_mask: Tensor, depth: Tensor, origins: Tensor, directions: Tensor
+        self,
+        source: Tensor,
+        keep_mask: Tensor,
+        depth: Tensor,
+        origins: Tensor,
+        directions: Tensor,
+        visible: Tensor | None = None,
     ) -> Tensor:
         """Lifted source colour for T_p's XY plane (B, 4, R, R): [RGB, keep] rasterised.
 
         ``depth`` (B, 1, r, r) and the rays (B, r·r, 3) are at ``colour_resolution`` r; the source
         (B, 3, S, S) and keep-mask are area-averaged to r. The result is at the colour plane's
-        resolution (``ModelConfig.colour_plane_resolution``).
+        resolution (``ModelConfig.colour_plane_resolution``). ``visible`` (B, 1, r, r) bool: only
+        these pixels are lifted (the others are moved far outside the planes, so no texel takes
+        them): a background ray ends at the far end of the ray range, and from a turned source
+        camera that point projects onto the face's own XY texels (0.6 behind the origin at a yaw
+        of 0.24 rad is 18 texels of a 128² plane sideways), where it left a grid of black dots.
         """
         b, _, r, _ = depth.shape
         if source.shape[-1] != r:
@@ -255,6 +268,9 @@ class AppearanceBranch(nn.Module):
             keep_mask = F.interpolate(keep_mask, size=(r, r), mode="area")
         values = torch.cat([source, keep_mask], dim=1).reshape(b, COLOUR_CHANNELS, r * r)
         points = lift(origins, directions, depth.reshape(b, r * r).to(origins.dtype))
+        if visible is not None:
+            hidden = ~visible.reshape(b, r * r, 1)
+            points = torch.where(hidden, points.new_tensor(_OUTSIDE_PLANES * self.box_warp), points)
         xy = rasterize(points, values, r, self.box_warp, self.nearest_method, planes=(0,))[:, 0]
         if r != self.plane_resolution:
             xy = F.interpolate(xy, size=(self.plane_resolution,) * 2, mode="bilinear", align_corners=False)

@@ -131,6 +131,10 @@ class AppearanceConfig:
     # ``colour_resolution`` (0 = rendered at ``colour_resolution``): depth is smooth, the render is not
     # cheap (once per portrait, and every training step).
     colour_depth_resolution: int = 0
+    # Only source pixels whose render from the source camera is at least this opaque are lifted into
+    # the colour plane, at the depth of the visible mass alone (renderer.surface_depth) instead of the
+    # far-end-weighted expected depth; 0 = every pixel, at the expected depth (as features are).
+    colour_min_opacity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,7 @@ def tiny_config() -> ModelConfig:
             colour_scale=16.0,
             colour_plane_resolution=128,
             colour_depth_resolution=64,
+            colour_min_opacity=0.5,
         ),
         expression=ExpressionConfig(encoder=encoder),
         renderer=RendererConfig(
@@ -429,6 +434,7 @@ LATER_FIELDS: dict[tuple[str, ...], Any] = {
     ("renderer", "source_colour_blend"): False,
     ("appearance", "colour_plane_resolution"): 0,
     ("appearance", "colour_depth_resolution"): 0,
+    ("appearance", "colour_min_opacity"): 0.0,
 }
 
 

@@ -31,7 +31,7 @@ from shared.model.canonical import CanonicalBranch, check_image
 from shared.model.config import ModelConfig, config_hash
 from shared.model.errors import ModelInputError
 from shared.model.expression import ExpressionBranch, LinearExpressionBranch
-from shared.model.renderer import RenderOutput, VolumeRenderer
+from shared.model.renderer import RenderOutput, VolumeRenderer, surface_depth
 from shared.model.serving import AnimationOutput
 from shared.model.superres import SuperResolution
 from shared.model.triplane import sum_planes
@@ -251,14 +251,26 @@ class GOHANetwork(nn.Module):
         t_p = self.appearance(features, depth, origins, directions)
         colour_resolution = self.config.appearance.colour_resolution
         if colour_resolution:
-            colour_depth = rendered.depth
+            colour_depth, visible = rendered.depth, None
+            min_opacity = self.config.appearance.colour_min_opacity
+            if min_opacity > 0:
+                r = self.config.renderer
+                colour_depth = surface_depth(rendered.depth, rendered.opacity, r.ray_start, r.ray_end)
             if colour_depth.shape[-1] != colour_resolution:  # rendered coarser: depth is smooth
-                colour_depth = F.interpolate(
-                    colour_depth, size=(colour_resolution,) * 2, mode="bilinear", align_corners=False
-                )
+                size = (colour_resolution,) * 2
+                colour_depth = F.interpolate(colour_depth, size=size, mode="bilinear", align_corners=False)
+                opacity = F.interpolate(rendered.opacity, size=size, mode="bilinear", align_corners=False)
+            else:
+                opacity = rendered.opacity
+            if min_opacity > 0:
+                visible = opacity >= min_opacity
             colour_rays = cams.generate_rays(source_camera.float(), colour_resolution)
             colour = self.appearance.colour_planes(
-                source_image.to(t_p.dtype), source_mask.to(t_p.dtype), colour_depth, *colour_rays
+                source_image.to(t_p.dtype),
+                source_mask.to(t_p.dtype),
+                colour_depth,
+                *colour_rays,
+                visible=visible,
             )
             t_p = self.appearance.add_colour(t_p, colour)
         return t_p, rendered

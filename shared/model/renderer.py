@@ -70,14 +70,17 @@ class TriPlaneDecoder(nn.Module):
 
     **Source-colour blend** (``RendererConfig.source_colour_blend``, a deliberate addition): the
     planes then end in the lifted source colour's channels (``colour_offset``: RGB then keep, T_p's
-    XY plane only, appearance.py step 5). The decoder reads that colour at the sample point through
-    a per-channel affine map (``colour_weight`` · c + ``colour_bias``, no MLP in between) and
-    predicts one more output, a blend weight m = sigmoid(logit); the sample's RGB is
-    ``m · colour + (1 − m) · decoded``. Everything stays a 3D field that is volume-rendered: the
-    colour comes from T_p at the 3D point, not from the image. Without it the 32-unit MLP has to
-    reproduce a face's texture through its softplus layer and returned a blur whose dlib
-    descriptor was 0.78 from the portrait's; the source crop itself down-sampled to the 64² render
-    size scores 0.34 (docs/model.md).
+    XY plane only, appearance.py step 5). The decoder predicts one more output, a blend weight
+    m = sigmoid(logit), and returns the decoded RGB premultiplied by (1 − m) plus m itself as a last
+    channel; both are volume-rendered like any feature. The renderer then adds M · c(P): M = Σ w·m
+    the composited blend weight, c the lifted colour read through a per-channel affine map
+    (``colour_weight`` · c + ``colour_bias``, no MLP in between, `surface_colour`) at the ray's
+    surface point P (the expected depth of its visible mass, `surface_depth`). Reading the colour
+    once at the surface, not at every sample, keeps it sharp whatever the density's thickness: the
+    XY colour is constant along z, so a fog ±0.15 deep seen from a 0.24 rad yaw smeared it over
+    ±4.6 texels. The colour comes from T_p at a 3D point, not from the image. Why at all: the
+    32-unit MLP returned a blur of the lifted colour whose dlib descriptor was 0.78 from the
+    portrait's (docs/model.md).
     """
 
     def __init__(
@@ -129,7 +132,8 @@ class TriPlaneDecoder(nn.Module):
         return torch.cat([weight, pick.to(weight.dtype)]), torch.cat([bias, self.colour_bias.to(bias.dtype)])
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
-        """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]."""
+        """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]
+        (with the blend: (1 − m)·RGB, the other features, then m: 1 + F' + 1 channels)."""
         return self.from_first_layer(F.linear(plane_features, *self.first_layer()), feature_channels)
 
     def _output_layer(self, feature_channels: int | None) -> tuple[Tensor, Tensor]:
@@ -161,18 +165,19 @@ class TriPlaneDecoder(nn.Module):
             out[1:n_out].sigmoid_().mul_(1 + 2 * 0.001).sub_(0.001)
             if self.blend:
                 m = out[n_out].sigmoid_()
-                colour = first[..., self.hidden :].reshape(-1, 3).t()
-                out[1:4].sub_(colour).mul_(1 - m).add_(colour)  # m·colour + (1 − m)·decoded
-                out = out[:n_out]
+                out[1:4].mul_(1 - m)  # the decoded RGB's share; the lifted one is added per ray
             return out.t().reshape(*hidden.shape[:-1], out.shape[0])
         out = F.linear(hidden, weight, bias)
         if self.blend:
             out, m = out[..., :-1], torch.sigmoid(out[..., -1:])
         sigma, features = out[..., :1], torch.sigmoid(out[..., 1:]) * (1 + 2 * 0.001) - 0.001
         if self.blend:
-            colour = first[..., self.hidden :]
-            features = torch.cat([m * colour + (1 - m) * features[..., :3], features[..., 3:]], dim=-1)
+            features = torch.cat([(1 - m) * features[..., :3], features[..., 3:], m], dim=-1)
         return torch.cat([sigma, features], dim=-1)
+
+    def surface_colour(self, first: Tensor) -> Tensor:
+        """The lifted source colour in [0, 1] (..., 3) from `first_layer` outputs (..., hidden + 3)."""
+        return first[..., self.hidden :]
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -277,6 +282,14 @@ def composite(
     return RayOutput(values=values, depth=depth, opacity=total), weights
 
 
+def surface_depth(depth: Tensor, opacity: Tensor, ray_start: float, ray_end: float) -> Tensor:
+    """The expected depth of a render's visible mass alone: `composite` puts the leftover
+    transmittance (1 − α) at ``ray_end``, so Σ w·t = D − (1 − α)·t_far and the mass's own mean is
+    that over α. Clamped to the ray range; meaningless where α is ~0 (callers mask those)."""
+    alpha = opacity.clamp_min(1e-6)
+    return ((depth - (1.0 - opacity) * ray_end) / alpha).clamp(ray_start, ray_end)
+
+
 @dataclass
 class RenderOutput:
     """A rendered image: RGB and features in [-1, 1] (black background = -1), depth, opacity."""
@@ -285,6 +298,34 @@ class RenderOutput:
     features: Tensor  # (B, F, H, W) (F = 3 when only RGB was asked for; rgb = features[:, :3])
     depth: Tensor  # (B, 1, H, W)
     opacity: Tensor  # (B, 1, H, W)
+
+
+@dataclass
+class PlaneField:
+    """A `Field` of tri-planes through the decoder; with the source-colour blend it also reads the
+    lifted colour at surface points (`surface_colour`)."""
+
+    decoder: TriPlaneDecoder
+    table: PlaneTable
+    feature_channels: int | None
+    folded: bool  # the table holds the decoder's first-layer outputs (inference)
+
+    @property
+    def blends_source_colour(self) -> bool:
+        return self.decoder.blend
+
+    def _first(self, points: Tensor, batch_ids: Tensor | int) -> Tensor:
+        sampled = self.table.sample(points, batch_ids)
+        return sampled if self.folded else F.linear(sampled, *self.decoder.first_layer())
+
+    def __call__(self, points: Tensor, batch_ids: Tensor | int) -> Tensor:
+        return self.decoder.from_first_layer(
+            self._first(points, batch_ids), self.feature_channels, inference=self.folded
+        )
+
+    def surface_colour(self, points: Tensor, batch_ids: Tensor | int) -> Tensor:
+        """The lifted colour in [0, 1] (N, 3) at world points (N, 3)."""
+        return self.decoder.surface_colour(self._first(points, batch_ids))
 
 
 class VolumeRenderer(nn.Module):
@@ -343,11 +384,42 @@ class VolumeRenderer(nn.Module):
                 batch_ids.split(self.ray_chunk),
             )
         ]
+        values = torch.cat([c.values for c in chunks])
+        depth = torch.cat([c.depth for c in chunks])
+        opacity = torch.cat([c.opacity for c in chunks])
+        if getattr(field, "blends_source_colour", False):
+            values = self._add_surface_colour(
+                field, batch_ids, origins.reshape(-1, 3), directions.reshape(-1, 3), values, depth, opacity
+            )
         return RayOutput(
-            values=torch.cat([c.values for c in chunks]).reshape(b, r, -1),
-            depth=torch.cat([c.depth for c in chunks]).reshape(b, r),
-            opacity=torch.cat([c.opacity for c in chunks]).reshape(b, r),
+            values=values.reshape(b, r, -1), depth=depth.reshape(b, r), opacity=opacity.reshape(b, r)
         )
+
+    def _add_surface_colour(
+        self,
+        field: PlaneField,
+        ids: Tensor,
+        origins: Tensor,
+        directions: Tensor,
+        values: Tensor,
+        depth: Tensor,
+        opacity: Tensor,
+    ) -> Tensor:
+        """Composited [(1 − m)·RGB, features, m] (×2 − 1) → [RGB + M·c(P), features] (×2 − 1): the
+        lifted colour read once per ray at its surface point P (TriPlaneDecoder's blend). P's depth is
+        detached: the colour lookup does not move the geometry."""
+        cfg = self.config
+        surface = surface_depth(depth.detach(), opacity.detach(), cfg.ray_start, cfg.ray_end)
+        points = origins + directions * surface.unsqueeze(-1)
+        colour = torch.cat(
+            [
+                field.surface_colour(p, i)
+                for p, i in zip(points.split(self.point_chunk), ids.split(self.point_chunk))
+            ]
+        ).to(values.dtype)
+        blend = (values[:, -1:] + 1) * 0.5  # M = Σ w·m
+        rgb = values[:, :3] + 2.0 * blend * colour  # (x + 1)/2 + M·c, mapped back ×2 − 1
+        return torch.cat([rgb, values[:, 3:-1]], dim=-1)
 
     def _eval(self, field: Field, ids: Tensor, origins: Tensor, directions: Tensor, depths: Tensor) -> Tensor:
         rays, samples = depths.shape
@@ -438,7 +510,7 @@ class VolumeRenderer(nn.Module):
 
     def planes_field(
         self, planes: Tensor, feature_channels: int | None = None, *, fold_first_layer: bool = False
-    ) -> Field:
+    ) -> PlaneField:
         """The field σ + features at world points of these planes.
 
         ``fold_first_layer=True`` (inference, no autograd): the decoder's first layer is linear, so
@@ -448,20 +520,13 @@ class VolumeRenderer(nn.Module):
         """
         decoder = self.decoder
         if fold_first_layer:
-            table = PlaneTable(planes, self.box_warp, linear=decoder.first_layer())
-
-            def folded(points: Tensor, batch_ids: Tensor) -> Tensor:
-                return decoder.from_first_layer(
-                    table.sample(points, batch_ids), feature_channels, inference=True
-                )
-
-            return folded
-        table = PlaneTable(planes, self.box_warp)
-
-        def field(points: Tensor, batch_ids: Tensor) -> Tensor:
-            return decoder(table.sample(points, batch_ids), feature_channels)
-
-        return field
+            return PlaneField(
+                decoder,
+                PlaneTable(planes, self.box_warp, linear=decoder.first_layer()),
+                feature_channels,
+                True,
+            )
+        return PlaneField(decoder, PlaneTable(planes, self.box_warp), feature_channels, False)
 
     def query(self, planes: Tensor, points: Tensor, *, inference: bool | None = None) -> Tensor:
         """Raw decoder output (B, N, 1 + F) at world points (B, N, 3), e.g. for the TV loss on σ.

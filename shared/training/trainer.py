@@ -168,7 +168,12 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
     if variant == "full":
         return config
     if variant == "no_appearance":
-        return dataclasses.replace(config, appearance=dataclasses.replace(config.appearance, enabled=False))
+        # The source-colour blend reads T_p's lifted colour: without the branch there is none.
+        return dataclasses.replace(
+            config,
+            appearance=dataclasses.replace(config.appearance, enabled=False),
+            renderer=dataclasses.replace(config.renderer, source_colour_blend=False),
+        )
     if variant == "linear_expression":
         num = load_procedural_model().num_expression
         return dataclasses.replace(

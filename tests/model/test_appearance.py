@@ -6,7 +6,7 @@ import torch
 from shared.model import appearance as app
 from shared.model import cameras as cams
 from shared.model.appearance import AppearanceUpsampler, lift, nearest_indices, rasterize
-from shared.model.config import AppearanceConfig, RendererConfig
+from shared.model.config import AppearanceConfig, ModelConfig, RendererConfig
 from shared.model.network import GOHANetwork
 from shared.model.triplane import cell_centres, project_to_planes
 from tests.model.conftest import make_batch, micro_config
@@ -142,22 +142,27 @@ def test_paper_size_upsampler_shape() -> None:
     assert out.shape == (1, 3, 32, 256, 256)
 
 
-def test_colour_lifting_writes_the_source_pixels_into_the_xy_plane_only() -> None:
-    """A frontal source over a flat surface at the head's depth: each XY texel holds the colour of
-    the pixel that projects onto it, the keep-mask in channel 3, and XZ / ZY get nothing."""
+def red_square_over_a_flat_surface() -> tuple[ModelConfig, app.AppearanceBranch, tuple[torch.Tensor, ...]]:
+    """A frontal source (a red square in the middle of a dark image) over a flat surface at the
+    head's depth (z = 0): the colour_planes inputs (source, keep, depth, origins, directions)."""
     cfg = micro_config(
         appearance=AppearanceConfig(encoder=micro_config().appearance.encoder, colour_resolution=32)
     )
-    branch = app.AppearanceBranch(cfg)
     res = 32
     camera = cams.spherical_camera(torch.tensor([0.0]), torch.tensor([0.0]))
     origins, directions = cams.generate_rays(camera, res)
-    # Depth so that every point lies on the plane z = 0 (through the head centre).
     depth = (-origins[..., 2] / directions[..., 2]).reshape(1, 1, res, res)
     source = torch.full((1, 3, 64, 64), -1.0)
-    source[:, 0, 20:44, 20:44] = 1.0  # a red square in the middle of the image
+    source[:, 0, 20:44, 20:44] = 1.0
     keep = torch.ones(1, 1, 64, 64)
-    colour = branch.colour_planes(source, keep, depth, origins, directions)
+    return cfg, app.AppearanceBranch(cfg), (source, keep, depth, origins, directions)
+
+
+def test_colour_lifting_writes_the_source_pixels_into_the_xy_plane_only() -> None:
+    """Each XY texel holds the colour of the pixel that projects onto it, the keep-mask in channel
+    3, and XZ / ZY get nothing."""
+    cfg, branch, inputs = red_square_over_a_flat_surface()
+    colour = branch.colour_planes(*inputs)
     assert colour.shape == (1, 4, cfg.plane.resolution, cfg.plane.resolution)
     red = colour[0, 0]
     # The square's centre lands on the plane's centre texels; the image border on the plane's border
@@ -169,6 +174,19 @@ def test_colour_lifting_writes_the_source_pixels_into_the_xy_plane_only() -> Non
     assert added.shape[2] == cfg.plane_channels == cfg.plane.channels + 4
     torch.testing.assert_close(added[:, 0, -4:], colour)
     assert added[:, 1:, -4:].abs().max() == 0 and torch.equal(added[:, :, :-4], planes)
+
+
+def test_colour_lifting_skips_pixels_that_are_not_visible() -> None:
+    """Pixels outside ``visible`` (background rays, which end at the far end of the ray range) are
+    not lifted: from a turned camera they would land on the face's own texels."""
+    _, branch, inputs = red_square_over_a_flat_surface()
+    visible = torch.ones(1, 1, 32, 32, dtype=torch.bool)
+    shown = branch.colour_planes(*inputs, visible=visible)
+    torch.testing.assert_close(shown, branch.colour_planes(*inputs))
+    visible[:, :, 10:22, 10:22] = False  # the red square's pixels
+    hidden = branch.colour_planes(*inputs, visible=visible)
+    assert shown[0, 0, 14:18, 14:18].min() > 0.99
+    assert hidden[0, 0, 14:18, 14:18].max() < 0.0  # the texels take the visible (dark) neighbours
 
 
 def test_network_source_colour_reaches_t_p() -> None:

@@ -14,6 +14,7 @@ from shared.model.renderer import (
     importance_depths,
     rays_to_image,
     stratified_depths,
+    surface_depth,
 )
 
 RADIUS = 0.22
@@ -303,3 +304,60 @@ def test_blend_parameters_learn() -> None:
 def test_blend_needs_colour_channels() -> None:
     with pytest.raises(ValueError, match="offset"):
         VolumeRenderer(RendererConfig(source_colour_blend=True), PlaneConfig(channels=4))
+
+
+def test_surface_depth_is_the_depth_of_the_visible_mass_alone() -> None:
+    """A half-transparent ball: `composite` puts the leftover light at the far end, so the expected
+    depth sits between the ball and the far end; `surface_depth` takes that share out again."""
+    renderer = make_renderer()
+    cfg = renderer.config
+
+    def faint_ball(points: torch.Tensor, batch_ids: torch.Tensor | int) -> torch.Tensor:
+        inside = (points - CENTRE).norm(dim=-1, keepdim=True) < RADIUS
+        # density 3 per unit over a ~0.4 chord: opacity ~0.7, the rest of the light passes
+        sigma = torch.where(inside, 3.0, -1000.0)
+        return torch.cat([sigma, SPHERE_RGB.expand(points.shape[0], 3)], dim=-1)
+
+    camera = cams.spherical_camera(0.0, 0.0).unsqueeze(0)
+    origins, directions = cams.generate_rays(camera, 48)
+    with torch.no_grad():
+        out = renderer.render_rays(faint_ball, origins, directions, deterministic=True)
+    centre = 24 * 48 + 24
+    alpha, depth = float(out.opacity[0, centre]), float(out.depth[0, centre])
+    assert 0.3 < alpha < 0.95
+    entry, _ = analytic_hits(origins[0, centre : centre + 1], directions[0, centre : centre + 1])
+    exit_depth = float(entry) + 2 * RADIUS  # the centre ray passes (almost) through the ball's centre
+    surface = float(surface_depth(out.depth, out.opacity, cfg.ray_start, cfg.ray_end)[0, centre])
+    assert depth > exit_depth  # the expected depth is pulled behind the ball by the far end
+    assert float(entry) - 0.02 < surface < exit_depth  # the surface depth is inside the ball
+
+
+def test_blend_reads_the_lifted_colour_once_at_the_surface_point() -> None:
+    """With m = 1 a ray's colour is M · c(P) at its surface point P, however thick the fog: the XY
+    colour is constant along z, so averaging it over samples spread in depth (a turned camera) would
+    smear a sharp edge over the fog's depth."""
+    torch.manual_seed(6)
+    renderer = blend_renderer()
+    decoder = renderer.decoder
+    planes = coloured_planes(torch.zeros(3))
+    planes[:, 0, COLOUR_OFFSET : COLOUR_OFFSET + 3, :, :8] = 8.0  # a sharp white | black edge
+    planes[:, 0, COLOUR_OFFSET : COLOUR_OFFSET + 3, :, 8:] = -8.0
+    with torch.no_grad():
+        decoder.net[2].bias[0] = (
+            2.0  # a fog: the ray's mass spreads through the box: the ray's mass spreads through the box
+        )
+        decoder.net[2].bias[-1] = 40.0  # m = 1
+    camera = cams.spherical_camera(0.5, 0.0).unsqueeze(0)
+    origins, directions = cams.generate_rays(camera, 24)
+    field = renderer.planes_field(planes)
+    with torch.no_grad():
+        out = renderer.render_rays(field, origins, directions, deterministic=True)
+        cfg = renderer.config
+        surface = surface_depth(out.depth, out.opacity, cfg.ray_start, cfg.ray_end)
+        points = (origins + directions * surface.unsqueeze(-1)).reshape(-1, 3)
+        colour = field.surface_colour(points, torch.zeros(points.shape[0], dtype=torch.long))
+    assert 0.3 < float(out.opacity.max()) < 0.99  # partly transparent: the surface is not the expected depth
+    # The m channel is consumed: RGB (+ no other features) come back.
+    assert out.values.shape[-1] == 3
+    expected = 2.0 * out.opacity[0].unsqueeze(-1) * colour - 1.0  # black background, decoded share 0
+    torch.testing.assert_close(out.values[0], expected, atol=1e-4, rtol=0)
