@@ -165,9 +165,13 @@ class RendererConfig:
     # Inference only (deterministic, no grad): rays whose coarse opacity is below this skip the
     # importance pass. Their colour then differs by at most ~2× this value from the full render.
     empty_ray_opacity: float = 1e-3
-    # The decoder blends each sample's RGB with the lifted source colour read from the planes at the
-    # sample point, by a weight it predicts (renderer.TriPlaneDecoder). Needs colour lifting on.
+    # The decoder predicts a blend weight m; each ray's RGB gets M·c(P), the lifted source colour
+    # read from the planes at the ray's surface point (renderer.TriPlaneDecoder). Needs colour lifting.
     source_colour_blend: bool = False
+    # With the blend: the render's lifted colour is also re-read at this resolution on the upsampled
+    # surface (RenderOutput.detail, renderer.VolumeRenderer.surface_detail), and the SR starts from
+    # that image instead of the bilinearly upsampled render. 0 = off; else the SR's out_size.
+    surface_colour_resolution: int = 0
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,14 @@ class ModelConfig:
             raise ConfigError(
                 "config.renderer", "source_colour_blend needs the appearance branch's colour lifting"
             )
+        if r.surface_colour_resolution and not (
+            r.source_colour_blend and r.surface_colour_resolution == self.superres.out_size
+        ):
+            raise ConfigError(
+                "config.renderer",
+                f"surface_colour_resolution ({r.surface_colour_resolution}) needs source_colour_blend "
+                f"and must equal superres.out_size ({self.superres.out_size})",
+            )
         if self.expression.mode == "linear" and self.expression.num_bases < 1:
             raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
         if self.expression.mode not in ("encoder", "linear"):
@@ -342,6 +354,7 @@ def tiny_config() -> ModelConfig:
             decoder_hidden=32,
             feature_channels=3,
             source_colour_blend=True,
+            surface_colour_resolution=128,
         ),
         superres=dataclasses.replace(
             tiny_superres_config(),
@@ -435,6 +448,7 @@ LATER_FIELDS: dict[tuple[str, ...], Any] = {
     ("appearance", "colour_plane_resolution"): 0,
     ("appearance", "colour_depth_resolution"): 0,
     ("appearance", "colour_min_opacity"): 0.0,
+    ("renderer", "surface_colour_resolution"): 0,
 }
 
 

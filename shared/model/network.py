@@ -221,6 +221,7 @@ class GOHANetwork(nn.Module):
                 generator=generator,
                 rgb_only=True,
                 inference=True,
+                detail=False,
             )
 
     def appearance_planes(
@@ -285,10 +286,12 @@ class GOHANetwork(nn.Module):
         generator: torch.Generator | None = None,
         rgb_only: bool = False,
         inference: bool | None = None,
+        detail: bool = True,
     ) -> RenderOutput:
         """R_V(T, C) (low resolution). ``inference``: the renderer's serving computation (no
         autograd) or its training one; ``None`` = serving exactly when autograd is off
-        (``VolumeRenderer.forward``)."""
+        (``VolumeRenderer.forward``). ``detail``: also the SR's detail image where the config makes
+        one (`RenderOutput.detail`)."""
         self._check_cameras(cameras, planes.shape[0], "cameras")
         return self.renderer(
             planes,
@@ -298,15 +301,22 @@ class GOHANetwork(nn.Module):
             generator=generator,
             rgb_only=rgb_only,
             inference=inference,
+            detail=detail,
         )
 
     def super_resolve(
-        self, low_res: Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
+        self,
+        low_res: Tensor,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+        base: Tensor | None = None,
     ) -> Tensor:
+        """I_sr from the render; ``base``: the render's detail image (`RenderOutput.detail`)."""
         if self.superres_autocast is None:
-            return self.superres(low_res, generator=generator, deterministic=deterministic)
+            return self.superres(low_res, generator=generator, deterministic=deterministic, base=base)
         with torch.autocast(device_type=low_res.device.type, dtype=self.superres_autocast):
-            image = self.superres(low_res, generator=generator, deterministic=deterministic)
+            image = self.superres(low_res, generator=generator, deterministic=deterministic, base=base)
         return image.to(low_res.dtype)
 
     def query(self, planes: Tensor, points: Tensor, *, inference: bool | None = None) -> Tensor:
@@ -358,7 +368,7 @@ class GOHANetwork(nn.Module):
         # The final render is I_c itself when neither T_e nor T_p is active.
         canonical_only = t_e is None and t_p is None
 
-        def render(p: Tensor, rgb_only: bool = True) -> RenderOutput:
+        def render(p: Tensor, rgb_only: bool = True, detail: bool = False) -> RenderOutput:
             return self.render(
                 p,
                 batch.target_camera,
@@ -366,9 +376,10 @@ class GOHANetwork(nn.Module):
                 generator=generator,
                 rgb_only=rgb_only,
                 inference=inference,
+                detail=detail,
             )
 
-        final = render(planes, rgb_only=not return_features)
+        final = render(planes, rgb_only=not return_features, detail=batch.use_superres)
         if canonical_only:
             canonical = final.rgb
         else:
@@ -382,7 +393,9 @@ class GOHANetwork(nn.Module):
         full = final.rgb if t_p is not None else None
         sr = None
         if batch.use_superres:
-            sr = self.super_resolve(final.rgb, deterministic=deterministic, generator=generator)
+            sr = self.super_resolve(
+                final.rgb, deterministic=deterministic, generator=generator, base=final.detail
+            )
         return TrainingOutput(
             canonical=canonical,
             canonical_expression=canonical_expression,

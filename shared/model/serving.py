@@ -152,7 +152,11 @@ def animate(
         depth.append(rendered.depth)
         alpha.append(rendered.opacity.clamp(0.0, 1.0))
         if superres:
-            high.append(network.super_resolve(rendered.rgb, deterministic=deterministic, generator=generator))
+            high.append(
+                network.super_resolve(
+                    rendered.rgb, deterministic=deterministic, generator=generator, base=rendered.detail
+                )
+            )
     return AnimationOutput(
         low_res=torch.cat(low),
         frames=torch.cat(high) if superres else None,

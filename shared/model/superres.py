@@ -20,7 +20,8 @@ loaded with `load_gfpgan_weights`.
 
 **Deliberate difference (``residual``, the tiny profile only):** the output is the upsampled input plus
 a learned gain times the generator's image, ``I_sr = up(I_lr) + g * G(up(I_lr))`` with ``g`` one
-scalar initialised to 0 (ReZero-style). A freshly initialised or briefly trained SR then starts at
+scalar initialised to 0 (ReZero-style); ``up(I_lr)`` is replaced by the render's detail image where the
+renderer makes one (``base``, ``RendererConfig.surface_colour_resolution``). A freshly initialised or briefly trained SR then starts at
 the upsampled render and can only move away from it where its losses gain: measured on the tiny
 checkpoint trained without it, the plain SR lost 1.4 dB to the low-res render it was given and
 shifted hair colours (issue 13). The paper profile keeps ``residual=False`` so GFPGAN's released
@@ -306,13 +307,21 @@ class SuperResolution(nn.Module):
         generator: torch.Generator | None = None,
         deterministic: bool = False,
         return_pyramid: bool = True,
+        base: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Like `forward`, also returning the U-Net's per-scale RGB images (8² .. out²)."""
         self._check_input(low_res)
+        if base is not None and tuple(base.shape) != (low_res.shape[0], 3, *(self.config.out_size,) * 2):
+            raise ModelInputError(
+                "superres.bad_input",
+                f"base must be (B, 3, {self.config.out_size}, {self.config.out_size}), got {tuple(base.shape)}",
+            )
         # channels_last (NHWC) throughout: oneDNN convolutions skip their layout reorders (10-25%
         # faster per conv on CPU) and bilinear resampling is 5x faster than on NCHW (measured,
         # one core, batch 8 at 256²-512²). Convs, resampling and elementwise ops keep the format.
-        x = self.upsample_input(low_res).contiguous(memory_format=torch.channels_last)
+        x = (self.upsample_input(low_res) if base is None else base.to(low_res.dtype)).contiguous(
+            memory_format=torch.channels_last
+        )
         inplace = inference_inplace()
 
         feat = F.leaky_relu(self.conv_body_first(x), LEAKY_SLOPE, inplace=inplace)
@@ -348,14 +357,17 @@ class SuperResolution(nn.Module):
         *,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
+        base: Tensor | None = None,
     ) -> Tensor:
         """low_res (B, 3, in, in) in [-1, 1] -> (B, 3, out, out).
 
         ``deterministic``: use the stored noise buffers, so repeated calls are identical. Otherwise
-        fresh per-pixel noise is drawn (from ``generator`` when given), as the paper does.
+        fresh per-pixel noise is drawn (from ``generator`` when given), as the paper does. ``base``
+        (B, 3, out, out): the image the SR starts from instead of the bilinearly upsampled input
+        (the render with its colour re-read at out², `RenderOutput.detail`).
         """
         image, _ = self.forward_with_pyramid(
-            low_res, generator=generator, deterministic=deterministic, return_pyramid=False
+            low_res, generator=generator, deterministic=deterministic, return_pyramid=False, base=base
         )
         return image
 

@@ -172,7 +172,9 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
         return dataclasses.replace(
             config,
             appearance=dataclasses.replace(config.appearance, enabled=False),
-            renderer=dataclasses.replace(config.renderer, source_colour_blend=False),
+            renderer=dataclasses.replace(
+                config.renderer, source_colour_blend=False, surface_colour_resolution=0
+            ),
         )
     if variant == "linear_expression":
         num = load_procedural_model().num_expression

@@ -122,7 +122,10 @@ def test_fields_added_later_leave_older_configs_hash_unchanged() -> None:
     from shared.model.config import LATER_FIELDS, config_json
 
     cfg = tiny_config()
-    off = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, source_colour_blend=False))
+    off = dataclasses.replace(
+        cfg,
+        renderer=dataclasses.replace(cfg.renderer, source_colour_blend=False, surface_colour_resolution=0),
+    )
     on = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, source_colour_blend=True))
     assert ("renderer", "source_colour_blend") in LATER_FIELDS
     assert "source_colour_blend" not in json.loads(config_json(off))["renderer"]

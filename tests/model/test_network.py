@@ -91,6 +91,23 @@ def test_gradients_reach_every_branch() -> None:
         assert any(name.startswith(branch) for name, _ in network.named_parameters())
 
 
+def test_tiny_profile_sr_starts_from_the_render_detail_and_serving_agrees() -> None:
+    """The tiny profile re-reads the lifted colour at the SR's 128² (`RenderOutput.detail`): with
+    the SR's residual gain at 0 the served frame is that image, and reconstruct + animate still
+    equal the monolithic forward."""
+    cfg = tiny_config()
+    network = make_network(cfg)
+    batch = make_batch(cfg, batch=1)
+    with torch.no_grad():
+        mono = network(batch, deterministic=True, intermediate_renders=False, return_features=False)
+        avatar = network.reconstruct(batch.source_image, batch.source_mask, batch.source_camera)
+        frames = network.animate(avatar, batch.expression_render, batch.target_camera)
+    assert mono.final.detail is not None and mono.final.detail.shape == (1, 3, 128, 128)
+    assert mono.superres is not None and frames.frames is not None
+    torch.testing.assert_close(mono.superres, mono.final.detail, rtol=0, atol=0)  # gain 0 at init
+    torch.testing.assert_close(frames.frames, mono.superres, atol=1e-4, rtol=1e-4)
+
+
 def test_reconstruct_then_animate_equals_the_monolithic_forward(micro_network: GOHANetwork) -> None:
     batch = make_batch(micro_network.config)
     with torch.no_grad():

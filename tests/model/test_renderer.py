@@ -361,3 +361,46 @@ def test_blend_reads_the_lifted_colour_once_at_the_surface_point() -> None:
     assert out.values.shape[-1] == 3
     expected = 2.0 * out.opacity[0].unsqueeze(-1) * colour - 1.0  # black background, decoded share 0
     torch.testing.assert_close(out.values[0], expected, atol=1e-4, rtol=0)
+
+
+def opaque_striped_planes(renderer: VolumeRenderer) -> torch.Tensor:
+    """Planes whose lifted colour is vertical stripes 2 texels wide, rendered opaque with m = 1."""
+    planes = coloured_planes(torch.zeros(3))
+    stripes = torch.where((torch.arange(16) // 2) % 2 == 0, 8.0, -8.0)
+    planes[:, 0, COLOUR_OFFSET : COLOUR_OFFSET + 3] = stripes.view(1, 1, 16)
+    with torch.no_grad():
+        renderer.decoder.net[2].bias[0] = 30.0
+        renderer.decoder.net[2].bias[-1] = 40.0
+    return planes
+
+
+def test_surface_detail_at_the_render_size_is_the_render_itself() -> None:
+    torch.manual_seed(7)
+    renderer = blend_renderer()
+    planes = coloured_planes(torch.tensor([0.2, -0.1, 0.5]))
+    planes[:, 0, COLOUR_OFFSET:] += torch.randn(1, 4, 16, 16)
+    camera = cams.spherical_camera(0.2, -0.1).unsqueeze(0)
+    with torch.no_grad():
+        out = renderer(planes, camera, 12, deterministic=True, skip_empty=False, detail=False)
+        field = renderer.planes_field(planes)
+        same = renderer.surface_detail(field, camera, out, 12)
+    assert out.detail is None and out.blend is not None and out.lifted is not None
+    torch.testing.assert_close(same, out.rgb, atol=1e-5, rtol=0)
+
+
+def test_surface_detail_keeps_the_colour_planes_detail_a_coarse_render_averages_away() -> None:
+    """A 12² render of 2-texel stripes re-read at 32² is closer to a 32² render than the 12²
+    render bilinearly upsampled is."""
+    torch.manual_seed(8)
+    renderer = blend_renderer()
+    planes = opaque_striped_planes(renderer)
+    camera = cams.spherical_camera(0.0, 0.0).unsqueeze(0)
+    with torch.no_grad():
+        coarse = renderer(planes, camera, 12, deterministic=True, skip_empty=False)
+        fine = renderer(planes, camera, 32, deterministic=True, skip_empty=False, detail=False)
+        field = renderer.planes_field(planes)
+        detail = renderer.surface_detail(field, camera, coarse, 32)
+    upsampled = torch.nn.functional.interpolate(coarse.rgb, size=32, mode="bilinear", align_corners=False)
+    detail_error = (detail - fine.rgb).abs().mean()
+    upsampled_error = (upsampled - fine.rgb).abs().mean()
+    assert detail_error < 0.5 * upsampled_error

@@ -342,6 +342,24 @@ def test_residual_sr_starts_as_its_upsampled_input_and_learns_away_from_it() -> 
     assert not torch.allclose(after, model.upsample_input(low_res))
 
 
+def test_residual_sr_starts_from_the_base_image_when_given_one() -> None:
+    """``base`` (the render's detail image) replaces the upsampled input: the generator reads it
+    and the residual adds to it; a base of the wrong size is a clear input error."""
+    config = dataclasses.replace(MICRO, residual=True)
+    model = make_model(config=config).eval()
+    low_res = low_res_batch(2)
+    out = config.out_size
+    base = torch.rand(2, 3, out, out) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(low_res, deterministic=True, base=base), base, rtol=0, atol=0)
+        model.residual_gain.fill_(0.5)
+        with_base = model(low_res, deterministic=True, base=base)
+        without = model(low_res, deterministic=True)
+    assert not torch.allclose(with_base, without, atol=1e-3)
+    with pytest.raises(ModelInputError, match="base"):
+        model(low_res, base=torch.zeros(2, 3, out // 2, out // 2))
+
+
 def test_only_the_tiny_profile_is_residual() -> None:
     from shared.model.config import paper_config, tiny_config
 
