@@ -16,7 +16,7 @@ from torch import Tensor
 
 from shared.errors import CodedError
 from shared.face.morphable import MorphableModel
-from shared.face.rasterizer import Fragments, Hits, MeshRasterizer
+from shared.face.rasterizer import Fragments, Hits, MeshRasterizer, interpolate_hits
 from shared.model import cameras as cam
 
 Shading = Literal["shape", "albedo"]
@@ -211,6 +211,44 @@ def render_expression(
     vertices = model.vertices(alpha.cpu(), beta.cpu()).to(alpha.device)
     image, _ = _render_pooled(model, vertices, EXPRESSION_CAMERA, resolution, shading, supersample)
     return image
+
+
+# Expression-change map (`render_expression_change`): a surface point counts as moved from
+# CHANGE_START world units (~¼ of a 128² colour-plane texel over the unit box) and fully from
+# CHANGE_FULL; cavity vertices (vertex_shading below CAVITY_SHADING: the open mouth's inside) count
+# as moved whenever they are visible, since they are hidden in the neutral face.
+CHANGE_START = 0.002
+CHANGE_FULL = 0.008
+CAVITY_SHADING = 0.5
+
+
+def render_expression_change(
+    model: MorphableModel, alpha: Tensor, beta: Tensor, resolution: int, *, supersample: int = 1
+) -> Tensor:
+    """Where the face of (α, β) has moved from its neutral (β = 0), in I_exp's frontal view:
+    (B, 1, H, W) in [0, 1], 0 on the background.
+
+    It marks the source colour that an expression invalidates (the network's source-colour gate,
+    shared/model/expression.py): a point's displacement |v(α, β) − v(α, 0)| ramped from
+    ``CHANGE_START`` to ``CHANGE_FULL``, and 1 on the open mouth's cavity."""
+    if supersample < 1:
+        raise RenderError("bad_supersample", f"supersample must be >= 1, got {supersample}")
+    alpha, beta = alpha.cpu().float(), beta.cpu().float()
+    moved_to = model.vertices(alpha, beta)
+    neutral = model.vertices(alpha, torch.zeros_like(beta))
+    change = ((moved_to - neutral).norm(dim=-1) - CHANGE_START) / (CHANGE_FULL - CHANGE_START)
+    change = change.clamp(0.0, 1.0)
+    if model.vertex_shading is not None:
+        cavity = (model.vertex_shading.reshape(-1) < CAVITY_SHADING).float()
+        change = torch.maximum(change, cavity.unsqueeze(0).expand_as(change))
+    cameras = _check_cameras(EXPRESSION_CAMERA, moved_to.shape[0])
+    size = resolution * supersample
+    hits = _DEFAULT_RASTERIZER.rasterize_hits(moved_to, model.faces, cameras, size)
+    flat = torch.zeros(moved_to.shape[0] * size * size, dtype=torch.float32)
+    if hits.index.numel() > 0:
+        values = interpolate_hits(change.unsqueeze(-1), model.faces, hits)[:, 0]
+        flat.index_copy_(0, hits.index, values)
+    return _pool(flat.reshape(-1, 1, size, size), supersample)
 
 
 def render_neutral(

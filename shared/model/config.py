@@ -146,6 +146,16 @@ class ExpressionConfig:
     mode: Literal["encoder", "linear"] = "encoder"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     num_bases: int = 64
+    # Source-colour gate (a deliberate addition; needs the renderer's source_colour_blend): a small
+    # head on E_e's features predicts where the driver's face has moved from its neutral (trained
+    # against `shared.face.render.render_expression_change`), warped into T_e's XY plane as one
+    # channel of its own; the decoder's blend weight m is scaled by (1 − gate), so where the driver
+    # opens the mouth or closes the eyes the lifted source colour (closed lips, open eyes) gives way
+    # to the decoded colour. Off = the blend alone decides (the source's lips stayed on the output).
+    colour_gate: bool = False
+    # World z of the face plane the I_exp → XY-plane warp projects through (the procedural head's
+    # mouth is at z ≈ 0.20; at the frontal camera 2.7 away a ±0.05 error moves a point by < 2 %).
+    gate_depth: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -200,7 +210,17 @@ class ModelConfig:
         are zero there), so the decoder reads the source's colour without other planes' values mixed
         into the same channels."""
         colour = self.appearance.enabled and self.appearance.colour_resolution > 0
-        return self.plane.channels + (COLOUR_CHANNELS if colour else 0)
+        return self.plane.channels + (COLOUR_CHANNELS if colour else 0) + (1 if self.colour_gate else 0)
+
+    @property
+    def colour_gate(self) -> bool:
+        """Whether T_e carries the source-colour gate (``ExpressionConfig.colour_gate``)."""
+        return self.expression.mode == "encoder" and self.expression.colour_gate
+
+    @property
+    def gate_channel(self) -> int | None:
+        """Index of the gate's channel in the summed planes (the last one), or None."""
+        return self.plane_channels - 1 if self.colour_gate else None
 
     @property
     def colour_plane_resolution(self) -> int:
@@ -301,6 +321,8 @@ class ModelConfig:
                 f"surface_colour_resolution ({r.surface_colour_resolution}) needs source_colour_blend "
                 f"and must equal superres.out_size ({self.superres.out_size})",
             )
+        if self.colour_gate and not r.source_colour_blend:  # the linear ablation has no gate head
+            raise ConfigError("config.expression", "colour_gate needs the renderer's source_colour_blend")
         if self.expression.mode == "linear" and self.expression.num_bases < 1:
             raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
         if self.expression.mode not in ("encoder", "linear"):
@@ -345,7 +367,7 @@ def tiny_config() -> ModelConfig:
             colour_depth_resolution=64,
             colour_min_opacity=0.5,
         ),
-        expression=ExpressionConfig(encoder=encoder),
+        expression=ExpressionConfig(encoder=encoder, colour_gate=True),
         renderer=RendererConfig(
             resolution=64,
             depth_resolution=32,
@@ -449,6 +471,8 @@ LATER_FIELDS: dict[tuple[str, ...], Any] = {
     ("appearance", "colour_depth_resolution"): 0,
     ("appearance", "colour_min_opacity"): 0.0,
     ("renderer", "surface_colour_resolution"): 0,
+    ("expression", "colour_gate"): False,
+    ("expression", "gate_depth"): 0.2,
 }
 
 

@@ -6,6 +6,18 @@ expression, never head motion. E_e is SegFormer MiT-b0 whose first patch embeddi
 initialised (as in the released code) followed by its own `PlaneHead` (``embedding2expr``).
 The paper combines the planes by a plain sum T_c + T_e (+ T_p).
 
+**Source-colour gate** (``ExpressionConfig.colour_gate``, a deliberate addition). The decoder
+blends the source colour lifted into T_p with its own (renderer.TriPlaneDecoder); the lifted colour
+is the source's face, closed lips and open eyes included, so a blend learned over all expressions
+kept the portrait's mouth shut (bench-quality mouth_corr 0.16 and 0.21 per clip, where the decoded
+colour alone followed the driver). The gate head (conv 3×3 → 16, LReLU, conv 3×3 → 1, sigmoid) reads
+E_e's fused features and marks where the driver's face has moved from its neutral; it is trained
+against the exact map `shared.face.render.render_expression_change` (the training loss is in
+shared/training/losses.py). The map is warped from I_exp's frontal view into the XY plane (`to_plane`:
+each texel centre (x, y) at z = ``gate_depth`` projected by the frontal camera) and becomes the last
+channel of T_e's XY plane (XZ / ZY zero); the decoder multiplies its blend weight by (1 − gate). Only
+the driver is seen, so the gate is relative to the neutral face, not to the source's expression.
+
 Ablation (paper §4.5 / appendix A, "linear expression"): `LinearExpressionBranch` learns K = 64
 tri-plane bases E_k and sets T_e = Σ_k β_k E_k from the target's 3DMM expression coefficients β.
 Its bases are K × 3 × C × R × R parameters (1.6 GB at paper size), so it is meant for the tiny
@@ -15,13 +27,16 @@ profile or GPUs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model import cameras as cams
 from shared.model.canonical import PlaneHead
 from shared.model.config import ModelConfig
+from shared.model.constants import LEAKY_SLOPE
 from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
-from shared.model.triplane import NUM_PLANES, pad_channels
+from shared.model.triplane import NUM_PLANES, cell_centres, pad_channels
 
 
 class ExpressionBranch(nn.Module):
@@ -38,9 +53,52 @@ class ExpressionBranch(nn.Module):
             config.head_upsamples,
         )
         self.plane_channels = config.plane_channels  # zero beyond plane.channels (T_p's colour)
+        self.gate: nn.Sequential | None = None
+        if config.colour_gate:
+            hidden = config.expression.encoder.decoder_hidden_size
+            self.gate = nn.Sequential(
+                nn.Conv2d(hidden, 16, 3, padding=1),
+                nn.LeakyReLU(LEAKY_SLOPE),
+                nn.Conv2d(16, 1, 3, padding=1),
+            )
+            with torch.no_grad():  # starts closed (gate ≈ 0.02): a warm-started blend is unchanged
+                self.gate[-1].bias.fill_(-4.0)
+            # The frontal-view coordinates (grid_sample's [-1, 1], x right, y down) of every XY texel
+            # centre at the face's depth: the I_exp → XY-plane warp.
+            r, box = config.plane.resolution, config.plane.box_warp
+            uv = cell_centres(r) * (box / 2.0)
+            points = torch.cat([uv, torch.full((r * r, 1), config.expression.gate_depth)], dim=-1)
+            pixels, _ = cams.project_points(points[None], cams.frontal_camera()[None])
+            self.register_buffer("plane_grid", (pixels[0] * 2 - 1).reshape(1, r, r, 2), persistent=False)
+
+    def to_plane(self, image_map: Tensor) -> Tensor:
+        """A map in I_exp's frontal view (B, 1, h, w) → the same map on the XY plane (B, 1, R, R)."""
+        grid = self.plane_grid.to(image_map.dtype).expand(image_map.shape[0], -1, -1, -1)
+        return F.grid_sample(image_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def forward(self, expression_render: Tensor) -> Tensor:
-        return pad_channels(self.embedding2plane(self.encoder(expression_render)), self.plane_channels)
+        return self.planes_and_gate(expression_render)[0]
+
+    def planes_and_gate(self, expression_render: Tensor) -> tuple[Tensor, Tensor | None]:
+        """T_e and, with the gate, the gate on the XY plane (B, R, R) for its loss.
+
+        The gate reads E_e's features detached and enters T_e detached: only its own loss trains
+        it. Left to the photometric losses as well, it stayed shut (mean 0.025 where the face moved
+        after 600 steps) while its loss alone opened it in 200: early on the decoded mouth is worse
+        than the lifted one, so the renders pushed the gate closed and the decoder never learned
+        the mouth it would have to draw."""
+        features = self.encoder(expression_render)
+        planes = self.embedding2plane(features)
+        if self.gate is None:
+            return pad_channels(planes, self.plane_channels), None
+        planes = pad_channels(planes, self.plane_channels - 1)
+        gate = self.to_plane(torch.sigmoid(self.gate(features.detach())))  # (B, 1, R, R)
+        trained_gate = gate[:, 0]
+        gate = gate.detach()
+        gate_planes = torch.cat(
+            [gate.unsqueeze(1), gate.new_zeros(gate.shape[0], NUM_PLANES - 1, 1, *gate.shape[-2:])], 1
+        )
+        return torch.cat([planes, gate_planes], dim=2), trained_gate
 
 
 class LinearExpressionBranch(nn.Module):

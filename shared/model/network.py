@@ -34,7 +34,7 @@ from shared.model.expression import ExpressionBranch, LinearExpressionBranch
 from shared.model.renderer import RenderOutput, VolumeRenderer, surface_depth
 from shared.model.serving import AnimationOutput
 from shared.model.superres import SuperResolution
-from shared.model.triplane import sum_planes
+from shared.model.triplane import pad_channels, sum_planes
 
 __all__ = [
     "AVATAR_FORMAT",
@@ -79,6 +79,8 @@ class TrainingOutput:
     expression_planes: Tensor | None  # T_e
     appearance_planes: Tensor | None  # T_p
     planes: Tensor  # sum of the active planes (for the TV loss: GOHANetwork.query)
+    # The source-colour gate on the XY plane (B, R, R) with its gradient (T_e holds it detached).
+    expression_gate: Tensor | None = None
 
     @property
     def depth(self) -> Tensor:
@@ -98,7 +100,11 @@ class GOHANetwork(nn.Module):
             else LinearExpressionBranch(config)
         )
         self.renderer = VolumeRenderer(
-            config.renderer, config.plane, config.plane_channels, colour_scale=config.appearance.colour_scale
+            config.renderer,
+            config.plane,
+            config.plane_channels,
+            colour_scale=config.appearance.colour_scale,
+            gate=config.colour_gate,
         )
         self.superres = SuperResolution(config.superres)
         # Set by checkpoint.save_checkpoint / load_checkpoint: "goha-<profile>-<12 hex>".
@@ -175,12 +181,18 @@ class GOHANetwork(nn.Module):
         self, expression_render: Tensor | None = None, expression_coefficients: Tensor | None = None
     ) -> Tensor:
         """T_e from the frontal 3DMM render (§3.3) or, in the linear ablation, from coefficients."""
+        return self.expression_planes_and_gate(expression_render, expression_coefficients)[0]
+
+    def expression_planes_and_gate(
+        self, expression_render: Tensor | None = None, expression_coefficients: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """T_e and the source-colour gate (B, R, R) with its gradient (None without the gate)."""
         if isinstance(self.expression, LinearExpressionBranch):
             if expression_coefficients is None:
                 raise ModelInputError(
                     "model.missing_coefficients", "the linear expression model needs coefficients"
                 )
-            return self.expression(expression_coefficients)
+            return self.expression(expression_coefficients), None
         if expression_render is None:
             raise ModelInputError(
                 "model.missing_expression", "the expression branch needs the 3DMM render I_exp"
@@ -195,7 +207,7 @@ class GOHANetwork(nn.Module):
             expression_render = F.interpolate(
                 expression_render, size=(size, size), mode="bilinear", align_corners=False
             )
-        return self.expression(expression_render)
+        return self.expression.planes_and_gate(expression_render)
 
     @property
     def lifting_resolution(self) -> int:
@@ -274,7 +286,7 @@ class GOHANetwork(nn.Module):
                 visible=visible,
             )
             t_p = self.appearance.add_colour(t_p, colour)
-        return t_p, rendered
+        return pad_channels(t_p, self.config.plane_channels), rendered  # zero in the gate's channel
 
     def render(
         self,
@@ -346,9 +358,11 @@ class GOHANetwork(nn.Module):
         b = src.shape[0]
         self._check_cameras(batch.target_camera, b, "target camera")
         t_c = self.canonical_planes(src, mask)
-        t_e = None
+        t_e = gate = None
         if batch.use_expression:
-            t_e = self.expression_planes(batch.expression_render, batch.expression_coefficients)
+            t_e, gate = self.expression_planes_and_gate(
+                batch.expression_render, batch.expression_coefficients
+            )
             if t_e.shape[0] != b:
                 raise ModelInputError(
                     "model.batch_mismatch", "expression input batch differs from the source batch"
@@ -407,6 +421,7 @@ class GOHANetwork(nn.Module):
             expression_planes=t_e,
             appearance_planes=t_p,
             planes=planes,
+            expression_gate=gate,
         )
 
     # --- serving (shared/model/serving.py) ------------------------------------------------------

@@ -90,14 +90,22 @@ class TriPlaneDecoder(nn.Module):
         *,
         colour_offset: int | None = None,
         colour_scale: float = 1.0,
+        gate: bool = False,
     ) -> None:
         super().__init__()
         self.feature_channels = config.feature_channels
         self.hidden = config.decoder_hidden
         self.blend = config.source_colour_blend
+        # The source-colour gate (expression.py) is the planes' last channel: it scales m only and
+        # is not an input of the MLP (net[0] keeps its shape, so a gate-less checkpoint loads).
+        self.gate = gate
+        if gate and not self.blend:
+            raise ValueError("the source-colour gate needs the source-colour blend")
         self.net = nn.Sequential(
             FullyConnectedLayer(
-                plane_channels, config.decoder_hidden, lr_multiplier=config.decoder_lr_multiplier
+                plane_channels - (1 if gate else 0),
+                config.decoder_hidden,
+                lr_multiplier=config.decoder_lr_multiplier,
             ),
             nn.Softplus(),
             FullyConnectedLayer(
@@ -120,16 +128,23 @@ class TriPlaneDecoder(nn.Module):
 
     def first_layer(self) -> tuple[Tensor, Tensor]:
         """The linear map applied to the mean plane features: net[0] (hidden rows), then with the
-        blend the three source-colour rows. Linear, so inference folds it into the plane table."""
+        blend the three source-colour rows (and with the gate its row: the XY plane's gate channel,
+        ×3 to undo the three planes' mean). Linear, so inference folds it into the plane table."""
         weight, bias = self.net[0].effective()
         if not self.blend:
             return weight, bias
+        if self.gate:
+            weight = F.pad(weight, (0, 1))  # the MLP does not read the gate channel
         channels = weight.shape[1]
         pick = F.pad(
             torch.diag(self.colour_weight),
             (self.colour_offset, channels - self.colour_offset - 3),
         )
-        return torch.cat([weight, pick.to(weight.dtype)]), torch.cat([bias, self.colour_bias.to(bias.dtype)])
+        rows, offsets = [weight, pick.to(weight.dtype)], [bias, self.colour_bias.to(bias.dtype)]
+        if self.gate:
+            rows.append(F.pad(weight.new_full((1, 1), float(NUM_PLANES)), (channels - 1, 0)))
+            offsets.append(bias.new_zeros(1))
+        return torch.cat(rows), torch.cat(offsets)
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]
@@ -165,19 +180,24 @@ class TriPlaneDecoder(nn.Module):
             out[1:n_out].sigmoid_().mul_(1 + 2 * 0.001).sub_(0.001)
             if self.blend:
                 m = out[n_out].sigmoid_()
+                if self.gate:
+                    m.mul_(1 - first[..., self.hidden + 3].reshape(-1).clamp(0.0, 1.0))
                 out[1:4].mul_(1 - m)  # the decoded RGB's share; the lifted one is added per ray
             return out.t().reshape(*hidden.shape[:-1], out.shape[0])
         out = F.linear(hidden, weight, bias)
         if self.blend:
             out, m = out[..., :-1], torch.sigmoid(out[..., -1:])
+            if self.gate:
+                m = m * (1 - first[..., self.hidden + 3 :].clamp(0.0, 1.0))
         sigma, features = out[..., :1], torch.sigmoid(out[..., 1:]) * (1 + 2 * 0.001) - 0.001
         if self.blend:
             features = torch.cat([(1 - m) * features[..., :3], features[..., 3:], m], dim=-1)
         return torch.cat([sigma, features], dim=-1)
 
     def surface_colour(self, first: Tensor) -> Tensor:
-        """The lifted source colour in [0, 1] (..., 3) from `first_layer` outputs (..., hidden + 3)."""
-        return first[..., self.hidden :]
+        """The lifted source colour in [0, 1] (..., 3) from `first_layer` outputs (..., hidden + 3
+        [+ the gate])."""
+        return first[..., self.hidden : self.hidden + 3]
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -348,10 +368,12 @@ class VolumeRenderer(nn.Module):
         channels: int | None = None,
         *,
         colour_scale: float = 1.0,
+        gate: bool = False,
     ) -> None:
         """``channels``: of the planes the decoder reads (default ``plane.channels``; the network passes
         ``ModelConfig.plane_channels``, whose channels after ``plane.channels`` are the lifted source
-        colour). ``colour_scale``: the lifted colour's fixed scale (for the source-colour blend)."""
+        colour, then the gate). ``colour_scale``: the lifted colour's fixed scale (for the
+        source-colour blend). ``gate``: the planes end in the source-colour gate (expression.py)."""
         super().__init__()
         self.config = config
         self.box_warp = plane.box_warp
@@ -360,6 +382,7 @@ class VolumeRenderer(nn.Module):
             config,
             colour_offset=plane.channels if config.source_colour_blend else None,
             colour_scale=colour_scale,
+            gate=gate,
         )
         # Performance knobs only (never change results): rays per compositing chunk, points per
         # decoder call.

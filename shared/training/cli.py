@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace) -> None:
         lpips_net=args.lpips_net,
         threads=args.threads,
         opacity_weight=args.opacity_weight,
+        gate_weight=args.gate_weight,
         init_partial=args.init_partial,
     )
     trainer = Trainer(
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         "overlap, the rest is skipped (the log says how many of each); the step starts at 0",
     )
     train.add_argument("--opacity-weight", type=float, help="weight of the opacity loss (default 1.0)")
+    train.add_argument(
+        "--gate-weight", type=float, help="weight of the source-colour gate's loss (default 0.2)"
+    )
     train.add_argument("--export", help="write the platform checkpoint (goha-checkpoint/1) here at the end")
     train.add_argument("--max-steps", type=int, help="absolute step to stop at")
     train.add_argument("--max-minutes", type=float, help="wall-time cap of this invocation")

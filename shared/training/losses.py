@@ -286,6 +286,30 @@ def opacity_loss(opacity: Tensor, coverage: Tensor) -> Tensor:
     return (opacity - coverage.to(opacity.dtype)).abs().mean()
 
 
+# Weight of the gate loss's moved texels: they are ~0.3 % of the plane, and a gate left shut where
+# the face moved keeps the source's mouth (the failure it is for), while one open too wide only
+# trades the source's colour for the decoded one there.
+GATE_POSITIVE_WEIGHT = 4.0
+
+
+def gate_loss(gate: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of the source-colour gate (B, R, R) in [0, 1] (T_e's XY gate channel,
+    shared/model/expression.py) against the expression-change map warped to the same plane
+    (`shared.face.render.render_expression_change`, soft values in [0, 1]).
+
+    Not a term of the paper: the gate is this project's addition. The photometric losses alone move
+    it too, but they are averaged over the whole image while the mouth is ~1 % of it; the map is
+    known exactly on synthetic data, so the gate is supervised directly."""
+    if gate.shape != target.shape:
+        raise TrainingError(
+            "training.bad_gate", f"gate {tuple(gate.shape)} and target {tuple(target.shape)} differ"
+        )
+    eps = 1e-4
+    target = target.to(gate.dtype).clamp(0.0, 1.0)
+    weight = 1 + (GATE_POSITIVE_WEIGHT - 1) * target
+    return F.binary_cross_entropy(gate.clamp(eps, 1 - eps), target, weight=weight)
+
+
 def neutral_expression_loss(
     canonical: Tensor,
     neutral_image: Tensor,

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from shared.face.morphable import load_procedural_model
-from shared.face.render import render_expression
+from shared.face.render import render_expression, render_expression_change
 from shared.model.gan_losses import R1Config, d_logistic_loss, g_nonsaturating_loss, lazy_r1_loss
 from shared.model.network import GOHABatch, GOHANetwork, TrainingOutput
 from shared.training.losses import (
+    gate_loss,
     neutral_expression_loss,
     opacity_loss,
     reconstruction_loss,
@@ -53,6 +54,21 @@ def source_expression_renders(samples: dict[str, Tensor], size: int, supersample
     like the dataset's own I_exp (pass its ``SyntheticConfig.supersample``)."""
     model = load_procedural_model()
     return render_expression(model, samples["alpha"], samples["source_beta"], size, supersample=supersample)
+
+
+def gate_targets(samples: dict[str, Tensor], kind: str, network: GOHANetwork, supersample: int = 2) -> Tensor:
+    """The source-colour gate's target on T_e's XY plane (B, R, R): where the expression the step
+    renders (the source's for ``full_src`` steps, else the target's) moved the face from its
+    neutral, rendered in I_exp's view at half the image size and warped like the gate itself."""
+    beta = samples["source_beta" if kind == "full_src" else "target_beta"]
+    change = render_expression_change(
+        load_procedural_model(),
+        samples["alpha"],
+        beta,
+        network.config.image_size // 2,
+        supersample=supersample,
+    )
+    return network.expression.to_plane(change.to(samples["alpha"].device))[:, 0]
 
 
 def make_batch(
@@ -128,7 +144,8 @@ def stage1_loss(
     generator: torch.Generator,
 ) -> tuple[Tensor, dict[str, float]]:
     """The stage-1 loss of one step of type ``kind`` and its logged parts: Eq. 1 for ``cano``
-    steps, L1 + perceptual otherwise, + the opacity loss (every step), + TV when due
+    steps, L1 + perceptual otherwise, + the opacity loss (every step), + the gate loss (steps
+    with T_e, when the config has the gate), + TV when due
     (``generator`` draws its points, after the forward that used it)."""
     pred = out.final.rgb
     parts: dict[str, float] = {}
@@ -151,6 +168,10 @@ def stage1_loss(
         alpha = opacity_loss(out.final.opacity, coverage)
         total = total + config.opacity_weight * alpha
         parts["alpha"] = float(alpha.detach())
+    if config.gate_weight > 0 and out.expression_gate is not None:
+        gate = gate_loss(out.expression_gate, gate_targets(samples, kind, network))
+        total = total + config.gate_weight * gate
+        parts["gate"] = float(gate.detach())
     if config.tv_weight > 0 and tv_due(step, kind):
         tv = tv_density_loss(
             network.query,

@@ -8,7 +8,8 @@ is ONE step type (one render per step, which is also what makes CPU training aff
   own expression), 1 ``full_tar`` (target camera and expression), 2–3 ``coarse`` (T_c + T_e vs the
   target), 4–5 ``cano``. T_p joins the ``full`` steps from ``appearance_from`` (I_{c+e+p}).
 - losses: L1 + perceptual (+ TV 0.25 always in full steps, in coarse steps when step % 4 == 0,
-  in cano steps when step % 6 == 4) + the opacity loss (``opacity_weight``, every stage-1 step).
+  in cano steps when step % 6 == 4) + the opacity loss (``opacity_weight``, every stage-1 step)
+  + the source-colour gate's loss (``gate_weight``, steps with T_e, when the config has the gate).
 
 Addition to the paper: an opacity loss, L1 between the render's accumulated opacity and the
 synthetic head's coverage area-downsampled to the render size (``opacity_loss``). Without it the
@@ -113,6 +114,7 @@ STATE_FORMAT = "goha-train-state/1"
 CSV_FIELDS = (
     "step", "stage", "kind", "total", "l1", "perceptual", "tv", "alpha", "l1_neutral", "perc_neutral",
     "l1_target_masked", "perc_target_masked", "g_gan", "d_loss", "r1", "grad_norm", "seconds", "it_per_s",
+    "gate",  # last: a run resumed from an older log keeps its columns
 )  # fmt: skip
 
 
@@ -133,6 +135,11 @@ class TrainConfig:
     tv_points: int = 1000
     # Not in the paper: L1 of the render's opacity vs the data's coverage (a solid head, not fog).
     opacity_weight: float = 1.0
+    # Not in the paper: BCE of the source-colour gate vs the exact expression-change map (steps.py).
+    gate_weight: float = 0.2
+    # The gate head's learning rate / lr: only its own loss trains it (expression.py), and at lr it
+    # took ~1,000 steps to open where the face moved; the decoder must learn the mouth behind it.
+    gate_lr_multiplier: float = 5.0
     neutral_perceptual_weight: float = 3.0
     gan_weight: float = 0.1
     d_lr: float = 5e-4
@@ -168,10 +175,11 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
     if variant == "full":
         return config
     if variant == "no_appearance":
-        # The source-colour blend reads T_p's lifted colour: without the branch there is none.
+        # The source-colour blend (and its gate) read T_p's lifted colour: without the branch there is none.
         return dataclasses.replace(
             config,
             appearance=dataclasses.replace(config.appearance, enabled=False),
+            expression=dataclasses.replace(config.expression, colour_gate=False),
             renderer=dataclasses.replace(
                 config.renderer, source_colour_blend=False, surface_colour_resolution=0
             ),
@@ -397,7 +405,17 @@ class Trainer:
         else:
             raise TrainingError("training.bad_stage", f"stage must be 1 or 2, got {config.stage}")
         self.trained_parameters = [p for p in trained.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.trained_parameters, lr=config.lr, betas=config.betas)
+        gate_head = getattr(self.network.expression, "gate", None)
+        fast = {id(p) for p in gate_head.parameters()} if gate_head is not None else set()
+        groups = [{"params": [p for p in self.trained_parameters if id(p) not in fast]}]
+        if fast & {id(p) for p in self.trained_parameters}:
+            groups.append(
+                {
+                    "params": [p for p in self.trained_parameters if id(p) in fast],
+                    "lr": config.lr * config.gate_lr_multiplier,
+                }
+            )
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
         self.trained_module: nn.Module = trained
         self.ddp_discriminator: nn.Module | None = self.discriminator
         if self.dist.world_size > 1:

@@ -13,6 +13,7 @@ from shared.face.render import (
     SHAPE_ALBEDO,
     RenderError,
     render_expression,
+    render_expression_change,
     render_fragments,
     render_mesh,
     render_neutral,
@@ -144,6 +145,39 @@ def test_expressions_change_the_frontal_render(model: MorphableModel) -> None:
     assert not torch.allclose(albedo, shape)
     red_minus_blue = albedo[0, 0] - albedo[0, 2]
     assert float(red_minus_blue[shape[0, 0] > -1].mean()) > 0.1  # skin tones
+
+
+def test_expression_change_marks_what_moved_from_the_neutral_face(model: MorphableModel) -> None:
+    """The source-colour gate's target: zero for the neutral face, the mouth and chin (and the
+    open mouth's cavity) for jaw_open, the eyes and not the mouth for a blink."""
+    alpha, beta = model.zero_coefficients(3)
+    alpha[:] = torch.randn(1, model.num_identity, generator=torch.Generator().manual_seed(0)) * 0.5
+    beta[1, model.expression_index("jaw_open")] = 0.9
+    beta[2, model.expression_index("blink_left")] = 0.9
+    beta[2, model.expression_index("blink_right")] = 0.9
+    change = render_expression_change(model, alpha, beta, 64, supersample=2)
+    assert change.shape == (3, 1, 64, 64) and change.min() >= 0 and change.max() <= 1
+    assert change[0].max() == 0
+    lms = model.landmarks(alpha, beta)
+    pixels, _ = cameras.project_points(lms, EXPRESSION_CAMERA.expand(3, -1))
+    pixels = (pixels * 64).long()
+
+    def at(item: int, landmark: int) -> float:
+        col, row = pixels[item, landmark].tolist()
+        return float(change[item, 0, row - 1 : row + 2, col - 1 : col + 2].max())
+
+    assert at(1, 57) > 0.9 and at(1, 8) > 0.9  # lower lip, chin
+    assert at(1, 27) < 0.1  # nose bridge stays
+    assert at(2, 37) > 0.5 and at(2, 43) > 0.5  # upper eyelids
+    assert at(2, 57) < 0.1
+    # The open mouth's cavity (dark between the inner lips) counts as moved wherever it shows.
+    (left, top), (right, bottom) = (
+        pixels[1, 60:68].min(0).values.tolist(),
+        pixels[1, 60:68].max(0).values.tolist(),
+    )
+    inner = render_expression(model, alpha, beta, 64, supersample=2)[1, 0, top : bottom + 1, left : right + 1]
+    dark = inner < -0.6
+    assert dark.sum() > 5 and change[1, 0, top : bottom + 1, left : right + 1][dark].min() > 0.9
 
 
 @pytest.mark.parametrize("yaw", [0.0, 0.6])

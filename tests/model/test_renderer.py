@@ -217,7 +217,8 @@ def test_decoder_output_layout(feature_channels: int) -> None:
 COLOUR_OFFSET = 4  # feature channels before the lifted colour in these planes (RGB + keep after)
 
 
-def blend_renderer(feature_channels: int = 3) -> VolumeRenderer:
+def blend_renderer(feature_channels: int = 3, *, gate: bool = False) -> VolumeRenderer:
+    """With ``gate``, the planes carry one more channel: the source-colour gate."""
     return VolumeRenderer(
         RendererConfig(
             resolution=16,
@@ -228,8 +229,9 @@ def blend_renderer(feature_channels: int = 3) -> VolumeRenderer:
             source_colour_blend=True,
         ),
         PlaneConfig(channels=COLOUR_OFFSET, resolution=16),
-        COLOUR_OFFSET + 4,
+        COLOUR_OFFSET + 4 + (1 if gate else 0),
         colour_scale=8.0,
+        gate=gate,
     )
 
 
@@ -404,3 +406,63 @@ def test_surface_detail_keeps_the_colour_planes_detail_a_coarse_render_averages_
     detail_error = (detail - fine.rgb).abs().mean()
     upsampled_error = (upsampled - fine.rgb).abs().mean()
     assert detail_error < 0.5 * upsampled_error
+
+
+# --- the source-colour gate (TriPlaneDecoder with gate=True: the planes' last channel) ---------------
+
+
+def gated_renderer() -> VolumeRenderer:
+    return blend_renderer(gate=True)
+
+
+def gated_planes(colour: torch.Tensor, gate: float, batch: int = 1) -> torch.Tensor:
+    """`coloured_planes` + the gate channel: ``gate`` in the XY plane, zero in XZ / ZY."""
+    planes = torch.cat([coloured_planes(colour, batch), torch.zeros(batch, 3, 1, 16, 16)], dim=2)
+    planes[:, 0, -1] = gate
+    return planes
+
+
+def test_gate_one_removes_the_lifted_colour_and_zero_leaves_the_blend_as_it_was() -> None:
+    torch.manual_seed(6)
+    gated, plain = gated_renderer(), blend_renderer()
+    assert gated.decoder.net[0].weight.shape == plain.decoder.net[0].weight.shape  # loads gate-less weights
+    plain.load_state_dict(gated.state_dict())
+    colour = torch.tensor([0.6, -0.4, 0.1])
+    with torch.no_grad():
+        for decoder in (gated.decoder, plain.decoder):
+            decoder.net[2].bias[0] = 30.0  # opaque
+            decoder.net[2].bias[-1] = 40.0  # m = 1 before the gate
+    camera = cams.spherical_camera(0.1, 0.05).unsqueeze(0)
+    with torch.no_grad():
+        reference = plain(coloured_planes(colour), camera, 8, deterministic=True, skip_empty=False)
+        open_gate = gated(gated_planes(colour, 0.0), camera, 8, deterministic=True, skip_empty=False)
+        closed = gated(gated_planes(colour, 1.0), camera, 8, deterministic=True, skip_empty=False)
+        closed_other = gated(gated_planes(-colour, 1.0), camera, 8, deterministic=True, skip_empty=False)
+    torch.testing.assert_close(open_gate.rgb, reference.rgb, atol=1e-5, rtol=0)
+    assert open_gate.blend is not None and closed.blend is not None
+    assert open_gate.blend[0, :, 2:6, 2:6].min() > 0.99
+    assert closed.blend.abs().max() < 1e-6  # M = 0: nothing of the lifted colour
+    # The gate reaches the decoder's output only through m: with it closed, the colour's effect is
+    # what the MLP's first layer makes of it, far less than the blend's.
+    assert (closed.rgb - closed_other.rgb).abs().max() < (open_gate.rgb - closed.rgb).abs().max()
+
+
+def test_gated_inference_fold_equals_the_training_computation() -> None:
+    torch.manual_seed(7)
+    renderer = gated_renderer()
+    with torch.no_grad():
+        renderer.decoder.net[2].weight[-1].normal_()
+    planes = gated_planes(torch.tensor([0.2, 0.5, -0.7]), 0.0, batch=2)
+    planes[:, 0, -1] = torch.rand(2, 16, 16)  # a gate that varies over the plane
+    cameras = torch.stack([cams.spherical_camera(0.3, 0.1), cams.spherical_camera(-0.2, -0.1)])
+    with torch.no_grad():
+        folded = renderer(planes, cameras, 12, deterministic=True, skip_empty=False, inference=True)
+    plain = renderer(planes, cameras, 12, deterministic=True, skip_empty=False, inference=False)
+    torch.testing.assert_close(folded.features, plain.features.detach(), atol=1e-5, rtol=1e-5)
+    assert folded.blend is not None and plain.blend is not None
+    torch.testing.assert_close(folded.blend, plain.blend.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_gate_needs_the_blend() -> None:
+    with pytest.raises(ValueError, match="gate"):
+        VolumeRenderer(RendererConfig(), PlaneConfig(channels=4), 9, gate=True)

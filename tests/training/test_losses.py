@@ -7,6 +7,7 @@ from shared.training.losses import (
     PerceptualLoss,
     VGG19Features,
     blackout,
+    gate_loss,
     neutral_expression_loss,
     opacity_loss,
     tv_density_loss,
@@ -162,3 +163,21 @@ def test_opacity_loss_is_zero_for_the_coverage_and_positive_otherwise() -> None:
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     with pytest.raises(TrainingError):
         opacity_loss(torch.zeros(2, 3, 16, 16), coverage)
+
+
+def test_gate_loss_is_lowest_at_the_target_and_checks_shapes() -> None:
+    target = torch.zeros(2, 16, 16)
+    target[:, 4:8, 6:10] = 1.0
+    near = target.clamp(0.02, 0.98)
+    wrong = 1 - near
+    assert (
+        gate_loss(near, target)
+        < 0.05
+        < gate_loss(torch.full_like(target, 0.5), target)
+        < gate_loss(wrong, target)
+    )
+    pred = torch.full_like(target, 0.5, requires_grad=True)
+    gate_loss(pred, target).backward()
+    assert pred.grad is not None and (pred.grad[:, 4:8, 6:10] < 0).all() and (pred.grad[:, 0, 0] > 0).all()
+    with pytest.raises(TrainingError):
+        gate_loss(torch.zeros(2, 8, 8), target)

@@ -10,6 +10,7 @@ import torch
 
 from shared.training.errors import TrainingError
 from shared.training.trainer import (
+    CSV_FIELDS,
     TrainConfig,
     Trainer,
     dual_pairs,
@@ -113,6 +114,44 @@ def test_opacity_loss_uses_the_coverage_of_the_rendered_camera(
     assert "alpha" in trainer_module.CSV_FIELDS
     trainer.config.opacity_weight = 0.0
     assert "alpha" not in trainer.stage1_step(samples).losses
+
+
+def test_gate_loss_trains_the_gate_toward_the_expression_change(tiny_data: Path, tmp_path: Path) -> None:
+    """Steps with T_e add the gate's BCE against the exact expression-change map of the expression
+    they render (the source's on full_src steps); a few steps on it alone open the gate where the
+    face moved and keep it shut elsewhere."""
+    from shared.training.losses import gate_loss
+    from shared.training.steps import gate_targets
+
+    trainer = Trainer(
+        _config(expression_from=0, appearance_from=10**6), tmp_path, data_root=tiny_data, progress=False
+    )
+    samples = trainer._samples(0)
+    trainer.step = 7  # full_tar
+    assert trainer.stage1_step(samples).losses["gate"] > 0
+    assert "gate" in CSV_FIELDS
+    network = trainer.network
+    # Make sure the batch has an expression that moved the face.
+    samples["target_beta"] = torch.zeros_like(samples["target_beta"])
+    samples["target_beta"][:, 0] = 0.9  # jaw_open
+    target = gate_targets(samples, "full_tar", network)
+    source_target = gate_targets(samples, "full_src", network)
+    assert target.amax() > 0.9 and not torch.equal(target, source_target)
+    batch, _ = make_batch(samples, "full_tar", network, trainer.config, 7)
+    optimizer = torch.optim.Adam(network.expression.gate.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        gate = network.expression_planes_and_gate(batch.expression_render)[1]
+        loss = gate_loss(gate, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5, losses
+    gate = gate.detach()
+    assert gate[target > 0.9].mean() > gate[target < 0.01].mean() + 0.2
+    trainer.config.gate_weight = 0.0
+    assert "gate" not in trainer.stage1_step(samples).losses
 
 
 @pytest.mark.slow
