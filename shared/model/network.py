@@ -59,6 +59,9 @@ class GOHABatch:
     use_expression: bool = True  # progressive schedule flags
     use_appearance: bool = True
     use_superres: bool = True
+    # Training only (TrainConfig.gate_open_prob): (B,) bool, items whose source-colour gate is
+    # forced open everywhere, so the decoder must draw the whole face itself.
+    open_gate: Tensor | None = None
 
     def to(self, device: torch.device | str) -> GOHABatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,6 +88,16 @@ class TrainingOutput:
     @property
     def depth(self) -> Tensor:
         return self.final.depth
+
+
+def open_gates(t_e: Tensor, items: Tensor, channel: int) -> Tensor:
+    """T_e with the source-colour gate of ``items`` (B,) bool set to 1 on the whole XY plane."""
+    opened = torch.where(
+        items.to(t_e.device).view(-1, 1, 1), torch.ones_like(t_e[:, 0, channel]), t_e[:, 0, channel]
+    )
+    t_e = t_e.clone()
+    t_e[:, 0, channel] = opened
+    return t_e
 
 
 class GOHANetwork(nn.Module):
@@ -363,6 +376,8 @@ class GOHANetwork(nn.Module):
             t_e, gate = self.expression_planes_and_gate(
                 batch.expression_render, batch.expression_coefficients
             )
+            if batch.open_gate is not None and self.config.gate_channel is not None:
+                t_e = open_gates(t_e, batch.open_gate, self.config.gate_channel)
             if t_e.shape[0] != b:
                 raise ModelInputError(
                     "model.batch_mismatch", "expression input batch differs from the source batch"

@@ -104,6 +104,11 @@ def make_batch(
             samples["target_camera"],
             samples["target_image"],
         )
+    open_gate = None
+    if config.gate_open_prob > 0 and kind.startswith("full"):
+        # Per-step draws (seed, step): a resumed run opens the same items.
+        draw = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        open_gate = torch.rand(samples["source_image"].shape[0], generator=draw) < config.gate_open_prob
     batch = GOHABatch(
         source_image=samples["source_image"],
         source_mask=samples["source_keep"],
@@ -114,6 +119,7 @@ def make_batch(
         use_expression=use_expression,
         use_appearance=use_appearance,
         use_superres=False,
+        open_gate=open_gate,
     )
     return batch, target
 

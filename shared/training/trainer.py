@@ -140,6 +140,11 @@ class TrainConfig:
     # The gate head's learning rate / lr: only its own loss trains it (expression.py), and at lr it
     # took ~1,000 steps to open where the face moved; the decoder must learn the mouth behind it.
     gate_lr_multiplier: float = 5.0
+    # Fraction of batch items in full steps rendered with the gate forced open (m = 0 everywhere):
+    # where the gate opens at serving time the decoder's own colour shows, and with the lifted
+    # colour on the face in every step it was never trained there (a purple blur on the chin
+    # where a driver opened the jaw, 1,300 steps in).
+    gate_open_prob: float = 0.25
     neutral_perceptual_weight: float = 3.0
     gan_weight: float = 0.1
     d_lr: float = 5e-4

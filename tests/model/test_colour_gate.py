@@ -115,3 +115,16 @@ def test_only_the_gate_loss_trains_the_gate_head() -> None:
     gate.mean().backward()
     assert all(p.grad is not None and p.grad.abs().max() > 0 for p in head)
     assert all(p.grad is None for p in network.expression.encoder.parameters())
+
+
+def test_open_gate_items_render_without_the_lifted_colour() -> None:
+    """Training's gate dropout (GOHABatch.open_gate): the chosen items get M = 0, the others not."""
+    network = make_network(gated_micro_config())
+    batch = make_batch(network.config, batch=2)
+    with torch.no_grad():
+        network.renderer.decoder.net[2].bias[0] = 30.0
+        network.renderer.decoder.net[2].bias[-1] = 6.0
+        batch.open_gate = torch.tensor([True, False])
+        out = network(batch, deterministic=True, intermediate_renders=False)
+    assert out.final.blend is not None
+    assert out.final.blend[0].max() < 1e-3 and out.final.blend[1, :, 5:11, 5:11].mean() > 0.5

@@ -181,3 +181,29 @@ def test_gate_loss_is_lowest_at_the_target_and_checks_shapes() -> None:
     assert pred.grad is not None and (pred.grad[:, 4:8, 6:10] < 0).all() and (pred.grad[:, 0, 0] > 0).all()
     with pytest.raises(TrainingError):
         gate_loss(torch.zeros(2, 8, 8), target)
+
+
+def test_gate_dropout_opens_a_seeded_fraction_of_full_steps() -> None:
+    from shared.model.config import tiny_config
+    from shared.model.network import GOHANetwork
+    from shared.training.steps import make_batch
+    from shared.training.trainer import TrainConfig
+
+    network = GOHANetwork(tiny_config())
+    samples = {
+        "source_image": torch.zeros(64, 3, 8, 8),
+        "source_keep": torch.ones(64, 1, 8, 8),
+        "source_camera": torch.zeros(64, 25),
+        "target_camera": torch.zeros(64, 25),
+        "target_image": torch.zeros(64, 3, 8, 8),
+        "expression_image": torch.zeros(64, 3, 8, 8),
+        "target_beta": torch.zeros(64, 16),
+    }
+    config = TrainConfig.for_profile("tiny", gate_open_prob=0.25)
+    batch, _ = make_batch(samples, "full_tar", network, config, 5)
+    again, _ = make_batch(samples, "full_tar", network, config, 5)
+    assert batch.open_gate is not None and torch.equal(batch.open_gate, again.open_gate)
+    assert 4 <= int(batch.open_gate.sum()) <= 28
+    assert make_batch(samples, "coarse", network, config, 5)[0].open_gate is None
+    off = TrainConfig.for_profile("tiny", gate_open_prob=0.0)
+    assert make_batch(samples, "full_tar", network, off, 5)[0].open_gate is None
