@@ -297,9 +297,9 @@ def gate_loss(gate: Tensor, target: Tensor) -> Tensor:
     shared/model/expression.py) against the expression-change map warped to the same plane
     (`shared.face.render.render_expression_change`, soft values in [0, 1]).
 
-    Not a term of the paper: the gate is this project's addition. The photometric losses alone move
-    it too, but they are averaged over the whole image while the mouth is ~1 % of it; the map is
-    known exactly on synthetic data, so the gate is supervised directly."""
+    Not a term of the paper: the gate is this project's addition, and this is the only loss that
+    trains it (T_e holds the gate detached: expression.py says why). The map is known exactly on
+    synthetic data, so the gate is supervised directly."""
     if gate.shape != target.shape:
         raise TrainingError(
             "training.bad_gate", f"gate {tuple(gate.shape)} and target {tuple(target.shape)} differ"
