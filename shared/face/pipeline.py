@@ -46,6 +46,10 @@ from shared.face.morphable import MorphableModel
 from shared.face.smoothing import GroupSmoother, OneEuroState, SmoothingConfig
 from shared.model import cameras
 
+# Expression coefficients whose zero is a closed mouth (MotionRetargeter's ``opening``): in relative
+# mode the output's mouth opens as far as the driver's.
+MOUTH_OPENING_EXPRESSIONS = ("jaw_open",)
+
 
 @dataclass(frozen=True)
 class AnalyzerConfig:
@@ -361,6 +365,11 @@ class FaceAnalyzer:
             expression_bounds=self.fitter.expression_bounds,
             camera_radius=self.config.fit.camera_radius,
             focal=self.config.fit.focal,
+            opening=tuple(
+                self.model.expression_index(name)
+                for name in MOUTH_OPENING_EXPRESSIONS
+                if name in self.model.expression_names
+            ),
         )
 
     def _held(self, state: VideoState) -> tuple[Tensor, Tensor, Tensor]:
@@ -417,6 +426,12 @@ class MotionRetargeter:
       beta_out = beta_portrait + s * (beta_t - beta_driver0);
       pose_out = pose_portrait ∘ (pose_driver0^-1 ∘ pose_t)  (the driver's head motion expressed in
       its own head frame, re-applied to the portrait's head).
+      Except the ``opening`` coefficients (the procedural head's ``jaw_open``), whose zero is a
+      closed mouth: there beta_out = max(beta_portrait, s * beta_t), the mouth opens as far as the
+      driver's does. Relative to the first frame, a driver that starts mid-sentence (mouth open)
+      shut the portrait's mouth below its own whenever it opened less than at that frame: on the
+      bench's talking clip the output's mouth followed at r = 0.57 but opened at about half the
+      driver's gap.
 
     ``reference`` is public state (set it to resume a video in another process).
     Expressions are clamped to the model's bounds when it has them.
@@ -431,6 +446,7 @@ class MotionRetargeter:
         expression_bounds: tuple[float, float] | None = None,
         camera_radius: float | None = cameras.DEFAULT_RADIUS,
         focal: float = cameras.DEFAULT_FOCAL,
+        opening: tuple[int, ...] = (),
     ) -> None:
         if mode not in ("relative", "absolute"):
             raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
@@ -440,6 +456,7 @@ class MotionRetargeter:
         self.expression_bounds = expression_bounds
         self.camera_radius = camera_radius
         self.focal = focal
+        self.opening = list(opening)
         self.reference: DriverReference | None = None
 
     def _camera(self, rotation: Tensor, translation: Tensor) -> Tensor:
@@ -464,6 +481,10 @@ class MotionRetargeter:
             else:
                 ref = self.reference
                 beta = self.portrait.beta + self.expression_scale * (frame.beta - ref.beta)
+                if self.opening:
+                    beta[self.opening] = torch.maximum(
+                        self.portrait.beta[self.opening], self.expression_scale * frame.beta[self.opening]
+                    )
                 delta = compose_pose(
                     invert_pose(ref.rotation, ref.translation), (frame.rotation, frame.translation)
                 )

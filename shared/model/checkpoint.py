@@ -23,6 +23,7 @@ HuggingFace directories, see encoders.load_pretrained_mit).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
@@ -175,3 +176,26 @@ def load_weights(network: GOHANetwork, payload: Mapping[str, Any], *, verify: bo
             f"weights do not fit the network: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}",
         )
     network.model_version = payload["model_version"]
+
+
+def with_mouth_interior(
+    source: str | os.PathLike[str], destination: str | os.PathLike[str], *, enabled: bool = True
+) -> str:
+    """Re-export ``source`` with ``ExpressionConfig.mouth_interior`` set: the map has no weights and
+    the decoder does not read its channel, so every tensor is kept as it is (loaded strictly). The new
+    file is a new model version (its config differs); ``extra.derived_from`` names the source's.
+    Returns the new version."""
+    payload = read_checkpoint(source)
+    config = checkpoint_config(payload)
+    if config.expression.mode != "encoder" or not config.renderer.source_colour_blend:
+        raise CheckpointError(
+            "model.config_mismatch",
+            "the mouth-interior map needs the encoder expression branch and the source-colour blend",
+        )
+    derived = dataclasses.replace(
+        config, expression=dataclasses.replace(config.expression, mouth_interior=enabled)
+    )
+    network = GOHANetwork(derived)
+    network.load_state_dict(payload["state_dict"], strict=True)
+    extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
+    return save_checkpoint(network, destination, extra=extra)

@@ -156,6 +156,12 @@ class ExpressionConfig:
     # World z of the face plane the I_exp → XY-plane warp projects through (the procedural head's
     # mouth is at z ≈ 0.20; at the frontal camera 2.7 away a ±0.05 error moves a point by < 2 %).
     gate_depth: float = 0.2
+    # Mouth interior (a deliberate addition; needs the renderer's source_colour_blend): where I_exp
+    # shows the open mouth's cavity (its cavity shading, darker than any lit skin), the expression
+    # branch writes a map of it into T_e's XY plane as a channel of its own (warped like the gate),
+    # and the decoder shows the mouth-interior colour there instead of the lifted source colour
+    # (renderer.TriPlaneDecoder). No weights: the 3DMM already knows where the open mouth is.
+    mouth_interior: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,8 @@ class ModelConfig:
         are zero there), so the decoder reads the source's colour without other planes' values mixed
         into the same channels."""
         colour = self.appearance.enabled and self.appearance.colour_resolution > 0
-        return self.plane.channels + (COLOUR_CHANNELS if colour else 0) + (1 if self.colour_gate else 0)
+        extra = (1 if self.colour_gate else 0) + (1 if self.mouth_interior else 0)
+        return self.plane.channels + (COLOUR_CHANNELS if colour else 0) + extra
 
     @property
     def colour_gate(self) -> bool:
@@ -218,9 +225,21 @@ class ModelConfig:
         return self.expression.mode == "encoder" and self.expression.colour_gate
 
     @property
+    def mouth_interior(self) -> bool:
+        """Whether T_e carries the mouth-interior map (``ExpressionConfig.mouth_interior``)."""
+        return self.expression.mode == "encoder" and self.expression.mouth_interior
+
+    @property
     def gate_channel(self) -> int | None:
-        """Index of the gate's channel in the summed planes (the last one), or None."""
-        return self.plane_channels - 1 if self.colour_gate else None
+        """Index of the gate's channel in the summed planes (last but the mouth map), or None."""
+        if not self.colour_gate:
+            return None
+        return self.plane_channels - 1 - (1 if self.mouth_interior else 0)
+
+    @property
+    def mouth_channel(self) -> int | None:
+        """Index of the mouth-interior map's channel in the summed planes (the last one), or None."""
+        return self.plane_channels - 1 if self.mouth_interior else None
 
     @property
     def colour_plane_resolution(self) -> int:
@@ -323,6 +342,8 @@ class ModelConfig:
             )
         if self.colour_gate and not r.source_colour_blend:  # the linear ablation has no gate head
             raise ConfigError("config.expression", "colour_gate needs the renderer's source_colour_blend")
+        if self.mouth_interior and not r.source_colour_blend:
+            raise ConfigError("config.expression", "mouth_interior needs the renderer's source_colour_blend")
         if self.expression.mode == "linear" and self.expression.num_bases < 1:
             raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
         if self.expression.mode not in ("encoder", "linear"):
@@ -348,7 +369,9 @@ def tiny_config() -> ModelConfig:
     resolution: E_p's features are 32² only. The decoder outputs RGB only (``feature_channels`` 3):
     the SR reads RGB, so further feature channels would never be trained. The SR is
     `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64, residual on
-    the upsampled render (``SuperResConfig.residual``: the plain SR lost to its own input).
+    the upsampled render (``SuperResConfig.residual``: the plain SR lost to its own input). T_e
+    carries the mouth-interior map (``ExpressionConfig.mouth_interior``); the source-colour gate is
+    off (train ``--variant colour_gate`` for it). This is the shipped checkpoint's config.
     """
     encoder = EncoderConfig(
         hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=64
@@ -367,7 +390,7 @@ def tiny_config() -> ModelConfig:
             colour_depth_resolution=64,
             colour_min_opacity=0.5,
         ),
-        expression=ExpressionConfig(encoder=encoder, colour_gate=True),
+        expression=ExpressionConfig(encoder=encoder, mouth_interior=True),
         renderer=RendererConfig(
             resolution=64,
             depth_resolution=32,
@@ -473,6 +496,7 @@ LATER_FIELDS: dict[tuple[str, ...], Any] = {
     ("renderer", "surface_colour_resolution"): 0,
     ("expression", "colour_gate"): False,
     ("expression", "gate_depth"): 0.2,
+    ("expression", "mouth_interior"): False,
 }
 
 

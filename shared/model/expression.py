@@ -18,6 +18,17 @@ each texel centre (x, y) at z = ``gate_depth`` projected by the frontal camera) 
 channel of T_e's XY plane (XZ / ZY zero); the decoder multiplies its blend weight by (1 − gate). Only
 the driver is seen, so the gate is relative to the neutral face, not to the source's expression.
 
+**Mouth interior** (``ExpressionConfig.mouth_interior``, a deliberate addition, no weights). The
+lifted source colour holds the portrait's closed lips wherever the driver opens the mouth, and the
+decoder never learned to draw the inside of a mouth over them (the learned gate above let its decoded
+colour through: a purple blur). But I_exp already shows the open mouth exactly: the face stack shades
+the 3DMM's inner-mouth strip with its cavity shading (vertex shading 0.2), darker than any lit skin
+(shape shading, shared/face/render.py: lit skin ≥ 2·0.72·0.3 − 1 = −0.568, the cavity ≤ −0.70 where
+visible). `mouth_interior_map` marks such pixels that have lit skin on all four sides (the silhouette's
+anti-aliased rim has background on one side), smoothed over a texel, warped into the XY plane like the
+gate and stored as T_e's last channel; the decoder shows ``MOUTH_INTERIOR_RGB`` there
+(renderer.TriPlaneDecoder). Nostrils (vertex shading 0.37) are partly marked too: they are dark.
+
 Ablation (paper §4.5 / appendix A, "linear expression"): `LinearExpressionBranch` learns K = 64
 tri-plane bases E_k and sets T_e = Σ_k β_k E_k from the target's 3DMM expression coefficients β.
 Its bases are K × 3 × C × R × R parameters (1.6 GB at paper size), so it is meant for the tiny
@@ -38,6 +49,32 @@ from shared.model.encoders import SegFormerEncoder, reinitialise_patch_embedding
 from shared.model.errors import ModelInputError
 from shared.model.triplane import NUM_PLANES, cell_centres, pad_channels
 
+# I_exp values (in [-1, 1]) of the mouth-interior rule: pixels above LIT_SKIN_FLOOR are lit skin
+# (shape shading's darkest lit skin is −0.568); a pixel is interior from INTERIOR_RAMP below it.
+LIT_SKIN_FLOOR = -0.58
+INTERIOR_RAMP = 0.08
+
+
+def mouth_interior_map(expression_render: Tensor) -> Tensor:
+    """Where I_exp (B, 3, H, W) in [-1, 1] shows the open mouth's cavity: (B, 1, H, W) in [0, 1].
+
+    A pixel counts when it is darker than lit skin (ramped over ``INTERIOR_RAMP``) and lit skin lies
+    somewhere left, right, above and below it (the background, −1, and the silhouette's rim fail one
+    side). Pure tensor ops, so it runs in the Triton expression model as well."""
+    value = expression_render.mean(dim=1)  # shape shading: the three channels are equal
+    skin = (value > LIT_SKIN_FLOOR).float()
+
+    def seen_before(mask: Tensor, dim: int) -> Tensor:
+        """Whether ``mask`` holds strictly before each position along ``dim``."""
+        seen = mask.cummax(dim=dim).values
+        return F.pad(seen, (1, 0) if dim == -1 else (0, 0, 1, 0)).narrow(dim, 0, mask.shape[dim])
+
+    enclosed = torch.ones_like(skin)
+    for dim in (-1, -2):
+        enclosed = enclosed * seen_before(skin, dim) * seen_before(skin.flip(dim), dim).flip(dim)
+    dark = ((LIT_SKIN_FLOOR - value) / INTERIOR_RAMP).clamp(0.0, 1.0) * (value > -0.97).float()
+    return (dark * enclosed).unsqueeze(1)
+
 
 class ExpressionBranch(nn.Module):
     """I_exp (B, 3, S, S) in [-1, 1] → T_e (B, 3, C, R, R)."""
@@ -54,6 +91,7 @@ class ExpressionBranch(nn.Module):
         )
         self.plane_channels = config.plane_channels  # zero beyond plane.channels (T_p's colour)
         self.gate: nn.Sequential | None = None
+        self.mouth_interior = config.mouth_interior
         if config.colour_gate:
             hidden = config.expression.encoder.decoder_hidden_size
             self.gate = nn.Sequential(
@@ -63,6 +101,7 @@ class ExpressionBranch(nn.Module):
             )
             with torch.no_grad():  # starts closed (gate ≈ 0.02): a warm-started blend is unchanged
                 self.gate[-1].bias.fill_(-4.0)
+        if config.colour_gate or config.mouth_interior:
             # The frontal-view coordinates (grid_sample's [-1, 1], x right, y down) of every XY texel
             # centre at the face's depth: the I_exp → XY-plane warp.
             r, box = config.plane.resolution, config.plane.box_warp
@@ -89,16 +128,23 @@ class ExpressionBranch(nn.Module):
         the mouth it would have to draw."""
         features = self.encoder(expression_render)
         planes = self.embedding2plane(features)
-        if self.gate is None:
-            return pad_channels(planes, self.plane_channels), None
-        planes = pad_channels(planes, self.plane_channels - 1)
-        gate = self.to_plane(torch.sigmoid(self.gate(features.detach())))  # (B, 1, R, R)
-        trained_gate = gate[:, 0]
-        gate = gate.detach()
-        gate_planes = torch.cat(
-            [gate.unsqueeze(1), gate.new_zeros(gate.shape[0], NUM_PLANES - 1, 1, *gate.shape[-2:])], 1
-        )
-        return torch.cat([planes, gate_planes], dim=2), trained_gate
+        xy_maps: list[Tensor] = []  # (B, 1, R, R) each: XY-plane-only channels after the features
+        trained_gate = None
+        if self.gate is not None:
+            gate = self.to_plane(torch.sigmoid(self.gate(features.detach())))
+            trained_gate = gate[:, 0]
+            xy_maps.append(gate.detach())
+        if self.mouth_interior:
+            interior = mouth_interior_map(expression_render.detach())
+            if interior.shape[-1] > self.plane_grid.shape[1]:  # finer than a texel: average first
+                interior = F.avg_pool2d(interior, 3, stride=1, padding=1, count_include_pad=False)
+            xy_maps.append(self.to_plane(interior).clamp(0.0, 1.0))
+        planes = pad_channels(planes, self.plane_channels - len(xy_maps))
+        if not xy_maps:
+            return planes, None
+        maps = torch.cat(xy_maps, dim=1)  # (B, K, R, R)
+        xy_planes = torch.stack([maps, torch.zeros_like(maps), torch.zeros_like(maps)], dim=1)
+        return torch.cat([planes, xy_planes], dim=2), trained_gate
 
 
 class LinearExpressionBranch(nn.Module):

@@ -118,6 +118,7 @@ class GOHANetwork(nn.Module):
             config.plane_channels,
             colour_scale=config.appearance.colour_scale,
             gate=config.colour_gate,
+            mouth_interior=config.mouth_interior,
         )
         self.superres = SuperResolution(config.superres)
         # Set by checkpoint.save_checkpoint / load_checkpoint: "goha-<profile>-<12 hex>".

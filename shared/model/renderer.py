@@ -42,6 +42,10 @@ Field = Callable[[Tensor, Tensor | int], Tensor]
 # too many steps to move the bias).
 BLEND_INIT_LOGIT = 0.0
 
+# The colour (in [0, 1]) shown inside an open mouth (the mouth-interior map, expression.py): a dark,
+# slightly red shadow, what a photographed mouth's inside mostly is at a head's scale.
+MOUTH_INTERIOR_RGB = (0.16, 0.06, 0.06)
+
 
 class FullyConnectedLayer(nn.Module):
     """Linear layer with an equalised learning rate (StyleGAN/EG3D): the stored weight is N(0, 1) /
@@ -91,6 +95,7 @@ class TriPlaneDecoder(nn.Module):
         colour_offset: int | None = None,
         colour_scale: float = 1.0,
         gate: bool = False,
+        mouth_interior: bool = False,
     ) -> None:
         super().__init__()
         self.feature_channels = config.feature_channels
@@ -101,9 +106,17 @@ class TriPlaneDecoder(nn.Module):
         self.gate = gate
         if gate and not self.blend:
             raise ValueError("the source-colour gate needs the source-colour blend")
+        # The mouth-interior map (expression.py) is the planes' last channel, after the gate: where it
+        # is 1 the ray shows MOUTH_INTERIOR_RGB (m → 1, the lifted colour → that colour). Not an
+        # MLP input either.
+        self.mouth_interior = mouth_interior
+        if mouth_interior and not self.blend:
+            raise ValueError("the mouth-interior map needs the source-colour blend")
+        self.register_buffer("interior_rgb", torch.tensor(MOUTH_INTERIOR_RGB), persistent=False)
+        self.extra_channels = (1 if gate else 0) + (1 if mouth_interior else 0)
         self.net = nn.Sequential(
             FullyConnectedLayer(
-                plane_channels - (1 if gate else 0),
+                plane_channels - self.extra_channels,
                 config.decoder_hidden,
                 lr_multiplier=config.decoder_lr_multiplier,
             ),
@@ -128,23 +141,28 @@ class TriPlaneDecoder(nn.Module):
 
     def first_layer(self) -> tuple[Tensor, Tensor]:
         """The linear map applied to the mean plane features: net[0] (hidden rows), then with the
-        blend the three source-colour rows (and with the gate its row: the XY plane's gate channel,
-        ×3 to undo the three planes' mean). Linear, so inference folds it into the plane table."""
+        blend the three source-colour rows (and with the gate and the mouth-interior map a row each:
+        their XY-plane channel ×3 to undo the three planes' mean). Linear, so inference folds it into
+        the plane table."""
         weight, bias = self.net[0].effective()
         if not self.blend:
             return weight, bias
-        if self.gate:
-            weight = F.pad(weight, (0, 1))  # the MLP does not read the gate channel
+        weight = F.pad(weight, (0, self.extra_channels))  # the MLP reads neither gate nor mouth map
         channels = weight.shape[1]
         pick = F.pad(
             torch.diag(self.colour_weight),
             (self.colour_offset, channels - self.colour_offset - 3),
         )
         rows, offsets = [weight, pick.to(weight.dtype)], [bias, self.colour_bias.to(bias.dtype)]
-        if self.gate:
-            rows.append(F.pad(weight.new_full((1, 1), float(NUM_PLANES)), (channels - 1, 0)))
+        for index in range(self.extra_channels):
+            before = channels - self.extra_channels + index
+            rows.append(F.pad(weight.new_full((1, 1), float(NUM_PLANES)), (before, channels - before - 1)))
             offsets.append(bias.new_zeros(1))
         return torch.cat(rows), torch.cat(offsets)
+
+    def _interior(self, first: Tensor) -> Tensor:
+        """The mouth-interior map (..., 1) in [0, 1] from `first_layer` outputs (the last one)."""
+        return first[..., -1:].clamp(0.0, 1.0)
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]
@@ -182,13 +200,18 @@ class TriPlaneDecoder(nn.Module):
                 m = out[n_out].sigmoid_()
                 if self.gate:
                     m.mul_(1 - first[..., self.hidden + 3].reshape(-1).clamp(0.0, 1.0))
+                if self.mouth_interior:  # m + (1 − m)·k = 1 − (1 − m)(1 − k)
+                    keep = 1 - self._interior(first).reshape(-1)
+                    m.neg_().add_(1).mul_(keep).neg_().add_(1)
                 out[1:4].mul_(1 - m)  # the decoded RGB's share; the lifted one is added per ray
             return out.t().reshape(*hidden.shape[:-1], out.shape[0])
         out = F.linear(hidden, weight, bias)
         if self.blend:
             out, m = out[..., :-1], torch.sigmoid(out[..., -1:])
             if self.gate:
-                m = m * (1 - first[..., self.hidden + 3 :].clamp(0.0, 1.0))
+                m = m * (1 - first[..., self.hidden + 3 : self.hidden + 4].clamp(0.0, 1.0))
+            if self.mouth_interior:
+                m = 1 - (1 - m) * (1 - self._interior(first))
         sigma, features = out[..., :1], torch.sigmoid(out[..., 1:]) * (1 + 2 * 0.001) - 0.001
         if self.blend:
             features = torch.cat([(1 - m) * features[..., :3], features[..., 3:], m], dim=-1)
@@ -196,8 +219,12 @@ class TriPlaneDecoder(nn.Module):
 
     def surface_colour(self, first: Tensor) -> Tensor:
         """The lifted source colour in [0, 1] (..., 3) from `first_layer` outputs (..., hidden + 3
-        [+ the gate])."""
-        return first[..., self.hidden : self.hidden + 3]
+        [+ the gate] [+ the mouth map]); MOUTH_INTERIOR_RGB where the mouth map is 1."""
+        colour = first[..., self.hidden : self.hidden + 3]
+        if not self.mouth_interior:
+            return colour
+        k = self._interior(first)
+        return colour * (1 - k) + k * self.interior_rgb.to(colour.dtype)
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -369,11 +396,13 @@ class VolumeRenderer(nn.Module):
         *,
         colour_scale: float = 1.0,
         gate: bool = False,
+        mouth_interior: bool = False,
     ) -> None:
         """``channels``: of the planes the decoder reads (default ``plane.channels``; the network passes
         ``ModelConfig.plane_channels``, whose channels after ``plane.channels`` are the lifted source
-        colour, then the gate). ``colour_scale``: the lifted colour's fixed scale (for the
-        source-colour blend). ``gate``: the planes end in the source-colour gate (expression.py)."""
+        colour, then the gate, then the mouth-interior map). ``colour_scale``: the lifted colour's
+        fixed scale (for the source-colour blend). ``gate`` / ``mouth_interior``: the planes end in
+        the source-colour gate / the mouth-interior map (expression.py)."""
         super().__init__()
         self.config = config
         self.box_warp = plane.box_warp
@@ -383,6 +412,7 @@ class VolumeRenderer(nn.Module):
             colour_offset=plane.channels if config.source_colour_blend else None,
             colour_scale=colour_scale,
             gate=gate,
+            mouth_interior=mouth_interior,
         )
         # Performance knobs only (never change results): rays per compositing chunk, points per
         # decoder call.

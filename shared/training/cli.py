@@ -82,6 +82,13 @@ def _train(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
 
 
+def _mouth_interior(args: argparse.Namespace) -> None:
+    from shared.model.checkpoint import with_mouth_interior
+
+    version = with_mouth_interior(args.checkpoint, args.out, enabled=not args.off)
+    print(json.dumps({"model_version": version, "checkpoint": args.out}))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -181,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train stage 1 or 2 (torchrun for several processes)")
     train.add_argument("--profile", default="tiny")
     train.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    train.add_argument("--variant", default="full", choices=("full", "no_appearance", "linear_expression"))
+    train.add_argument(
+        "--variant", default="full", choices=("full", "no_appearance", "linear_expression", "colour_gate")
+    )
     train.add_argument("--data", required=True, help="folder written by generate-data")
     train.add_argument("--run-dir", required=True, help="state.pt, CSV logs and sample grids go here")
     train.add_argument("--init", help="start from this checkpoint / state (e.g. stage 1 for stage 2)")
@@ -262,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="variants trained in parallel processes (threads split between them)",
     )
     abl.set_defaults(func=_ablation)
+
+    mouth = sub.add_parser(
+        "mouth-interior",
+        help="re-export a checkpoint with the weight-free mouth-interior map on (or --off); same weights",
+    )
+    mouth.add_argument("--checkpoint", required=True)
+    mouth.add_argument("--out", required=True)
+    mouth.add_argument("--off", action="store_true")
+    mouth.set_defaults(func=_mouth_interior)
 
     ben = sub.add_parser("bench", help="training it/s + evaluation PSNRs; JSON last line")
     ben.add_argument("--profile", default="tiny")

@@ -91,6 +91,7 @@ from shared.training.synthetic import PairDataset, collate
 __all__ = [  # the step helpers (steps.py) stay importable from here
     "CSV_FIELDS",
     "STATE_FORMAT",
+    "TRAIN_VARIANTS",
     "VARIANTS",
     "DistInfo",
     "PartialLoad",
@@ -110,6 +111,9 @@ __all__ = [  # the step helpers (steps.py) stay importable from here
 
 Variant = Literal["full", "no_appearance", "linear_expression"]
 VARIANTS: tuple[str, ...] = ("full", "no_appearance", "linear_expression")
+# What `train --variant` accepts: the ablation's variants, and the profile with the source-colour gate
+# (ExpressionConfig.colour_gate: an experiment that lost on bench-quality, models/README.md).
+TRAIN_VARIANTS: tuple[str, ...] = (*VARIANTS, "colour_gate")
 STATE_FORMAT = "goha-train-state/1"
 CSV_FIELDS = (
     "step", "stage", "kind", "total", "l1", "perceptual", "tv", "alpha", "l1_neutral", "perc_neutral",
@@ -180,11 +184,12 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
     if variant == "full":
         return config
     if variant == "no_appearance":
-        # The source-colour blend (and its gate) read T_p's lifted colour: without the branch there is none.
+        # The source-colour blend (its gate, the mouth map) read T_p's lifted colour: without the branch
+        # there is none.
         return dataclasses.replace(
             config,
             appearance=dataclasses.replace(config.appearance, enabled=False),
-            expression=dataclasses.replace(config.expression, colour_gate=False),
+            expression=dataclasses.replace(config.expression, colour_gate=False, mouth_interior=False),
             renderer=dataclasses.replace(
                 config.renderer, source_colour_blend=False, surface_colour_resolution=0
             ),
@@ -194,7 +199,11 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
         return dataclasses.replace(
             config, expression=dataclasses.replace(config.expression, mode="linear", num_bases=num)
         )
-    raise TrainingError("training.bad_variant", f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "colour_gate":
+        return dataclasses.replace(
+            config, expression=dataclasses.replace(config.expression, colour_gate=True)
+        )
+    raise TrainingError("training.bad_variant", f"variant must be one of {TRAIN_VARIANTS}, got {variant!r}")
 
 
 # --- distributed helpers -------------------------------------------------------------------------

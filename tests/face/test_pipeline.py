@@ -137,16 +137,19 @@ def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state
     driver_frames = analyzer().analyze_landmarks(driver_sequence())
     retargeter = analyzer().retargeter(portrait, mode="relative")
     out = retargeter.retarget(driver_frames)
-    assert torch.allclose(out[0].beta, portrait.beta.clamp(0, 1), atol=1e-6)
+    jaw = model().expression_index("jaw_open")
+    others = [k for k in range(model().num_expression) if k != jaw]
+    assert torch.allclose(out[0].beta[others], portrait.beta.clamp(0, 1)[others], atol=1e-6)
     assert torch.allclose(out[0].rotation, portrait.rotation, atol=1e-6)
     assert torch.allclose(out[0].camera, portrait.camera, atol=1e-5)
-    # The driver's later motion is added on top: the mouth opens and the head turns by the same amount.
-    jaw = model().expression_index("jaw_open")
-    driver_jaw = driver_frames[-1].beta[jaw] - driver_frames[0].beta[jaw]
-    assert out[-1].beta[jaw].item() == pytest.approx(
-        min(1.0, portrait.beta[jaw].item() + driver_jaw.item()), abs=1e-5
-    )
-    assert driver_jaw.item() > 0.3
+    # The mouth opens as far as the driver's (never less than the portrait's own), the other
+    # expressions and the head turn by the driver's change since its first frame.
+    for frame, result in ((driver_frames[0], out[0]), (driver_frames[-1], out[-1])):
+        assert result.beta[jaw].item() == pytest.approx(
+            min(1.0, max(portrait.beta[jaw].item(), frame.beta[jaw].item())), abs=1e-5
+        )
+    assert (driver_frames[-1].beta[jaw] - driver_frames[0].beta[jaw]).item() > 0.3
+    assert out[-1].beta[jaw] > out[0].beta[jaw] + 0.3
     turned = head_pose_angles(out[-1].rotation.double())[0].item() - portrait.head_angles[0]
     driver_turn = (
         head_pose_angles(driver_frames[-1].rotation.double())[0]
@@ -155,8 +158,32 @@ def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state
     assert turned == pytest.approx(driver_turn.item(), abs=1.5)
     # Expression scale halves the transferred expression change.
     half = analyzer().retargeter(portrait, mode="relative", expression_scale=0.5).retarget(driver_frames)
-    expected = (portrait.beta + 0.5 * (driver_frames[-1].beta - driver_frames[0].beta)).clamp(0, 1)
-    assert torch.allclose(half[-1].beta, expected, atol=1e-6)
+    expected = portrait.beta + 0.5 * (driver_frames[-1].beta - driver_frames[0].beta)
+    expected[jaw] = torch.maximum(portrait.beta[jaw], 0.5 * driver_frames[-1].beta[jaw])
+    assert torch.allclose(half[-1].beta, expected.clamp(0, 1), atol=1e-6)
+
+
+def test_relative_mode_opens_the_mouth_with_a_driver_that_starts_mid_sentence() -> None:
+    """A driver whose first frame has the mouth open: relative to that frame, every less-open frame
+    shut the portrait's mouth below its own and the open ones opened it only by the difference."""
+    portrait = astronaut_portrait()
+    frames = analyzer().analyze_landmarks(driver_sequence())
+    jaw = model().expression_index("jaw_open")
+    opened = max(frames, key=lambda f: f.beta[jaw].item())
+    closed = min(frames, key=lambda f: f.beta[jaw].item())
+    sentence = [opened, closed, opened]  # starts open, closes, opens again
+    out = analyzer().retargeter(portrait, mode="relative").retarget(sentence)
+    portrait_jaw = portrait.beta[jaw].item()
+    assert out[1].beta[jaw].item() == pytest.approx(max(portrait_jaw, closed.beta[jaw].item()), abs=1e-5)
+    assert out[0].beta[jaw].item() == pytest.approx(
+        min(1.0, max(portrait_jaw, opened.beta[jaw].item())), abs=1e-5
+    )
+    assert out[0].beta[jaw] > out[1].beta[jaw] + 0.3 and torch.equal(out[0].beta, out[2].beta)
+    # Bodies without a jaw coefficient (BFM) keep the plain relative rule.
+    plain = MotionRetargeter(portrait, mode="relative").retarget(sentence)
+    assert plain[1].beta[jaw].item() == pytest.approx(
+        portrait_jaw + closed.beta[jaw].item() - opened.beta[jaw].item(), abs=1e-5
+    )
 
 
 def test_absolute_mode_uses_the_drivers_own_expression_and_camera() -> None:

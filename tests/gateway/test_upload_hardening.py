@@ -221,7 +221,7 @@ def test_upload_bytes_exist_once_and_vanish_when_the_client_goes(
 
 
 def test_concurrent_uploads_are_capped_per_key_and_per_gateway(
-    gateway: Callable[..., Any], tenant_factory: Callable[..., TenantKey]
+    gateway: Callable[..., Any], tenant_factory: Callable[..., TenantKey], upload_dir: Path
 ) -> None:
     a, b, c = tenant_factory(), tenant_factory(), tenant_factory()
     with gateway(max_concurrent_uploads=2, max_concurrent_uploads_per_key=1, upload_slot_wait_s=0.3) as port:
@@ -230,7 +230,10 @@ def test_concurrent_uploads_are_capped_per_key_and_per_gateway(
             sock = open_request(port, "/v1/jobs", int(2.9 * MiB), who.key)
             send(sock, part_head("portrait", "p.png") + b"\0" * 1024)
             parked.append(sock)
-        time.sleep(0.3)
+        # Both must hold their slot before the next request comes: a file is spooled only once a
+        # slot is taken. A fixed sleep lost this race under the full suite's load (the third request
+        # then took a's slot itself and waited for its body).
+        assert wait_until(lambda: len(files_under(upload_dir)) >= 2), files_under(upload_dir)
         same_key = open_request(port, "/v1/jobs", DECLARED, a.key)
         send(same_key, part_head("portrait", "p.png") + b"\0" * 1024)
         status_key, body_key = read_response(same_key)

@@ -42,7 +42,10 @@ def test_config_adds_one_channel_and_needs_the_blend() -> None:
     # The linear ablation has no gate head: the flag is inert there.
     linear = dataclasses.replace(cfg, expression=dataclasses.replace(cfg.expression, mode="linear"))
     assert linear.gate_channel is None
-    assert tiny_config().colour_gate
+    # The tiny profile (the shipped config) has it off; training's variant turns it on.
+    from shared.training.trainer import variant_config
+
+    assert not tiny_config().colour_gate and variant_config("tiny", "colour_gate").colour_gate
 
 
 def test_gate_is_only_in_the_xy_plane_and_in_unit_range() -> None:

@@ -124,7 +124,10 @@ def test_gate_loss_trains_the_gate_toward_the_expression_change(tiny_data: Path,
     from shared.training.steps import gate_targets
 
     trainer = Trainer(
-        _config(expression_from=0, appearance_from=10**6), tmp_path, data_root=tiny_data, progress=False
+        _config(expression_from=0, appearance_from=10**6, variant="colour_gate"),
+        tmp_path,
+        data_root=tiny_data,
+        progress=False,
     )
     samples = trainer._samples(0)
     trainer.step = 7  # full_tar
