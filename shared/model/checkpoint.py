@@ -179,12 +179,16 @@ def load_weights(network: GOHANetwork, payload: Mapping[str, Any], *, verify: bo
 
 
 def with_mouth_interior(
-    source: str | os.PathLike[str], destination: str | os.PathLike[str], *, enabled: bool = True
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    enabled: bool = True,
+    teeth: bool = False,
 ) -> str:
-    """Re-export ``source`` with ``ExpressionConfig.mouth_interior`` set: the map has no weights and
-    the decoder does not read its channel, so every tensor is kept as it is (loaded strictly). The new
-    file is a new model version (its config differs); ``extra.derived_from`` names the source's.
-    Returns the new version."""
+    """Re-export ``source`` with ``ExpressionConfig.mouth_interior`` (and ``mouth_teeth``) set: the map
+    has no weights and the decoder does not read its channels, so every tensor is kept as it is (loaded
+    strictly). The new file is a new model version (its config differs); ``extra.derived_from`` names
+    the source's. Returns the new version."""
     payload = read_checkpoint(source)
     config = checkpoint_config(payload)
     if config.expression.mode != "encoder" or not config.renderer.source_colour_blend:
@@ -193,7 +197,10 @@ def with_mouth_interior(
             "the mouth-interior map needs the encoder expression branch and the source-colour blend",
         )
     derived = dataclasses.replace(
-        config, expression=dataclasses.replace(config.expression, mouth_interior=enabled)
+        config,
+        expression=dataclasses.replace(
+            config.expression, mouth_interior=enabled, mouth_teeth=teeth and enabled
+        ),
     )
     network = GOHANetwork(derived)
     network.load_state_dict(payload["state_dict"], strict=True)

@@ -162,6 +162,9 @@ class ExpressionConfig:
     # and the decoder shows the mouth-interior colour there instead of the lifted source colour
     # (renderer.TriPlaneDecoder). No weights: the 3DMM already knows where the open mouth is.
     mouth_interior: bool = False
+    # With the mouth interior: the top rows of the open mouth (``TEETH_HEIGHT`` of I_exp's height)
+    # show the upper teeth's colour, a second channel of T_e's XY plane (expression.py). No weights.
+    mouth_teeth: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class ModelConfig:
         are zero there), so the decoder reads the source's colour without other planes' values mixed
         into the same channels."""
         colour = self.appearance.enabled and self.appearance.colour_resolution > 0
-        extra = (1 if self.colour_gate else 0) + (1 if self.mouth_interior else 0)
+        extra = (1 if self.colour_gate else 0) + self.mouth_channels
         return self.plane.channels + (COLOUR_CHANNELS if colour else 0) + extra
 
     @property
@@ -230,16 +233,26 @@ class ModelConfig:
         return self.expression.mode == "encoder" and self.expression.mouth_interior
 
     @property
+    def mouth_teeth(self) -> bool:
+        """Whether the mouth-interior map has its teeth channel (``ExpressionConfig.mouth_teeth``)."""
+        return self.mouth_interior and self.expression.mouth_teeth
+
+    @property
+    def mouth_channels(self) -> int:
+        """Channels of the mouth-interior map at the planes' end: 0, 1 (interior) or 2 (+ teeth)."""
+        return (1 if self.mouth_interior else 0) + (1 if self.mouth_teeth else 0)
+
+    @property
     def gate_channel(self) -> int | None:
         """Index of the gate's channel in the summed planes (last but the mouth map), or None."""
         if not self.colour_gate:
             return None
-        return self.plane_channels - 1 - (1 if self.mouth_interior else 0)
+        return self.plane_channels - 1 - self.mouth_channels
 
     @property
     def mouth_channel(self) -> int | None:
-        """Index of the mouth-interior map's channel in the summed planes (the last one), or None."""
-        return self.plane_channels - 1 if self.mouth_interior else None
+        """Index of the mouth-interior map's channel in the summed planes (after the gate), or None."""
+        return self.plane_channels - self.mouth_channels if self.mouth_interior else None
 
     @property
     def colour_plane_resolution(self) -> int:
@@ -344,6 +357,8 @@ class ModelConfig:
             raise ConfigError("config.expression", "colour_gate needs the renderer's source_colour_blend")
         if self.mouth_interior and not r.source_colour_blend:
             raise ConfigError("config.expression", "mouth_interior needs the renderer's source_colour_blend")
+        if self.expression.mouth_teeth and not self.expression.mouth_interior:
+            raise ConfigError("config.expression", "mouth_teeth needs mouth_interior")
         if self.expression.mode == "linear" and self.expression.num_bases < 1:
             raise ConfigError("config.expression", "the linear expression ablation needs num_bases >= 1")
         if self.expression.mode not in ("encoder", "linear"):
@@ -370,7 +385,8 @@ def tiny_config() -> ModelConfig:
     the SR reads RGB, so further feature channels would never be trained. The SR is
     `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64, residual on
     the upsampled render (``SuperResConfig.residual``: the plain SR lost to its own input). T_e
-    carries the mouth-interior map (``ExpressionConfig.mouth_interior``); the source-colour gate is
+    carries the mouth-interior map with its teeth band (``ExpressionConfig.mouth_interior`` and
+    ``mouth_teeth``); the source-colour gate is
     off (train ``--variant colour_gate`` for it). This is the shipped checkpoint's config.
     """
     encoder = EncoderConfig(
@@ -390,7 +406,7 @@ def tiny_config() -> ModelConfig:
             colour_depth_resolution=64,
             colour_min_opacity=0.5,
         ),
-        expression=ExpressionConfig(encoder=encoder, mouth_interior=True),
+        expression=ExpressionConfig(encoder=encoder, mouth_interior=True, mouth_teeth=True),
         renderer=RendererConfig(
             resolution=64,
             depth_resolution=32,
@@ -497,6 +513,7 @@ LATER_FIELDS: dict[tuple[str, ...], Any] = {
     ("expression", "colour_gate"): False,
     ("expression", "gate_depth"): 0.2,
     ("expression", "mouth_interior"): False,
+    ("expression", "mouth_teeth"): False,
 }
 
 

@@ -28,6 +28,9 @@ visible). `mouth_interior_map` marks such pixels that have lit skin on all four 
 anti-aliased rim has background on one side), smoothed over a texel, warped into the XY plane like the
 gate and stored as T_e's last channel; the decoder shows ``MOUTH_INTERIOR_RGB`` there
 (renderer.TriPlaneDecoder). Nostrils (vertex shading 0.37) are partly marked too: they are dark.
+With ``mouth_teeth``, `mouth_teeth_map` marks the top ``TEETH_HEIGHT`` of each column of the open
+mouth (the upper teeth, what an open mouth mostly shows below the upper lip) as a second channel, and
+the decoder shows ``MOUTH_TEETH_RGB`` there.
 
 Ablation (paper §4.5 / appendix A, "linear expression"): `LinearExpressionBranch` learns K = 64
 tri-plane bases E_k and sets T_e = Σ_k β_k E_k from the target's 3DMM expression coefficients β.
@@ -53,6 +56,9 @@ from shared.model.triplane import NUM_PLANES, cell_centres, pad_channels
 # (shape shading's darkest lit skin is −0.568); a pixel is interior from INTERIOR_RAMP below it.
 LIT_SKIN_FLOOR = -0.58
 INTERIOR_RAMP = 0.08
+# Height of the upper teeth's band below the upper lip, as a fraction of I_exp's height (3.2 px at
+# 128²; the procedural head's mouth is ~10 px tall at jaw_open 0.9 there).
+TEETH_HEIGHT = 0.025
 
 
 def mouth_interior_map(expression_render: Tensor) -> Tensor:
@@ -76,6 +82,19 @@ def mouth_interior_map(expression_render: Tensor) -> Tensor:
     return (dark * enclosed).unsqueeze(1)
 
 
+def mouth_teeth_map(interior: Tensor) -> Tensor:
+    """The upper-teeth share (B, 1, H, W) of a `mouth_interior_map`: its value on the pixels within
+    ``TEETH_HEIGHT`` · H below the top of the open mouth in their column, 0 elsewhere (so ≤ it)."""
+    height = interior.shape[-2]
+    inside = interior > 0.5
+    rows = torch.arange(height, device=interior.device).view(1, 1, height, 1).expand_as(interior)
+    # The last row above each pixel (or the pixel itself) that is not inside the mouth.
+    last_outside = torch.where(inside, torch.full_like(rows, -1), rows).cummax(dim=-2).values
+    depth = rows - last_outside  # 1 on the mouth's top row, 0 outside it
+    teeth_rows = max(1.0, TEETH_HEIGHT * height)
+    return interior * ((depth >= 1) & (depth <= teeth_rows)).to(interior.dtype)
+
+
 class ExpressionBranch(nn.Module):
     """I_exp (B, 3, S, S) in [-1, 1] → T_e (B, 3, C, R, R)."""
 
@@ -92,6 +111,7 @@ class ExpressionBranch(nn.Module):
         self.plane_channels = config.plane_channels  # zero beyond plane.channels (T_p's colour)
         self.gate: nn.Sequential | None = None
         self.mouth_interior = config.mouth_interior
+        self.mouth_teeth = config.mouth_teeth
         if config.colour_gate:
             hidden = config.expression.encoder.decoder_hidden_size
             self.gate = nn.Sequential(
@@ -136,10 +156,12 @@ class ExpressionBranch(nn.Module):
             xy_maps.append(gate.detach())
         if self.mouth_interior:
             interior = mouth_interior_map(expression_render.detach())
+            if self.mouth_teeth:
+                interior = torch.cat([interior, mouth_teeth_map(interior)], dim=1)
             if interior.shape[-1] > self.plane_grid.shape[1]:  # finer than a texel: average first
                 interior = F.avg_pool2d(interior, 3, stride=1, padding=1, count_include_pad=False)
             xy_maps.append(self.to_plane(interior).clamp(0.0, 1.0))
-        planes = pad_channels(planes, self.plane_channels - len(xy_maps))
+        planes = pad_channels(planes, self.plane_channels - sum(m.shape[1] for m in xy_maps))
         if not xy_maps:
             return planes, None
         maps = torch.cat(xy_maps, dim=1)  # (B, K, R, R)

@@ -119,6 +119,7 @@ class GOHANetwork(nn.Module):
             colour_scale=config.appearance.colour_scale,
             gate=config.colour_gate,
             mouth_interior=config.mouth_interior,
+            mouth_teeth=config.mouth_teeth,
         )
         self.superres = SuperResolution(config.superres)
         # Set by checkpoint.save_checkpoint / load_checkpoint: "goha-<profile>-<12 hex>".

@@ -45,6 +45,8 @@ BLEND_INIT_LOGIT = 0.0
 # The colour (in [0, 1]) shown inside an open mouth (the mouth-interior map, expression.py): a dark,
 # slightly red shadow, what a photographed mouth's inside mostly is at a head's scale.
 MOUTH_INTERIOR_RGB = (0.16, 0.06, 0.06)
+# The upper teeth's colour (``ExpressionConfig.mouth_teeth``): off-white, shaded by the lip above.
+MOUTH_TEETH_RGB = (0.78, 0.74, 0.68)
 
 
 class FullyConnectedLayer(nn.Module):
@@ -96,6 +98,7 @@ class TriPlaneDecoder(nn.Module):
         colour_scale: float = 1.0,
         gate: bool = False,
         mouth_interior: bool = False,
+        mouth_teeth: bool = False,
     ) -> None:
         super().__init__()
         self.feature_channels = config.feature_channels
@@ -113,7 +116,11 @@ class TriPlaneDecoder(nn.Module):
         if mouth_interior and not self.blend:
             raise ValueError("the mouth-interior map needs the source-colour blend")
         self.register_buffer("interior_rgb", torch.tensor(MOUTH_INTERIOR_RGB), persistent=False)
-        self.extra_channels = (1 if gate else 0) + (1 if mouth_interior else 0)
+        # With teeth the map has a second channel after it: the teeth's share τ ≤ k of the interior.
+        self.mouth_teeth = mouth_teeth and mouth_interior
+        self.register_buffer("teeth_rgb", torch.tensor(MOUTH_TEETH_RGB), persistent=False)
+        mouth_channels = (1 if mouth_interior else 0) + (1 if self.mouth_teeth else 0)
+        self.extra_channels = (1 if gate else 0) + mouth_channels
         self.net = nn.Sequential(
             FullyConnectedLayer(
                 plane_channels - self.extra_channels,
@@ -161,8 +168,10 @@ class TriPlaneDecoder(nn.Module):
         return torch.cat(rows), torch.cat(offsets)
 
     def _interior(self, first: Tensor) -> Tensor:
-        """The mouth-interior map (..., 1) in [0, 1] from `first_layer` outputs (the last one)."""
-        return first[..., -1:].clamp(0.0, 1.0)
+        """The mouth-interior map (..., 1) in [0, 1] from `first_layer` outputs (last, or last but
+        the teeth)."""
+        index = first.shape[-1] - (2 if self.mouth_teeth else 1)
+        return first[..., index : index + 1].clamp(0.0, 1.0)
 
     def forward(self, plane_features: Tensor, feature_channels: int | None = None) -> Tensor:
         """Mean plane features (..., C) → (..., 1 + F'): raw σ then features in [-0.001, 1.001]
@@ -224,7 +233,11 @@ class TriPlaneDecoder(nn.Module):
         if not self.mouth_interior:
             return colour
         k = self._interior(first)
-        return colour * (1 - k) + k * self.interior_rgb.to(colour.dtype)
+        colour = colour * (1 - k) + k * self.interior_rgb.to(colour.dtype)
+        if self.mouth_teeth:  # τ of the interior's share shows the teeth instead
+            teeth = torch.minimum(first[..., -1:].clamp(0.0, 1.0), k)
+            colour = colour + teeth * (self.teeth_rgb - self.interior_rgb).to(colour.dtype)
+        return colour
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -397,6 +410,7 @@ class VolumeRenderer(nn.Module):
         colour_scale: float = 1.0,
         gate: bool = False,
         mouth_interior: bool = False,
+        mouth_teeth: bool = False,
     ) -> None:
         """``channels``: of the planes the decoder reads (default ``plane.channels``; the network passes
         ``ModelConfig.plane_channels``, whose channels after ``plane.channels`` are the lifted source
@@ -413,6 +427,7 @@ class VolumeRenderer(nn.Module):
             colour_scale=colour_scale,
             gate=gate,
             mouth_interior=mouth_interior,
+            mouth_teeth=mouth_teeth,
         )
         # Performance knobs only (never change results): rays per compositing chunk, points per
         # decoder call.

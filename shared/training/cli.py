@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> None:
 def _mouth_interior(args: argparse.Namespace) -> None:
     from shared.model.checkpoint import with_mouth_interior
 
-    version = with_mouth_interior(args.checkpoint, args.out, enabled=not args.off)
+    version = with_mouth_interior(args.checkpoint, args.out, enabled=not args.off, teeth=args.teeth)
     print(json.dumps({"model_version": version, "checkpoint": args.out}))
 
 
@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     mouth.add_argument("--checkpoint", required=True)
     mouth.add_argument("--out", required=True)
     mouth.add_argument("--off", action="store_true")
+    mouth.add_argument("--teeth", action="store_true", help="with the upper teeth's band (mouth_teeth)")
     mouth.set_defaults(func=_mouth_interior)
 
     ben = sub.add_parser("bench", help="training it/s + evaluation PSNRs; JSON last line")

@@ -189,7 +189,9 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
         return dataclasses.replace(
             config,
             appearance=dataclasses.replace(config.appearance, enabled=False),
-            expression=dataclasses.replace(config.expression, colour_gate=False, mouth_interior=False),
+            expression=dataclasses.replace(
+                config.expression, colour_gate=False, mouth_interior=False, mouth_teeth=False
+            ),
             renderer=dataclasses.replace(
                 config.renderer, source_colour_blend=False, surface_colour_resolution=0
             ),

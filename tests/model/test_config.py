@@ -125,7 +125,9 @@ def test_fields_added_later_leave_older_configs_hash_unchanged() -> None:
     off = dataclasses.replace(
         cfg,
         renderer=dataclasses.replace(cfg.renderer, source_colour_blend=False, surface_colour_resolution=0),
-        expression=dataclasses.replace(cfg.expression, colour_gate=False, mouth_interior=False),
+        expression=dataclasses.replace(
+            cfg.expression, colour_gate=False, mouth_interior=False, mouth_teeth=False
+        ),
     )
     on = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, source_colour_blend=True))
     assert ("renderer", "source_colour_blend") in LATER_FIELDS

@@ -83,8 +83,11 @@ def test_map_of_the_3dmm_follows_the_jaw_and_stays_in_its_cavity() -> None:
     assert (change[marked] >= 0.5).all()  # cavity-border pixels: half moved, half not
 
 
-def test_open_mouth_renders_the_interior_colour_and_serving_agrees() -> None:
-    network = make_network(mouth_micro_config())
+@pytest.mark.parametrize("teeth", [False, True])
+def test_open_mouth_renders_the_interior_colour_and_serving_agrees(teeth: bool) -> None:
+    config = mouth_micro_config()
+    config = dataclasses.replace(config, expression=dataclasses.replace(config.expression, mouth_teeth=teeth))
+    network = make_network(config)
     batch = make_batch(network.config, batch=2)
     batch.expression_render = face_with_mouth(network.config.image_size, 2, mouth=True)
     with torch.no_grad():
@@ -95,6 +98,7 @@ def test_open_mouth_renders_the_interior_colour_and_serving_agrees() -> None:
         frames = network.animate(avatar, batch.expression_render, batch.target_camera)
     centre = (slice(None), slice(None), slice(6, 10), slice(6, 10))
     assert out.final.blend is not None and out.final.blend[centre].min() > 0.99
+    # With teeth only the mouth's top rows change: the centre still shows the interior.
     expected = torch.tensor(MOUTH_INTERIOR_RGB).view(1, 3, 1, 1) * 2 - 1
     torch.testing.assert_close(
         out.final.rgb[centre], expected.expand_as(out.final.rgb[centre]), atol=0.02, rtol=0
@@ -146,3 +150,59 @@ def test_with_mouth_interior_re_exports_the_same_weights_as_a_new_version(tmp_pa
     for name, tensor in network.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
     assert with_mouth_interior(tmp_path / "mouth.pt", tmp_path / "back.pt", enabled=False) == version
+    with_mouth_interior(source, tmp_path / "teeth.pt", teeth=True)
+    assert load_checkpoint(tmp_path / "teeth.pt").config.mouth_teeth
+
+
+def test_teeth_map_is_the_top_band_of_each_column_of_the_mouth() -> None:
+    from shared.model.expression import TEETH_HEIGHT, mouth_teeth_map
+
+    interior = torch.zeros(1, 1, 128, 128)
+    interior[0, 0, 60:70, 50:60] = 1.0
+    interior[0, 0, 64:70, 70:72] = 0.8  # a shallower column starts lower
+    teeth = mouth_teeth_map(interior)
+    rows = int(TEETH_HEIGHT * 128)  # 3 rows at 128²
+    assert torch.equal(teeth[0, 0, 60 : 60 + rows, 50:60], torch.ones(rows, 10))
+    assert teeth[0, 0, 60 + rows :, 50:60].max() == 0 and teeth[0, 0, :60].max() == 0
+    assert teeth[0, 0, 64, 70].item() == pytest.approx(0.8) and teeth[0, 0, 64 + rows, 70] == 0
+    assert (teeth <= interior).all()
+
+
+def test_teeth_config_and_decoder_colours() -> None:
+    from shared.model.renderer import MOUTH_TEETH_RGB
+
+    cfg = mouth_micro_config()
+    teeth_cfg = dataclasses.replace(cfg, expression=dataclasses.replace(cfg.expression, mouth_teeth=True))
+    assert teeth_cfg.plane_channels == cfg.plane_channels + 1 and teeth_cfg.mouth_channels == 2
+    assert teeth_cfg.mouth_channel == teeth_cfg.plane_channels - 2
+    with pytest.raises(ConfigError, match="mouth_teeth"):
+        dataclasses.replace(
+            cfg, expression=dataclasses.replace(cfg.expression, mouth_interior=False, mouth_teeth=True)
+        )
+    decoder = make_network(teeth_cfg).renderer.decoder
+    hidden = decoder.hidden
+    first = torch.zeros(4, hidden + 5)
+    first[:, hidden : hidden + 3] = 0.5  # the lifted colour
+    first[:, -2:] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 0.9]])  # (k, τ)
+    colour = decoder.surface_colour(first)
+    interior, teeth = torch.tensor(MOUTH_INTERIOR_RGB), torch.tensor(MOUTH_TEETH_RGB)
+    torch.testing.assert_close(colour[0], torch.full((3,), 0.5))
+    torch.testing.assert_close(colour[1], interior)
+    torch.testing.assert_close(colour[2], teeth)
+    torch.testing.assert_close(colour[3], 0.5 * torch.full((3,), 0.5) + 0.5 * teeth)  # τ capped at k
+
+
+def test_teeth_of_the_3dmm_sit_under_the_upper_lip() -> None:
+    from shared.model.expression import mouth_teeth_map
+
+    model = load_procedural_model()
+    beta = torch.zeros(1, model.num_expression)
+    beta[0, 0] = 0.9
+    interior = mouth_interior_map(
+        render_expression(model, torch.zeros(1, model.num_identity), beta, 128, supersample=2)
+    )
+    teeth = mouth_teeth_map(interior)
+    assert 0 < teeth.sum() < 0.6 * interior.sum()
+    rows = torch.nonzero(teeth[0, 0] > 0.5)[:, 0]
+    mouth_rows = torch.nonzero(interior[0, 0] > 0.5)[:, 0]
+    assert rows.float().mean() < mouth_rows.float().mean()  # the band is the mouth's upper part

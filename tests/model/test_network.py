@@ -47,13 +47,13 @@ def test_tiny_profile_forward_shapes_and_checkpoint_budget() -> None:
     assert out.full is not None and out.full.shape == (1, 3, 64, 64)
     assert out.superres is not None and out.superres.shape == (1, 3, 128, 128)
     # T_c and T_e are 64²; T_p's 128² colour plane makes the sum the decoder reads 128². 16 feature
-    # channels, 4 of lifted colour (T_p only), 1 of the mouth-interior map (T_e only).
-    assert out.canonical_planes.shape == (1, 3, 21, 64, 64)  # zero in the colour and mouth channels
+    # channels, 4 of lifted colour (T_p only), 2 of the mouth-interior map and its teeth (T_e only).
+    assert out.canonical_planes.shape == (1, 3, 22, 64, 64)  # zero in the colour and mouth channels
     assert out.canonical_planes[:, :, 16:].abs().max() == 0
-    assert out.appearance_planes is not None and out.appearance_planes.shape == (1, 3, 21, 128, 128)
+    assert out.appearance_planes is not None and out.appearance_planes.shape == (1, 3, 22, 128, 128)
     assert out.appearance_planes[:, :, 20].abs().max() == 0
-    assert out.expression_planes is not None and out.expression_planes.shape == (1, 3, 21, 64, 64)
-    assert out.planes.shape == (1, 3, 21, 128, 128)
+    assert out.expression_planes is not None and out.expression_planes.shape == (1, 3, 22, 64, 64)
+    assert out.planes.shape == (1, 3, 22, 128, 128)
 
 
 def test_paper_profile_plane_heads_have_the_papers_shapes() -> None:
