@@ -386,8 +386,8 @@ def tiny_config() -> ModelConfig:
     `tiny_superres_config` (narrow 1/16) with a 64² input and 32-d styles instead of 64, residual on
     the upsampled render (``SuperResConfig.residual``: the plain SR lost to its own input). T_e
     carries the mouth-interior map with its teeth band (``ExpressionConfig.mouth_interior`` and
-    ``mouth_teeth``); the source-colour gate is
-    off (train ``--variant colour_gate`` for it). This is the shipped checkpoint's config.
+    ``mouth_teeth``); the source-colour gate is off (train ``--variant colour_gate`` for it). This is
+    the shipped checkpoint's config.
     """
     encoder = EncoderConfig(
         hidden_sizes=(16, 32, 64, 128), num_attention_heads=(1, 2, 4, 8), decoder_hidden_size=64

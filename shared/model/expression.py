@@ -26,7 +26,7 @@ the 3DMM's inner-mouth strip with its cavity shading (vertex shading 0.2), darke
 (shape shading, shared/face/render.py: lit skin ≥ 2·0.72·0.3 − 1 = −0.568, the cavity ≤ −0.70 where
 visible). `mouth_interior_map` marks such pixels that have lit skin on all four sides (the silhouette's
 anti-aliased rim has background on one side), smoothed over a texel, warped into the XY plane like the
-gate and stored as T_e's last channel; the decoder shows ``MOUTH_INTERIOR_RGB`` there
+gate and stored as a channel of T_e's own after the gate's; the decoder shows ``MOUTH_INTERIOR_RGB`` there
 (renderer.TriPlaneDecoder). Nostrils (vertex shading 0.37) are partly marked too: they are dark.
 With ``mouth_teeth``, `mouth_teeth_map` marks the top ``TEETH_HEIGHT`` of each column of the open
 mouth (the upper teeth, what an open mouth mostly shows below the upper lip) as a second channel, and
@@ -56,6 +56,8 @@ from shared.model.triplane import NUM_PLANES, cell_centres, pad_channels
 # (shape shading's darkest lit skin is −0.568); a pixel is interior from INTERIOR_RAMP below it.
 LIT_SKIN_FLOOR = -0.58
 INTERIOR_RAMP = 0.08
+# Above this an I_exp pixel is covered by the mesh (the background is −1).
+COVERED_FLOOR = -0.97
 # Height of the upper teeth's band below the upper lip, as a fraction of I_exp's height (3.2 px at
 # 128²; the procedural head's mouth is ~10 px tall at jaw_open 0.9 there).
 TEETH_HEIGHT = 0.025
@@ -78,7 +80,7 @@ def mouth_interior_map(expression_render: Tensor) -> Tensor:
     enclosed = torch.ones_like(skin)
     for dim in (-1, -2):
         enclosed = enclosed * seen_before(skin, dim) * seen_before(skin.flip(dim), dim).flip(dim)
-    dark = ((LIT_SKIN_FLOOR - value) / INTERIOR_RAMP).clamp(0.0, 1.0) * (value > -0.97).float()
+    dark = ((LIT_SKIN_FLOOR - value) / INTERIOR_RAMP).clamp(0.0, 1.0) * (value > COVERED_FLOOR).float()
     return (dark * enclosed).unsqueeze(1)
 
 
@@ -148,7 +150,7 @@ class ExpressionBranch(nn.Module):
         the mouth it would have to draw."""
         features = self.encoder(expression_render)
         planes = self.embedding2plane(features)
-        xy_maps: list[Tensor] = []  # (B, 1, R, R) each: XY-plane-only channels after the features
+        xy_maps: list[Tensor] = []  # (B, K, R, R) each: XY-plane-only channels after the features
         trained_gate = None
         if self.gate is not None:
             gate = self.to_plane(torch.sigmoid(self.gate(features.detach())))

@@ -109,9 +109,9 @@ class TriPlaneDecoder(nn.Module):
         self.gate = gate
         if gate and not self.blend:
             raise ValueError("the source-colour gate needs the source-colour blend")
-        # The mouth-interior map (expression.py) is the planes' last channel, after the gate: where it
-        # is 1 the ray shows MOUTH_INTERIOR_RGB (m → 1, the lifted colour → that colour). Not an
-        # MLP input either.
+        # The mouth-interior map (expression.py) is the planes' last channel (last but the teeth's),
+        # after the gate: where it is 1 the ray shows MOUTH_INTERIOR_RGB (m → 1, the lifted colour →
+        # that colour). Not an MLP input either.
         self.mouth_interior = mouth_interior
         if mouth_interior and not self.blend:
             raise ValueError("the mouth-interior map needs the source-colour blend")
