@@ -47,7 +47,8 @@ from shared.face.smoothing import GroupSmoother, OneEuroState, SmoothingConfig
 from shared.model import cameras
 
 # Expression coefficients whose zero is a closed mouth (MotionRetargeter's ``opening``): in relative
-# mode the output's mouth opens as far as the driver's.
+# mode the output's mouth opens by as much as the driver's opens beyond its own rest (and at least as
+# far as the driver's).
 MOUTH_OPENING_EXPRESSIONS = ("jaw_open",)
 
 
@@ -410,11 +411,13 @@ class RetargetedFrame:
 
 @dataclass
 class DriverReference:
-    """The driver's first frame with a face (relative mode)."""
+    """The driver's first frame with a face (relative mode), and ``opening_rest``: the least value of
+    each ``opening`` coefficient seen so far (the driver's closed mouth, once it has closed)."""
 
     beta: Tensor
     rotation: Tensor
     translation: Tensor
+    opening_rest: Tensor | None = None
 
 
 class MotionRetargeter:
@@ -427,11 +430,15 @@ class MotionRetargeter:
       pose_out = pose_portrait ∘ (pose_driver0^-1 ∘ pose_t)  (the driver's head motion expressed in
       its own head frame, re-applied to the portrait's head).
       Except the ``opening`` coefficients (the procedural head's ``jaw_open``), whose zero is a
-      closed mouth: there beta_out = max(beta_portrait, s * beta_t), the mouth opens as far as the
-      driver's does. Relative to the first frame, a driver that starts mid-sentence (mouth open)
-      shut the portrait's mouth below its own whenever it opened less than at that frame: on the
-      bench's talking clip the output's mouth followed at r = 0.57 but opened at about half the
-      driver's gap.
+      closed mouth: there beta_out = max(beta_portrait + s * (beta_t - rest_t), s * beta_t), with
+      rest_t the least value the driver has shown up to frame t (its closed mouth, once it has
+      closed: speech closes the mouth every few syllables). The portrait's mouth opens by as much as
+      the driver's opens beyond its rest, and never shuts below the portrait's own.
+      Why: relative to the first frame, a driver that starts mid-sentence (mouth open) shut the
+      portrait's mouth below its own whenever it opened less than at that frame; max(beta_portrait,
+      s * beta_t) alone kept a smiling portrait's mouth (astronaut: jaw_open 0.22) at its own
+      opening for most of a talking clip (its driver: 0.00-0.36, rest 0.00), the output's jaw
+      followed the driver's only at its peaks.
 
     ``reference`` is public state (set it to resume a video in another process).
     Expressions are clamped to the model's bounds when it has them.
@@ -464,6 +471,18 @@ class MotionRetargeter:
             rotation, translation, radius=self.camera_radius, focal=self.focal
         )
 
+    def _opening(self, driver: Tensor, face_found: bool) -> Tensor:
+        """The ``opening`` coefficients of the output (relative mode; see the class docstring)."""
+        assert self.reference is not None
+        ref = self.reference
+        if ref.opening_rest is None:
+            ref.opening_rest = driver.clone()
+        elif face_found:  # a held frame (no face) repeats old values: nothing new about the rest
+            ref.opening_rest = torch.minimum(ref.opening_rest, driver)
+        scale = self.expression_scale
+        portrait = self.portrait.beta[self.opening]
+        return torch.maximum(portrait + scale * (driver - ref.opening_rest), scale * driver)
+
     def retarget(self, frames: list[FrameAnalysis]) -> list[RetargetedFrame]:
         out: list[RetargetedFrame] = []
         for frame in frames:
@@ -482,9 +501,7 @@ class MotionRetargeter:
                 ref = self.reference
                 beta = self.portrait.beta + self.expression_scale * (frame.beta - ref.beta)
                 if self.opening:
-                    beta[self.opening] = torch.maximum(
-                        self.portrait.beta[self.opening], self.expression_scale * frame.beta[self.opening]
-                    )
+                    beta[self.opening] = self._opening(frame.beta[self.opening], frame.face_found)
                 delta = compose_pose(
                     invert_pose(ref.rotation, ref.translation), (frame.rotation, frame.translation)
                 )

@@ -1,3 +1,5 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -132,6 +134,16 @@ def driver_sequence() -> list[np.ndarray]:
     return [frame.numpy() for frame in uv]
 
 
+def expected_openings(portrait_jaw: float, driver_jaws: list[float], scale: float = 1.0) -> list[float]:
+    """MotionRetargeter's rule for an opening coefficient, written out independently:
+    max(portrait + s * (driver - least driver value so far), s * driver), clamped to [0, 1]."""
+    out, rest = [], driver_jaws[0]
+    for value in driver_jaws:
+        rest = min(rest, value)
+        out.append(min(1.0, max(portrait_jaw + scale * (value - rest), scale * value)))
+    return out
+
+
 def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state() -> None:
     portrait = astronaut_portrait()
     driver_frames = analyzer().analyze_landmarks(driver_sequence())
@@ -142,14 +154,17 @@ def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state
     assert torch.allclose(out[0].beta[others], portrait.beta.clamp(0, 1)[others], atol=1e-6)
     assert torch.allclose(out[0].rotation, portrait.rotation, atol=1e-6)
     assert torch.allclose(out[0].camera, portrait.camera, atol=1e-5)
-    # The mouth opens as far as the driver's (never less than the portrait's own), the other
-    # expressions and the head turn by the driver's change since its first frame.
-    for frame, result in ((driver_frames[0], out[0]), (driver_frames[-1], out[-1])):
-        assert result.beta[jaw].item() == pytest.approx(
-            min(1.0, max(portrait.beta[jaw].item(), frame.beta[jaw].item())), abs=1e-5
-        )
-    assert (driver_frames[-1].beta[jaw] - driver_frames[0].beta[jaw]).item() > 0.3
-    assert out[-1].beta[jaw] > out[0].beta[jaw] + 0.3
+    # The mouth opens by as much as the driver's opens beyond its rest (the least it has shown so
+    # far; never less than the portrait's own or the driver's), the other expressions and the head
+    # turn by the driver's change since its first frame.
+    driver_jaws = [frame.beta[jaw].item() for frame in driver_frames]
+    expected = expected_openings(portrait.beta[jaw].item(), driver_jaws)
+    assert [result.beta[jaw].item() for result in out] == pytest.approx(expected, abs=1e-5)
+    assert driver_jaws[-1] - driver_jaws[0] > 0.3
+    # The smiling portrait's mouth (jaw_open 0.22) opens by the driver's whole opening.
+    assert (out[-1].beta[jaw] - out[0].beta[jaw]).item() == pytest.approx(
+        driver_jaws[-1] - min(driver_jaws), abs=1e-5
+    )
     turned = head_pose_angles(out[-1].rotation.double())[0].item() - portrait.head_angles[0]
     driver_turn = (
         head_pose_angles(driver_frames[-1].rotation.double())[0]
@@ -159,7 +174,7 @@ def test_relative_mode_maps_the_drivers_neutral_start_to_the_portraits_own_state
     # Expression scale halves the transferred expression change.
     half = analyzer().retargeter(portrait, mode="relative", expression_scale=0.5).retarget(driver_frames)
     expected = portrait.beta + 0.5 * (driver_frames[-1].beta - driver_frames[0].beta)
-    expected[jaw] = torch.maximum(portrait.beta[jaw], 0.5 * driver_frames[-1].beta[jaw])
+    expected[jaw] = expected_openings(portrait.beta[jaw].item(), driver_jaws, scale=0.5)[-1]
     assert torch.allclose(half[-1].beta, expected.clamp(0, 1), atol=1e-6)
 
 
@@ -172,13 +187,23 @@ def test_relative_mode_opens_the_mouth_with_a_driver_that_starts_mid_sentence() 
     opened = max(frames, key=lambda f: f.beta[jaw].item())
     closed = min(frames, key=lambda f: f.beta[jaw].item())
     sentence = [opened, closed, opened]  # starts open, closes, opens again
-    out = analyzer().retargeter(portrait, mode="relative").retarget(sentence)
+    retargeter = analyzer().retargeter(portrait, mode="relative")
+    # Two chunks: the driver's rest carries over (the worker retargets chunk by chunk).
+    out = retargeter.retarget(sentence[:2]) + retargeter.retarget(sentence[2:])
     portrait_jaw = portrait.beta[jaw].item()
-    assert out[1].beta[jaw].item() == pytest.approx(max(portrait_jaw, closed.beta[jaw].item()), abs=1e-5)
-    assert out[0].beta[jaw].item() == pytest.approx(
-        min(1.0, max(portrait_jaw, opened.beta[jaw].item())), abs=1e-5
-    )
-    assert out[0].beta[jaw] > out[1].beta[jaw] + 0.3 and torch.equal(out[0].beta, out[2].beta)
+    open_jaw, closed_jaw = opened.beta[jaw].item(), closed.beta[jaw].item()
+    # Before the driver has closed its mouth: as far as the driver's, never below the portrait's.
+    assert out[0].beta[jaw].item() == pytest.approx(min(1.0, max(portrait_jaw, open_jaw)), abs=1e-5)
+    assert out[1].beta[jaw].item() == pytest.approx(max(portrait_jaw, closed_jaw), abs=1e-5)
+    # Once it has: the portrait's mouth opens by the driver's whole opening.
+    assert out[2].beta[jaw].item() == pytest.approx(min(1.0, portrait_jaw + open_jaw - closed_jaw), abs=1e-5)
+    assert out[2].beta[jaw] > out[1].beta[jaw] + 0.3
+    others = [k for k in range(model().num_expression) if k != jaw]
+    assert torch.equal(out[0].beta[others], out[2].beta[others])
+    # A frame without a face (held values) tells nothing about the rest.
+    held = dataclasses.replace(closed, face_found=False)
+    again = analyzer().retargeter(portrait, mode="relative").retarget([opened, held, opened])
+    assert again[2].beta[jaw].item() == pytest.approx(again[0].beta[jaw].item(), abs=1e-6)
     # Bodies without a jaw coefficient (BFM) keep the plain relative rule.
     plain = MotionRetargeter(portrait, mode="relative").retarget(sentence)
     assert plain[1].beta[jaw].item() == pytest.approx(
