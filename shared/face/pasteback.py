@@ -11,9 +11,11 @@ rendered frame into such a portrait frame:
    it (a turned or lowered head uncovers it). The head region — the model's own opacity rendered
    at the portrait's pose (one extra ``animate`` call per job), warped into the frame and dilated,
    united with a portrait matte restricted to the crop (and to the rows above the chin when the
-   caller gives ``body_row``: the neck and shoulders stay) when the face stack provides one — is
-   inpainted once (``cv2.inpaint`` at reduced resolution, upsampled), and the plate fades into
-   the portrait over a feathered seam.
+   caller gives ``body_row``: the neck and shoulders stay; below the jaw only next to the rendered
+   head: a collar beside the chin stays) when the face stack provides one — is inpainted once
+   (``cv2.inpaint`` at reduced resolution, upsampled; with a matte from the background's pixels
+   only, fading into the body's colours under the chin), and the plate fades into the portrait
+   over a feathered seam.
 3. **Per frame**: the render and its opacity go through the inverse of the crop alignment into the
    frame; the opacity is faded to zero near the crop's border (the render ends there) and the
    head is composited with the "over" operator. The render is *premultiplied* (the network
@@ -39,6 +41,9 @@ from shared.face.align import (
     resized_matrix,
 )
 
+# The least share of the (reduced) frame a fill's sources must cover for the matte-aware fills.
+MIN_SOURCE_SHARE = 0.01
+
 
 @dataclass(frozen=True)
 class PasteBackConfig:
@@ -51,6 +56,10 @@ class PasteBackConfig:
     seam: float = 0.03  # clean plate faded into the portrait over this fraction of the crop's side
     crop_feather: float = 0.06  # opacity faded to 0 over this fraction of the render at its border
     inpaint_side: int = 160  # long side at which the head region is inpainted
+    # With a matte and ``body_row``: the hole takes the body's colours (extended upwards from below
+    # ``body_row``) in this band above it, fading to the background's above it (fraction of the
+    # crop's side; the chin is BODY_MARGIN = 0.04 above the row, the jaw's corners ~0.15).
+    neck_band: float = 0.16
 
     def __post_init__(self) -> None:
         if self.max_side < 16:
@@ -148,7 +157,9 @@ class PasteBack:
             portrait, (self.width, self.height), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA
         )
         self.head_mask = self._head_region(head_alpha, crop_matte, source_matte, body_row)
-        self.plate = self._clean_plate(resized, self.head_mask)
+        person = self._person(crop_matte, source_matte)
+        body = self._body_weight(person, body_row) if person is not None else None
+        self.plate = self._clean_plate(resized, self.head_mask, person, body)
         self._plate_uint8 = np.rint(self.plate * 255.0).astype(np.uint8)
 
     # --- geometry ------------------------------------------------------------------------------------
@@ -223,32 +234,87 @@ class PasteBack:
             above = (np.arange(size, dtype=np.float32)[:, None] <= body_row).astype(np.float32)
             above = np.ascontiguousarray(np.broadcast_to(above, (size, size)))
             head_zone = self._to_full(self._warp_to_roi(above, size)) > 0.5
+        radius = int(round(self.config.dilate * self.crop_side))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        matte_zone = head_zone
         if head_alpha is not None:
             head = np.asarray(head_alpha, dtype=np.float32).squeeze()
             if head.ndim != 2 or head.shape[0] != head.shape[1]:
                 raise ValueError(f"head_alpha must be a square (A, A) image, got {np.shape(head_alpha)}")
             warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(head), head.shape[0]))
-            region = np.maximum(
-                region, ((warped > self.config.head_threshold) & head_zone).astype(np.float32)
-            )
+            rendered = (warped > self.config.head_threshold) & head_zone
+            region = np.maximum(region, rendered.astype(np.float32))
+            if body_row is not None:
+                # Below the jaw the matte is the body as much as the head (a collar, a helmet ring, a
+                # shirt reaching up beside the chin): there it counts only next to the rendered head.
+                size = self.crop.size
+                jaw_row = body_row - self.config.neck_band * size
+                rows = np.arange(size, dtype=np.float32)[:, None]
+                above_jaw = np.ascontiguousarray(
+                    np.broadcast_to((rows <= jaw_row).astype(np.float32), (size, size))
+                )
+                above_jaw_full = self._to_full(self._warp_to_roi(above_jaw, size)) > 0.5
+                near_head = cv2.dilate(rendered.astype(np.uint8), kernel) > 0 if radius > 0 else rendered
+                matte_zone = head_zone & (above_jaw_full | near_head)
         if crop_matte is not None:
             matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
             warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
-            region = np.maximum(region, ((warped > 0.5) & head_zone).astype(np.float32))
+            region = np.maximum(region, ((warped > 0.5) & matte_zone).astype(np.float32))
         if source_matte is not None:
             matte = np.asarray(source_matte, dtype=np.float32).squeeze()
             if matte.shape != tuple(self.crop.source_shape):
                 raise ValueError(f"source_matte must be {self.crop.source_shape}, got {matte.shape}")
             resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            region = np.maximum(region, ((resized > 0.5) & head_zone).astype(np.float32))
-        radius = int(round(self.config.dilate * self.crop_side))
+            region = np.maximum(region, ((resized > 0.5) & matte_zone).astype(np.float32))
         if radius > 0 and region.any():
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
             region = cv2.dilate(region, kernel)
         return region
 
-    def _clean_plate(self, portrait: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """(H', W', 3) float32 in [0, 1]: the portrait with the head region inpainted, seams feathered."""
+    def _person(self, crop_matte: np.ndarray | None, source_matte: np.ndarray | None) -> np.ndarray | None:
+        """(H', W') float32 in {0, 1}: the person (matte > 0.5) in output pixels, or None."""
+        if source_matte is not None:
+            matte = np.asarray(source_matte, dtype=np.float32).squeeze()
+            resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            return (resized > 0.5).astype(np.float32)
+        if crop_matte is not None:
+            matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
+            warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
+            return (warped > 0.5).astype(np.float32)
+        return None
+
+    def _body_weight(self, person: np.ndarray, body_row: float | None) -> np.ndarray | None:
+        """(H', W') float32 in [0, 1]: how much of the hole's fill is the body's rather than the
+        background's. In the crop's framing: 1 at ``body_row``, fading to 0 ``neck_band`` above it,
+        only in the columns where the person continues below the row (the neck and collar; beside
+        them the shoulders' background shows). None without ``body_row``."""
+        if body_row is None or self._footprint.size == 0:
+            return None
+        size = self.crop.size
+        band = max(1.0, self.config.neck_band * size)
+        rows = np.arange(size, dtype=np.float32)[:, None]
+        ramp = np.clip((rows - (body_row - band)) / band, 0.0, 1.0)
+        # The person in the crop's framing, read a little below the row.
+        grid_from_output = invert_affine(self.crop_to_output)
+        in_crop = cv2.warpAffine(person, grid_from_output, (size, size), flags=cv2.INTER_NEAREST)
+        probe = int(np.clip(round(body_row + 0.02 * size), 0, size - 1))
+        columns = in_crop[probe : min(size, probe + max(1, round(0.02 * size)))].max(axis=0)
+        columns = cv2.GaussianBlur(columns[None].astype(np.float32), (0, 0), sigmaX=max(1.0, 0.02 * size))[0]
+        weight = np.ascontiguousarray(ramp * columns[None, :], dtype=np.float32)
+        return self._to_full(self._warp_to_roi(weight, size))
+
+    def _clean_plate(
+        self,
+        portrait: np.ndarray,
+        region: np.ndarray,
+        person: np.ndarray | None = None,
+        body: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(H', W', 3) float32 in [0, 1]: the portrait with the head region inpainted, seams feathered.
+
+        Without a matte the hole is filled from whatever surrounds it. With one it is filled from
+        the background only (the person's pixels are not sources: the collar under the chin smeared
+        into a dark band beside the neck), and with ``body`` (`_body_weight`) its lower part from the
+        body below instead (the neck continues down into the collar)."""
         base = portrait.astype(np.float32) / 255.0
         if not region.any():
             return base
@@ -258,6 +324,21 @@ class PasteBack:
         small_mask = (cv2.resize(region, small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
         radius = max(3, int(round(0.05 * max(small_size))))
         filled = cv2.inpaint(small, small_mask, radius, cv2.INPAINT_TELEA)
+        if person is not None:
+            small_person = (cv2.resize(person, small_size, interpolation=cv2.INTER_AREA) > 0.5).astype(
+                np.uint8
+            )
+            known_background = (small_mask == 0) & (small_person == 0)
+            known_body = (small_mask == 0) & (small_person > 0)
+            # Too little background to fill from (a portrait filled by its person): keep the plain fill.
+            if known_background.mean() >= MIN_SOURCE_SHARE:
+                filled = cv2.inpaint(small, (~known_background).astype(np.uint8), radius, cv2.INPAINT_TELEA)
+            if body is not None and known_body.mean() >= MIN_SOURCE_SHARE:
+                from_body = cv2.inpaint(small, (~known_body).astype(np.uint8), radius, cv2.INPAINT_TELEA)
+                weight = cv2.resize(body, small_size, interpolation=cv2.INTER_AREA)[..., None]
+                mixed = filled.astype(np.float32) * (1.0 - weight) + from_body.astype(np.float32) * weight
+                filled = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+            filled = np.where(small_mask[..., None] > 0, filled, small)
         # Telea leaves streaks across a large hole; a blur inside the hole keeps only its colours.
         blur = max(1, int(round(0.04 * max(small_size)))) * 2 + 1
         smooth = cv2.GaussianBlur(filled, (blur, blur), 0)

@@ -206,3 +206,62 @@ def test_the_body_row_also_bounds_the_renders_own_head_region() -> None:
     alpha = _in_crop_framing(tall, crop, 32)
     assert PasteBack(portrait, crop, alpha).head_mask[y1 + 24 : y1 + 40, x0:x1].min() == 1.0
     assert PasteBack(portrait, crop, alpha, body_row=chin).head_mask[y1 + 24 : y1 + 40, x0:x1].max() == 0.0
+
+
+BLUE = (20, 20, 230)
+
+
+def _collared_portrait() -> tuple[np.ndarray, np.ndarray, AlignedCrop, float]:
+    """The portrait with a wide blue collar under the head and a matte of head + collar; the chin row."""
+    portrait = _portrait()
+    x0, y0, x1, y1 = HEAD
+    portrait[y1 : y1 + 60, x0 - 40 : x1 + 40] = BLUE
+    crop = _crop(portrait)
+    matte = _head_mask()
+    matte[y1 : y1 + 60, x0 - 40 : x1 + 40] = 1.0
+    chin = float(crop.to_crop(np.array([[(x0 + x1) / 2, y1 - 1.0]]))[0, 1])
+    return portrait, matte, crop, chin
+
+
+def test_the_hole_is_filled_from_the_background_above_the_neck_and_from_the_body_under_the_chin() -> None:
+    """The person's pixels are not sources of the background fill (the collar under the chin smeared
+    into a dark band beside the neck); just above the body the fill continues the body upwards."""
+    portrait, matte, crop, chin = _collared_portrait()
+    x0, y0, x1, y1 = HEAD
+    paste = PasteBack(portrait, crop, None, source_matte=matte, body_row=chin)
+    (out,) = paste(-np.ones((1, 3, 128, 128), np.float32), np.zeros((1, 1, 32, 32), np.float32))
+    blueness = out[..., 2].astype(np.float32) - out[..., 1].astype(np.float32)
+    background_blueness = BACKGROUND[2] - BACKGROUND[1]
+    # The upper two thirds of the removed head: background colours only.
+    upper = (slice(y0 + 5, y0 + 60), slice(x0 + 5, x1 - 5))
+    assert paste.head_mask[upper].min() == 1.0
+    assert np.abs(blueness[upper] - background_blueness).max() < 12.0
+    # Right above the collar, in its columns: mostly the collar's blue.
+    neck = (slice(y1 - 8, y1 - 2), slice(x0 + 20, x1 - 20))
+    assert paste.head_mask[neck].min() == 1.0
+    assert blueness[neck].mean() > 0.6 * (BLUE[2] - BLUE[1])
+
+
+def test_a_collar_beside_the_chin_stays_when_the_render_is_narrower() -> None:
+    """Below the jaw the matte (head and body alike) counts only next to the rendered head: a helmet
+    ring or a collar reaching up beside the chin is not inpainted away."""
+    portrait, matte, crop, chin = _collared_portrait()
+    x0, y0, x1, y1 = HEAD
+    ring = (slice(y1 - 25, y1 - 5), slice(x0 - 40, x0 - 25))  # beside the chin, left of the head
+    portrait[ring] = BLUE
+    matte[ring] = 1.0
+    alpha = _in_crop_framing(_head_mask(), crop, 32)
+    paste = PasteBack(portrait, crop, alpha, source_matte=matte, body_row=chin)
+    assert paste.head_mask[ring].max() == 0.0
+    (out,) = paste(-np.ones((1, 3, 128, 128), np.float32), np.zeros((1, 1, 32, 32), np.float32))
+    np.testing.assert_array_equal(out[ring], portrait[ring])
+    # Without the render's opacity nothing tells head from body there: the whole matte is removed.
+    assert PasteBack(portrait, crop, None, source_matte=matte, body_row=chin).head_mask[ring].mean() > 0.9
+
+
+def test_a_portrait_filled_by_its_person_still_gets_a_plate() -> None:
+    portrait, _, crop, chin = _collared_portrait()
+    everything = np.ones((HEIGHT, WIDTH), np.float32)
+    paste = PasteBack(portrait, crop, None, source_matte=everything, body_row=chin)
+    (out,) = paste(-np.ones((1, 3, 128, 128), np.float32), np.zeros((1, 1, 32, 32), np.float32))
+    assert out.shape == (*paste.shape, 3) and np.isfinite(paste.plate).all()
