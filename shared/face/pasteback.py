@@ -156,8 +156,11 @@ class PasteBack:
         resized = cv2.resize(
             portrait, (self.width, self.height), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA
         )
-        self.head_mask = self._head_region(head_alpha, crop_matte, source_matte, body_row)
-        person = self._person(crop_matte, source_matte)
+        mattes = self._matte_maps(crop_matte, source_matte)
+        self.head_mask = self._head_region(head_alpha, mattes, body_row)
+        # The person for the fill's sources: the whole portrait's matte when given (the crop's ends
+        # at the crop), else the crop's.
+        person = mattes[-1].astype(np.float32) if mattes else None
         body = self._body_weight(person, body_row) if person is not None else None
         self.plate = self._clean_plate(resized, self.head_mask, person, body)
         self._plate_uint8 = np.rint(self.plate * 255.0).astype(np.uint8)
@@ -214,12 +217,23 @@ class PasteBack:
         return full
 
     # --- once per job --------------------------------------------------------------------------------
+    def _matte_maps(self, crop_matte: np.ndarray | None, source_matte: np.ndarray | None) -> list[np.ndarray]:
+        """The given mattes as (H', W') bool maps of the person (matte > 0.5) in output pixels."""
+        maps = []
+        if crop_matte is not None:
+            matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
+            warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
+            maps.append(warped > 0.5)
+        if source_matte is not None:
+            matte = np.asarray(source_matte, dtype=np.float32).squeeze()
+            if matte.shape != tuple(self.crop.source_shape):
+                raise ValueError(f"source_matte must be {self.crop.source_shape}, got {matte.shape}")
+            resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            maps.append(resized > 0.5)
+        return maps
+
     def _head_region(
-        self,
-        head_alpha: np.ndarray | None,
-        crop_matte: np.ndarray | None,
-        source_matte: np.ndarray | None,
-        body_row: float | None = None,
+        self, head_alpha: np.ndarray | None, mattes: list[np.ndarray], body_row: float | None = None
     ) -> np.ndarray:
         """(H', W') float32 in {0, 1}: where the portrait's own head is, to be removed from the plate."""
         region = np.zeros((self.height, self.width), np.float32)
@@ -256,31 +270,11 @@ class PasteBack:
                 above_jaw_full = self._to_full(self._warp_to_roi(above_jaw, size)) > 0.5
                 near_head = cv2.dilate(rendered.astype(np.uint8), kernel) > 0 if radius > 0 else rendered
                 matte_zone = head_zone & (above_jaw_full | near_head)
-        if crop_matte is not None:
-            matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
-            warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
-            region = np.maximum(region, ((warped > 0.5) & matte_zone).astype(np.float32))
-        if source_matte is not None:
-            matte = np.asarray(source_matte, dtype=np.float32).squeeze()
-            if matte.shape != tuple(self.crop.source_shape):
-                raise ValueError(f"source_matte must be {self.crop.source_shape}, got {matte.shape}")
-            resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            region = np.maximum(region, ((resized > 0.5) & matte_zone).astype(np.float32))
+        for person in mattes:
+            region = np.maximum(region, (person & matte_zone).astype(np.float32))
         if radius > 0 and region.any():
             region = cv2.dilate(region, kernel)
         return region
-
-    def _person(self, crop_matte: np.ndarray | None, source_matte: np.ndarray | None) -> np.ndarray | None:
-        """(H', W') float32 in {0, 1}: the person (matte > 0.5) in output pixels, or None."""
-        if source_matte is not None:
-            matte = np.asarray(source_matte, dtype=np.float32).squeeze()
-            resized = cv2.resize(matte, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            return (resized > 0.5).astype(np.float32)
-        if crop_matte is not None:
-            matte = np.asarray(crop_matte, dtype=np.float32).squeeze()
-            warped = self._to_full(self._warp_to_roi(np.ascontiguousarray(matte), matte.shape[0]))
-            return (warped > 0.5).astype(np.float32)
-        return None
 
     def _body_weight(self, person: np.ndarray, body_row: float | None) -> np.ndarray | None:
         """(H', W') float32 in [0, 1]: how much of the hole's fill is the body's rather than the
@@ -323,16 +317,17 @@ class PasteBack:
         small = cv2.resize(portrait, small_size, interpolation=cv2.INTER_AREA)
         small_mask = (cv2.resize(region, small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
         radius = max(3, int(round(0.05 * max(small_size))))
-        filled = cv2.inpaint(small, small_mask, radius, cv2.INPAINT_TELEA)
+        # The fill's sources: everything outside the hole, or with a matte the background only
+        # (unless there is too little of it: a portrait filled by its person keeps the plain fill).
+        sources = small_mask == 0
         if person is not None:
-            small_person = (cv2.resize(person, small_size, interpolation=cv2.INTER_AREA) > 0.5).astype(
-                np.uint8
-            )
-            known_background = (small_mask == 0) & (small_person == 0)
-            known_body = (small_mask == 0) & (small_person > 0)
-            # Too little background to fill from (a portrait filled by its person): keep the plain fill.
+            small_person = cv2.resize(person, small_size, interpolation=cv2.INTER_AREA) > 0.5
+            known_background = sources & ~small_person
+            known_body = sources & small_person
             if known_background.mean() >= MIN_SOURCE_SHARE:
-                filled = cv2.inpaint(small, (~known_background).astype(np.uint8), radius, cv2.INPAINT_TELEA)
+                sources = known_background
+        filled = cv2.inpaint(small, (~sources).astype(np.uint8), radius, cv2.INPAINT_TELEA)
+        if person is not None:
             if body is not None and known_body.mean() >= MIN_SOURCE_SHARE:
                 from_body = cv2.inpaint(small, (~known_body).astype(np.uint8), radius, cv2.INPAINT_TELEA)
                 weight = cv2.resize(body, small_size, interpolation=cv2.INTER_AREA)[..., None]
