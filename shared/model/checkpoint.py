@@ -206,3 +206,18 @@ def with_mouth_interior(
     network.load_state_dict(payload["state_dict"], strict=True)
     extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
     return save_checkpoint(network, destination, extra=extra)
+
+
+def with_superres_generator(
+    source: str | os.PathLike[str], destination: str | os.PathLike[str], *, enabled: bool
+) -> str:
+    """Re-export ``source`` with ``SuperResConfig.generator`` set: off, the served frame is the SR's
+    starting image (the render's detail image) and the generator's weights, kept, go unused; every
+    tensor loads strictly. A new model version (``extra.derived_from`` names the source's); returns it."""
+    payload = read_checkpoint(source)
+    config = checkpoint_config(payload)
+    derived = dataclasses.replace(config, superres=dataclasses.replace(config.superres, generator=enabled))
+    network = GOHANetwork(derived)
+    network.load_state_dict(payload["state_dict"], strict=True)
+    extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
+    return save_checkpoint(network, destination, extra=extra)

@@ -89,6 +89,13 @@ def _mouth_interior(args: argparse.Namespace) -> None:
     print(json.dumps({"model_version": version, "checkpoint": args.out}))
 
 
+def _superres_generator(args: argparse.Namespace) -> None:
+    from shared.model.checkpoint import with_superres_generator
+
+    version = with_superres_generator(args.checkpoint, args.out, enabled=args.state == "on")
+    print(json.dumps({"model_version": version, "checkpoint": args.out}))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -189,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--profile", default="tiny")
     train.add_argument("--stage", type=int, choices=(1, 2), default=1)
     train.add_argument(
-        "--variant", default="full", choices=("full", "no_appearance", "linear_expression", "colour_gate")
+        "--variant",
+        default="full",
+        choices=("full", "no_appearance", "linear_expression", "colour_gate", "superres_generator"),
     )
     train.add_argument("--data", required=True, help="folder written by generate-data")
     train.add_argument("--run-dir", required=True, help="state.pt, CSV logs and sample grids go here")
@@ -281,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     mouth.add_argument("--off", action="store_true")
     mouth.add_argument("--teeth", action="store_true", help="with the upper teeth's band (mouth_teeth)")
     mouth.set_defaults(func=_mouth_interior)
+
+    srg = sub.add_parser(
+        "superres-generator",
+        help="re-export a checkpoint with the SR's generator on or off (off: the served frame is the "
+        "render's detail image); same weights",
+    )
+    srg.add_argument("state", choices=("on", "off"))
+    srg.add_argument("--checkpoint", required=True)
+    srg.add_argument("--out", required=True)
+    srg.set_defaults(func=_superres_generator)
 
     ben = sub.add_parser("bench", help="training it/s + evaluation PSNRs; JSON last line")
     ben.add_argument("--profile", default="tiny")

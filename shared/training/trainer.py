@@ -113,7 +113,7 @@ Variant = Literal["full", "no_appearance", "linear_expression"]
 VARIANTS: tuple[str, ...] = ("full", "no_appearance", "linear_expression")
 # What `train --variant` accepts: the ablation's variants, and the profile with the source-colour gate
 # (ExpressionConfig.colour_gate: an experiment that lost on bench-quality, models/README.md).
-TRAIN_VARIANTS: tuple[str, ...] = (*VARIANTS, "colour_gate")
+TRAIN_VARIANTS: tuple[str, ...] = (*VARIANTS, "colour_gate", "superres_generator")
 STATE_FORMAT = "goha-train-state/1"
 CSV_FIELDS = (
     "step", "stage", "kind", "total", "l1", "perceptual", "tv", "alpha", "l1_neutral", "perc_neutral",
@@ -201,6 +201,9 @@ def variant_config(profile: str, variant: str) -> ModelConfig:
         return dataclasses.replace(
             config, expression=dataclasses.replace(config.expression, mode="linear", num_bases=num)
         )
+    if variant == "superres_generator":
+        # The SR's generator on (the tiny profile serves the detail image without it): stage 2 trains it.
+        return dataclasses.replace(config, superres=dataclasses.replace(config.superres, generator=True))
     if variant == "colour_gate":
         return dataclasses.replace(
             config, expression=dataclasses.replace(config.expression, colour_gate=True)
@@ -404,6 +407,13 @@ class Trainer:
             self.network.superres.requires_grad_(False)
             trained: nn.Module = self.network
         elif config.stage == 2:
+            if not model_config.superres.generator:
+                raise TrainingError(
+                    "training.no_superres_generator",
+                    "stage 2 trains the SR's generator, which this config does not run "
+                    "(superres.generator is false: the served frame is the render's detail image); "
+                    "export the stage-1 run instead",
+                )
             self.network.requires_grad_(False)
             self.network.superres.requires_grad_(True)
             trained = self.network.superres

@@ -360,6 +360,62 @@ def test_residual_sr_starts_from_the_base_image_when_given_one() -> None:
         model(low_res, base=torch.zeros(2, 3, out // 2, out // 2))
 
 
+def test_sr_without_its_generator_serves_its_starting_image() -> None:
+    """``generator=False``: the output is the base image (else the upsampled input) exactly, whatever
+    the generator's weights and gain, and the generator is never called."""
+    config = dataclasses.replace(MICRO, residual=True, generator=False)
+    model = make_model(config=config).eval()
+    with torch.no_grad():
+        model.residual_gain.fill_(0.5)
+    calls: list[int] = []
+    model.stylegan_decoder.register_forward_hook(lambda *_: calls.append(1))
+    low_res = low_res_batch(2)
+    base = torch.rand(2, 3, config.out_size, config.out_size) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(low_res, deterministic=True, base=base), base, rtol=0, atol=0)
+        torch.testing.assert_close(model(low_res, deterministic=True), model.upsample_input(low_res))
+    assert calls == []
+    on = make_model(config=dataclasses.replace(config, generator=True)).eval()
+    on.load_state_dict(model.state_dict())  # same weights: only the switch differs
+    with torch.no_grad():
+        assert not torch.allclose(on(low_res, deterministic=True, base=base), base, atol=1e-3)
+
+
+def test_the_tiny_profile_serves_the_detail_image_and_the_paper_one_runs_gfpgan() -> None:
+    from shared.model.config import LATER_FIELDS, paper_config, tiny_config
+
+    assert tiny_config().superres.generator is False
+    assert paper_config().superres.generator is True
+    assert LATER_FIELDS[("superres", "generator")] is True  # older checkpoints keep their versions
+
+
+def test_with_superres_generator_re_exports_the_same_weights_as_a_new_version(tmp_path: Path) -> None:
+    from shared.model.checkpoint import (
+        load_checkpoint,
+        read_checkpoint,
+        save_checkpoint,
+        with_superres_generator,
+    )
+    from shared.model.config import tiny_config
+    from shared.model.network import GOHANetwork
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    network = GOHANetwork(
+        dataclasses.replace(config, superres=dataclasses.replace(config.superres, generator=True))
+    )
+    source = tmp_path / "with.pt"
+    version = save_checkpoint(network, source)
+    derived = with_superres_generator(source, tmp_path / "without.pt", enabled=False)
+    loaded = load_checkpoint(tmp_path / "without.pt")  # verifies its hash
+    assert derived != version and loaded.model_version == derived
+    assert loaded.config.superres.generator is False
+    assert read_checkpoint(tmp_path / "without.pt")["extra"]["derived_from"] == version
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+    assert with_superres_generator(tmp_path / "without.pt", tmp_path / "back.pt", enabled=True) == version
+
+
 def test_only_the_tiny_profile_is_residual() -> None:
     from shared.model.config import paper_config, tiny_config
 

@@ -177,7 +177,7 @@ def test_resume_continues_identically(tiny_data: Path, tmp_path: Path) -> None:
     assert err.value.code == "training.no_state"
     # Stage 2 starts from a stage-1 state and keeps its step counter.
     stage2 = Trainer(
-        _config(stage=2),
+        _config(stage=2, variant="superres_generator"),
         tmp_path / "s2",
         data_root=tiny_data,
         init_checkpoint=first.state_path,
@@ -190,9 +190,22 @@ def test_resume_continues_identically(tiny_data: Path, tmp_path: Path) -> None:
     )
 
 
+def test_stage2_refuses_a_config_whose_superres_generator_is_off(tiny_data: Path, tmp_path: Path) -> None:
+    assert variant_config("tiny", "full").superres.generator is False
+    assert variant_config("tiny", "superres_generator").superres.generator is True
+    with pytest.raises(TrainingError) as err:
+        Trainer(_config(stage=2), tmp_path, data_root=tiny_data, progress=False)
+    assert err.value.code == "training.no_superres_generator"
+
+
 @pytest.mark.slow
 def test_stage2_trains_only_the_superresolution(tiny_data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(_config(stage=2, r1_every=1), tmp_path, data_root=tiny_data, progress=False)
+    trainer = Trainer(
+        _config(stage=2, r1_every=1, variant="superres_generator"),
+        tmp_path,
+        data_root=tiny_data,
+        progress=False,
+    )
     before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
     result = trainer.train_step()
     assert {"l1", "perceptual", "g_gan", "d_loss", "r1"} <= set(result.losses)
@@ -207,7 +220,12 @@ def test_stage2_trains_only_the_superresolution(tiny_data: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_stage2_frozen_parts_stay_in_eval_and_d_sees_one_condition(tiny_data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(_config(stage=2, r1_every=1), tmp_path, data_root=tiny_data, progress=False)
+    trainer = Trainer(
+        _config(stage=2, r1_every=1, variant="superres_generator"),
+        tmp_path,
+        data_root=tiny_data,
+        progress=False,
+    )
     seen: list[torch.Tensor] = []
     discriminator = trainer.ddp_discriminator
     assert discriminator is not None
