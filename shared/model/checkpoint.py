@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -178,6 +178,21 @@ def load_weights(network: GOHANetwork, payload: Mapping[str, Any], *, verify: bo
     network.model_version = payload["model_version"]
 
 
+def re_export(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    derive: Callable[[ModelConfig], ModelConfig],
+) -> str:
+    """Write ``source``'s weights under the config ``derive`` makes of its own, for switches without
+    weights of their own: every tensor loads strictly. The new file is a new model version (its config
+    differs); ``extra.derived_from`` names the source's. Returns the new version."""
+    payload = read_checkpoint(source)
+    network = GOHANetwork(derive(checkpoint_config(payload)))
+    network.load_state_dict(payload["state_dict"], strict=True)
+    extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
+    return save_checkpoint(network, destination, extra=extra)
+
+
 def with_mouth_interior(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -185,39 +200,35 @@ def with_mouth_interior(
     enabled: bool = True,
     teeth: bool = False,
 ) -> str:
-    """Re-export ``source`` with ``ExpressionConfig.mouth_interior`` (and ``mouth_teeth``) set: the map
-    has no weights and the decoder does not read its channels, so every tensor is kept as it is (loaded
-    strictly). The new file is a new model version (its config differs); ``extra.derived_from`` names
-    the source's. Returns the new version."""
-    payload = read_checkpoint(source)
-    config = checkpoint_config(payload)
-    if config.expression.mode != "encoder" or not config.renderer.source_colour_blend:
-        raise CheckpointError(
-            "model.config_mismatch",
-            "the mouth-interior map needs the encoder expression branch and the source-colour blend",
+    """Re-export ``source`` (`re_export`) with ``ExpressionConfig.mouth_interior`` (and ``mouth_teeth``)
+    set: the map has no weights and the decoder does not read its channels."""
+
+    def derive(config: ModelConfig) -> ModelConfig:
+        if config.expression.mode != "encoder" or not config.renderer.source_colour_blend:
+            raise CheckpointError(
+                "model.config_mismatch",
+                "the mouth-interior map needs the encoder expression branch and the source-colour blend",
+            )
+        return dataclasses.replace(
+            config,
+            expression=dataclasses.replace(
+                config.expression, mouth_interior=enabled, mouth_teeth=teeth and enabled
+            ),
         )
-    derived = dataclasses.replace(
-        config,
-        expression=dataclasses.replace(
-            config.expression, mouth_interior=enabled, mouth_teeth=teeth and enabled
-        ),
-    )
-    network = GOHANetwork(derived)
-    network.load_state_dict(payload["state_dict"], strict=True)
-    extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
-    return save_checkpoint(network, destination, extra=extra)
+
+    return re_export(source, destination, derive)
 
 
 def with_superres_generator(
     source: str | os.PathLike[str], destination: str | os.PathLike[str], *, enabled: bool
 ) -> str:
-    """Re-export ``source`` with ``SuperResConfig.generator`` set: off, the served frame is the SR's
-    starting image (the render's detail image) and the generator's weights, kept, go unused; every
-    tensor loads strictly. A new model version (``extra.derived_from`` names the source's); returns it."""
-    payload = read_checkpoint(source)
-    config = checkpoint_config(payload)
-    derived = dataclasses.replace(config, superres=dataclasses.replace(config.superres, generator=enabled))
-    network = GOHANetwork(derived)
-    network.load_state_dict(payload["state_dict"], strict=True)
-    extra = {**payload.get("extra", {}), "derived_from": payload["model_version"]}
-    return save_checkpoint(network, destination, extra=extra)
+    """Re-export ``source`` (`re_export`) with ``SuperResConfig.generator`` set: off, the served frame
+    is the SR's starting image (the render's detail image) and the generator's weights, kept, go
+    unused."""
+    return re_export(
+        source,
+        destination,
+        lambda config: dataclasses.replace(
+            config, superres=dataclasses.replace(config.superres, generator=enabled)
+        ),
+    )

@@ -29,8 +29,8 @@ weights mean what they meant.
 
 **The tiny profile does not run the generator** (``generator=False``): its output is the render's
 detail image itself. Measured on the shipped tiny checkpoint (trained residual gain 0.0098), the
-generator's correction cost everything ``make bench-quality`` reads (same checkpoint, the gain set to
-0 against as trained): served reconstruction 27.20 against 26.94 dB, reenactment 25.45 against 25.11
+generator's correction cost what ``make bench-quality`` reads (the same checkpoint, generator off
+against on): served reconstruction 27.20 against 26.94 dB, reenactment 25.45 against 25.11
 (copying the source 24.26), id_dist 0.415 against 0.45, mouth_corr 0.55 against 0.47, yaw_corr 0.96
 against 0.97. A network this narrow (1/16 of GFPGAN's width) trained for minutes on synthetic heads
 adds texture the detail image does not need; stage 2 (the SR's GAN training) then has nothing to
