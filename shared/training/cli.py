@@ -59,6 +59,7 @@ def _train(args: argparse.Namespace) -> None:
         threads=args.threads,
         opacity_weight=args.opacity_weight,
         gate_weight=args.gate_weight,
+        expression_region_weight=args.expression_region_weight,
         init_partial=args.init_partial,
     )
     trainer = Trainer(
@@ -213,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--opacity-weight", type=float, help="weight of the opacity loss (default 1.0)")
     train.add_argument(
         "--gate-weight", type=float, help="weight of the source-colour gate's loss (default 0.2)"
+    )
+    train.add_argument(
+        "--expression-region-weight",
+        type=float,
+        help="weight of the L1 inside the eyes/brows/mouth region alone (default 0: off)",
     )
     train.add_argument("--export", help="write the platform checkpoint (goha-checkpoint/1) here at the end")
     train.add_argument("--max-steps", type=int, help="absolute step to stop at")

@@ -286,6 +286,28 @@ def opacity_loss(opacity: Tensor, coverage: Tensor) -> Tensor:
     return (opacity - coverage.to(opacity.dtype)).abs().mean()
 
 
+def region_l1_loss(pred: Tensor, target: Tensor, region: Tensor) -> Tensor:
+    """Mean |pred − target| over a soft region (B, 1, S, S) in [0, 1], area-downsampled to the
+    render's size: the L1 of the pixels inside the region alone, whatever its area.
+
+    Not a term of the paper. The expression region (eyes, brows, mouth: the complement of the
+    data's keep-mask) covers ~3 % of a 64² render, so the whole-image L1 barely sees whether the
+    mouth opened like the target's; this is that L1 on those pixels only (``TrainConfig.
+    expression_region_weight``). An empty region contributes 0."""
+    if region.ndim != 4 or region.shape[1] != 1 or region.shape[0] != pred.shape[0]:
+        raise TrainingError(
+            "training.bad_region",
+            f"region {tuple(region.shape)} must be (B, 1, H, W) for a render {tuple(pred.shape)}",
+        )
+    size = pred.shape[-1]
+    region = region.to(pred.dtype)
+    if region.shape[-1] != size:
+        region = F.adaptive_avg_pool2d(region, size)
+    target = resize_image(target, size)
+    weighted = ((pred - target).abs() * region).sum()
+    return weighted / (region.sum() * pred.shape[1]).clamp_min(1e-6)
+
+
 # Weight of the gate loss's moved texels: they are ~0.3 % of the plane, and a gate left shut where
 # the face moved keeps the source's mouth (the failure it is for), while one open too wide only
 # trades the source's colour for the decoded one there.

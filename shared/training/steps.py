@@ -20,6 +20,7 @@ from shared.training.losses import (
     neutral_expression_loss,
     opacity_loss,
     reconstruction_loss,
+    region_l1_loss,
     tv_density_loss,
 )
 
@@ -150,7 +151,7 @@ def stage1_loss(
     generator: torch.Generator,
 ) -> tuple[Tensor, dict[str, float]]:
     """The stage-1 loss of one step of type ``kind`` and its logged parts: Eq. 1 for ``cano``
-    steps, L1 + perceptual otherwise, + the opacity loss (every step), + the gate loss (steps
+    steps, L1 + perceptual otherwise (+ the expression-region L1 when weighted), + the opacity loss (every step), + the gate loss (steps
     with T_e, when the config has the gate), + TV when due
     (``generator`` draws its points, after the forward that used it)."""
     pred = out.final.rgb
@@ -169,6 +170,11 @@ def stage1_loss(
         l1, perc = reconstruction_loss(pred, target, perceptual)
         total = l1 + perc
         parts = {"l1": float(l1.detach()), "perceptual": float(perc.detach())}
+        if config.expression_region_weight > 0:
+            keep = samples["source_keep" if kind == "full_src" else "target_keep"]
+            region = region_l1_loss(pred, target, 1 - keep)
+            total = total + config.expression_region_weight * region
+            parts["region"] = float(region.detach())
     if config.opacity_weight > 0:
         coverage = samples["source_alpha" if kind == "full_src" else "target_alpha"]
         alpha = opacity_loss(out.final.opacity, coverage)

@@ -9,7 +9,8 @@ is ONE step type (one render per step, which is also what makes CPU training aff
   target), 4–5 ``cano``. T_p joins the ``full`` steps from ``appearance_from`` (I_{c+e+p}).
 - losses: L1 + perceptual (+ TV 0.25 always in full steps, in coarse steps when step % 4 == 0,
   in cano steps when step % 6 == 4) + the opacity loss (``opacity_weight``, every stage-1 step)
-  + the source-colour gate's loss (``gate_weight``, steps with T_e, when the config has the gate).
+  + the source-colour gate's loss (``gate_weight``, steps with T_e, when the config has the gate)
+  + the expression-region L1 (``expression_region_weight``, non-cano steps, off by default).
 
 Addition to the paper: an opacity loss, L1 between the render's accumulated opacity and the
 synthetic head's coverage area-downsampled to the render size (``opacity_loss``). Without it the
@@ -118,7 +119,7 @@ STATE_FORMAT = "goha-train-state/1"
 CSV_FIELDS = (
     "step", "stage", "kind", "total", "l1", "perceptual", "tv", "alpha", "l1_neutral", "perc_neutral",
     "l1_target_masked", "perc_target_masked", "g_gan", "d_loss", "r1", "grad_norm", "seconds", "it_per_s",
-    "gate",  # last: a run resumed from an older log keeps its columns
+    "gate", "region",  # appended: a run resumed from an older log keeps its columns
 )  # fmt: skip
 
 
@@ -141,6 +142,9 @@ class TrainConfig:
     opacity_weight: float = 1.0
     # Not in the paper: BCE of the source-colour gate vs the exact expression-change map (steps.py).
     gate_weight: float = 0.2
+    # Not in the paper: L1 inside the eyes/brows/mouth region alone in the steps with a target
+    # expression (losses.region_l1_loss): the whole-image L1 barely sees the mouth. Off by default.
+    expression_region_weight: float = 0.0
     # The gate head's learning rate / lr: only its own loss trains it (expression.py), and at lr it
     # took ~1,000 steps to open where the face moved; the decoder must learn the mouth behind it.
     gate_lr_multiplier: float = 5.0

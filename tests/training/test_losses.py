@@ -10,6 +10,7 @@ from shared.training.losses import (
     gate_loss,
     neutral_expression_loss,
     opacity_loss,
+    region_l1_loss,
     tv_density_loss,
 )
 
@@ -163,6 +164,32 @@ def test_opacity_loss_is_zero_for_the_coverage_and_positive_otherwise() -> None:
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     with pytest.raises(TrainingError):
         opacity_loss(torch.zeros(2, 3, 16, 16), coverage)
+
+
+def test_region_l1_sees_only_the_region_whatever_its_area() -> None:
+    pred, target = _images(3)
+    region = torch.zeros(2, 1, 64, 64)
+    region[:, :, 8:16, 8:24] = 1.0  # a small "mouth": 3 % of the image at 64², 4x8 pixels at 32²
+    inside = (pred - target).abs()[:, :, 4:8, 4:12].mean().item()
+    assert region_l1_loss(pred, target, region).item() == pytest.approx(inside, rel=1e-5)
+    # Errors outside the region are not its business, and a perfect region scores 0.
+    fixed = pred.clone()
+    fixed[:, :, 4:8, 4:12] = target[:, :, 4:8, 4:12]
+    assert region_l1_loss(fixed, target, region).item() == pytest.approx(0.0, abs=1e-7)
+    # Normalised by the region's area: the same error per pixel scores the same in a bigger region.
+    shifted = target + 0.25
+    bigger = torch.zeros_like(region)
+    bigger[:, :, :32, :] = 1.0
+    assert region_l1_loss(shifted, target, region).item() == pytest.approx(0.25, rel=1e-5)
+    assert region_l1_loss(shifted, target, bigger).item() == pytest.approx(0.25, rel=1e-5)
+    # An empty region (a batch without eyes or mouth in view) contributes nothing, not a NaN.
+    assert region_l1_loss(pred, target, torch.zeros_like(region)).item() == 0.0
+    grad_pred = pred.clone().requires_grad_(True)
+    region_l1_loss(grad_pred, target, region).backward()
+    assert grad_pred.grad is not None
+    assert grad_pred.grad[:, :, 4:8, 4:12].abs().min() > 0 and grad_pred.grad[:, :, 20:, 20:].abs().max() == 0
+    with pytest.raises(TrainingError):
+        region_l1_loss(pred, target, torch.zeros(2, 3, 64, 64))
 
 
 def test_gate_loss_is_lowest_at_the_target_and_checks_shapes() -> None:

@@ -116,6 +116,50 @@ def test_opacity_loss_uses_the_coverage_of_the_rendered_camera(
     assert "alpha" not in trainer.stage1_step(samples).losses
 
 
+@pytest.mark.slow
+def test_expression_region_loss_uses_the_keep_mask_of_the_rendered_image(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.training.steps as steps_module
+    import shared.training.trainer as trainer_module
+
+    trainer = Trainer(
+        _config(expression_from=0, appearance_from=10**6, expression_region_weight=0.5),
+        tmp_path,
+        data_root=tiny_data,
+        progress=False,
+    )
+    samples = trainer._samples(0)
+    # A source keep-mask unlike the target's (a square hole mid-image): tell the two apart.
+    size = samples["target_keep"].shape[-1]
+    samples["source_keep"] = torch.ones_like(samples["target_keep"])
+    samples["source_keep"][..., size // 3 : size // 2, size // 3 : size // 2] = 0
+    used: list[str] = []
+    original = steps_module.region_l1_loss
+
+    def recording(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        assert pred.requires_grad and region.shape[1] == 1
+        source = torch.equal(region, 1 - samples["source_keep"])
+        target_side = torch.equal(region, 1 - samples["target_keep"])
+        used.append("source" if source and not target_side else "target" if target_side else "?")
+        return original(pred, target, region)
+
+    monkeypatch.setattr(steps_module, "region_l1_loss", recording)
+    kinds, regions = [], []
+    for step in (6, 7, 8, 10):  # full_src, full_tar, coarse, cano
+        trainer.step = step
+        result = trainer.stage1_step(samples)
+        kinds.append(result.kind)
+        regions.append(result.losses.get("region"))
+    assert kinds == ["full_src", "full_tar", "coarse", "cano"]
+    assert used == ["source", "target", "target"]
+    assert all(r is not None and r > 0 for r in regions[:3]) and regions[3] is None  # Eq. 1 steps: not used
+    assert "region" in trainer_module.CSV_FIELDS
+    trainer.config.expression_region_weight = 0.0
+    trainer.step = 7
+    assert "region" not in trainer.stage1_step(samples).losses
+
+
 def test_gate_loss_trains_the_gate_toward_the_expression_change(tiny_data: Path, tmp_path: Path) -> None:
     """Steps with T_e add the gate's BCE against the exact expression-change map of the expression
     they render (the source's on full_src steps); a few steps on it alone open the gate where the
