@@ -29,6 +29,21 @@ def _config(**overrides: object) -> TrainConfig:
     return TrainConfig.for_profile("tiny", **base)
 
 
+def test_the_train_cli_offers_exactly_the_trainer_variants() -> None:
+    # The parser lists its choices itself (importing the trainer to build --help costs seconds);
+    # this keeps the two lists one.
+    from shared.training.cli import build_parser
+    from shared.training.trainer import TRAIN_VARIANTS
+
+    train = next(
+        action.choices["train"]
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and "train" in action.choices
+    )
+    variant = next(action for action in train._actions if action.dest == "variant")
+    assert tuple(variant.choices) == TRAIN_VARIANTS
+
+
 def test_schedule_follows_the_notes() -> None:
     config = TrainConfig.for_profile("tiny", expression_from=6, appearance_from=12)
     assert [step_kind(s, config) for s in range(6)] == ["cano"] * 6
