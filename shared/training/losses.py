@@ -291,7 +291,7 @@ def region_l1_loss(pred: Tensor, target: Tensor, region: Tensor) -> Tensor:
     render's size: the L1 of the pixels inside the region alone, whatever its area.
 
     Not a term of the paper. The expression region (eyes, brows, mouth: the complement of the
-    data's keep-mask) covers ~3 % of a 64² render, so the whole-image L1 barely sees whether the
+    data's keep-mask) covers ~6 % of the image, so the whole-image L1 barely sees whether the
     mouth opened like the target's; this is that L1 on those pixels only (``TrainConfig.
     expression_region_weight``). An empty region contributes 0."""
     if region.ndim != 4 or region.shape[1] != 1 or region.shape[0] != pred.shape[0]:

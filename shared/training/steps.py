@@ -151,8 +151,8 @@ def stage1_loss(
     generator: torch.Generator,
 ) -> tuple[Tensor, dict[str, float]]:
     """The stage-1 loss of one step of type ``kind`` and its logged parts: Eq. 1 for ``cano``
-    steps, L1 + perceptual otherwise (+ the expression-region L1 when weighted), + the opacity loss (every step), + the gate loss (steps
-    with T_e, when the config has the gate), + TV when due
+    steps, L1 + perceptual otherwise (+ the expression-region L1 when weighted), + the opacity
+    loss (every step), + the gate loss (steps with T_e, when the config has the gate), + TV when due
     (``generator`` draws its points, after the forward that used it)."""
     pred = out.final.rgb
     parts: dict[str, float] = {}
